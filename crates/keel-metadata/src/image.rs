@@ -1,0 +1,253 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::records::{ConfigResource, MetadataRecord};
+
+/// The cluster as the metadata log describes it at one offset. Handlers read
+/// an `Arc<MetadataImage>`; applying records produces a new image, so a reader
+/// never sees half an update.
+#[derive(Clone, Debug, Default)]
+pub struct MetadataImage {
+    pub cluster_id: String,
+    /// Offset of the last record applied; -1 for the empty image.
+    pub offset: i64,
+    pub brokers: BTreeMap<i32, BrokerImage>,
+    topics: HashMap<Uuid, Arc<TopicImage>>,
+    topic_ids_by_name: HashMap<String, Uuid>,
+    pub broker_configs: HashMap<i32, BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrokerImage {
+    pub broker_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopicImage {
+    pub name: String,
+    pub topic_id: Uuid,
+    pub partitions: BTreeMap<i32, PartitionImage>,
+    /// Dynamic topic configs (overrides of the broker defaults).
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartitionImage {
+    pub partition: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub leader: i32,
+    pub leader_epoch: i32,
+}
+
+impl MetadataImage {
+    pub fn empty() -> Self {
+        Self {
+            offset: -1,
+            ..Self::default()
+        }
+    }
+
+    pub fn topic_by_name(&self, name: &str) -> Option<&Arc<TopicImage>> {
+        self.topic_ids_by_name
+            .get(name)
+            .and_then(|id| self.topics.get(id))
+    }
+
+    pub fn topic_by_id(&self, id: &Uuid) -> Option<&Arc<TopicImage>> {
+        self.topics.get(id)
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &Arc<TopicImage>> {
+        self.topics.values()
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Applies one record. Records come from our own log, so a record that
+    /// refers to something missing is a bug in the controller, not bad input:
+    /// we skip it with a warning-worthy `Err` rather than panic, because the
+    /// log is also read back after crashes and must always replay.
+    pub fn apply(&mut self, offset: i64, record: &MetadataRecord) -> Result<(), String> {
+        assert!(offset > self.offset, "metadata offsets go backwards");
+        self.offset = offset;
+        match record {
+            MetadataRecord::ClusterId { cluster_id } => self.cluster_id = cluster_id.clone(),
+            MetadataRecord::RegisterBroker {
+                broker_id,
+                host,
+                port,
+                rack,
+            } => {
+                self.brokers.insert(
+                    *broker_id,
+                    BrokerImage {
+                        broker_id: *broker_id,
+                        host: host.clone(),
+                        port: *port,
+                        rack: rack.clone(),
+                    },
+                );
+            }
+            MetadataRecord::Topic { name, topic_id } => {
+                self.topic_ids_by_name.insert(name.clone(), *topic_id);
+                self.topics.insert(
+                    *topic_id,
+                    Arc::new(TopicImage {
+                        name: name.clone(),
+                        topic_id: *topic_id,
+                        partitions: BTreeMap::new(),
+                        configs: BTreeMap::new(),
+                    }),
+                );
+            }
+            MetadataRecord::Partition {
+                topic_id,
+                partition,
+                replicas,
+                isr,
+                leader,
+                leader_epoch,
+            } => {
+                let topic = self
+                    .topics
+                    .get_mut(topic_id)
+                    .ok_or_else(|| format!("partition record for unknown topic {topic_id}"))?;
+                Arc::make_mut(topic).partitions.insert(
+                    *partition,
+                    PartitionImage {
+                        partition: *partition,
+                        replicas: replicas.clone(),
+                        isr: isr.clone(),
+                        leader: *leader,
+                        leader_epoch: *leader_epoch,
+                    },
+                );
+            }
+            MetadataRecord::Config {
+                resource,
+                name,
+                value,
+            } => {
+                let configs = match resource {
+                    ConfigResource::Topic(topic) => {
+                        let id = self
+                            .topic_ids_by_name
+                            .get(topic)
+                            .ok_or_else(|| format!("config record for unknown topic {topic}"))?;
+                        let topic = self.topics.get_mut(id).expect("name index is consistent");
+                        &mut Arc::make_mut(topic).configs
+                    }
+                    ConfigResource::Broker(id) => self.broker_configs.entry(*id).or_default(),
+                };
+                match value {
+                    Some(v) => configs.insert(name.clone(), v.clone()),
+                    None => configs.remove(name),
+                };
+            }
+            MetadataRecord::RemoveTopic { topic_id } => {
+                let topic = self
+                    .topics
+                    .remove(topic_id)
+                    .ok_or_else(|| format!("removal of unknown topic {topic_id}"))?;
+                self.topic_ids_by_name.remove(&topic.name);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(image: &mut MetadataImage, offset: i64, name: &str) -> Uuid {
+        let topic_id = Uuid::new_v4();
+        image
+            .apply(
+                offset,
+                &MetadataRecord::Topic {
+                    name: name.into(),
+                    topic_id,
+                },
+            )
+            .unwrap();
+        topic_id
+    }
+
+    #[test]
+    fn topics_partitions_and_configs_build_up_and_tear_down() {
+        let mut image = MetadataImage::empty();
+        let id = topic(&mut image, 0, "orders");
+        image
+            .apply(
+                1,
+                &MetadataRecord::Partition {
+                    topic_id: id,
+                    partition: 0,
+                    replicas: vec![1],
+                    isr: vec![1],
+                    leader: 1,
+                    leader_epoch: 0,
+                },
+            )
+            .unwrap();
+        image
+            .apply(
+                2,
+                &MetadataRecord::Config {
+                    resource: ConfigResource::Topic("orders".into()),
+                    name: "retention.ms".into(),
+                    value: Some("1000".into()),
+                },
+            )
+            .unwrap();
+        let t = image.topic_by_name("orders").unwrap();
+        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(t.configs["retention.ms"], "1000");
+        assert_eq!(image.topic_by_id(&id).unwrap().name, "orders");
+
+        image
+            .apply(3, &MetadataRecord::RemoveTopic { topic_id: id })
+            .unwrap();
+        assert!(image.topic_by_name("orders").is_none());
+        assert_eq!(image.offset, 3);
+    }
+
+    #[test]
+    fn records_for_missing_topics_are_refused_not_panicked_on() {
+        let mut image = MetadataImage::empty();
+        let err = image.apply(
+            0,
+            &MetadataRecord::RemoveTopic {
+                topic_id: Uuid::new_v4(),
+            },
+        );
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn an_older_image_is_unchanged_by_applying_to_a_clone() {
+        let mut image = MetadataImage::empty();
+        let id = topic(&mut image, 0, "a");
+        let before = image.clone();
+        image
+            .apply(
+                1,
+                &MetadataRecord::Config {
+                    resource: ConfigResource::Topic("a".into()),
+                    name: "segment.ms".into(),
+                    value: Some("5".into()),
+                },
+            )
+            .unwrap();
+        assert!(before.topic_by_id(&id).unwrap().configs.is_empty());
+    }
+}
