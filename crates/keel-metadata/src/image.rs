@@ -17,6 +17,8 @@ pub struct MetadataImage {
     topics: HashMap<Uuid, Arc<TopicImage>>,
     topic_ids_by_name: HashMap<String, Uuid>,
     pub broker_configs: HashMap<i32, BTreeMap<String, String>>,
+    /// The first producer id not yet reserved by any broker.
+    pub next_producer_id: i64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +153,15 @@ impl MetadataImage {
                     Some(v) => configs.insert(name.clone(), v.clone()),
                     None => configs.remove(name),
                 };
+            }
+            MetadataRecord::ProducerIds { next_block_start } => {
+                if *next_block_start <= self.next_producer_id {
+                    return Err(format!(
+                        "producer id block start {next_block_start} does not advance past {}",
+                        self.next_producer_id
+                    ));
+                }
+                self.next_producer_id = *next_block_start;
             }
             MetadataRecord::RemoveTopic { topic_id } => {
                 let topic = self

@@ -40,10 +40,27 @@ pub enum MetadataRecord {
     RemoveTopic {
         topic_id: Uuid,
     },
+    /// Producer ids below `next_block_start` have been handed out; a broker
+    /// reserves a block by writing the next start, so ids stay unique across
+    /// restarts (Kafka's `ProducerIdsRecord`).
+    ProducerIds {
+        next_block_start: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConfigResource {
     Topic(String),
     Broker(i32),
+}
+
+impl MetadataRecord {
+    /// The record's bytes as stored in a metadata log batch.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("metadata records contain no maps with non-string keys")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
 }

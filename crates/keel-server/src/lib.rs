@@ -1,1 +1,23 @@
+//! The Kafka wire: framing, dispatch, one handler per API, the error seam,
+//! and the broker state they share (metadata store, hosted partitions,
+//! fetch sessions).
+//!
+//! **Architecture Invariant:** handlers reach storage only through
+//! `replica_manager::Partition` and metadata only through
+//! `metadata_store::MetadataStore`; they never touch segment files.
 
+pub mod broker;
+mod codec;
+pub mod config;
+mod connection;
+pub mod dispatch;
+mod errors;
+mod fetch_session;
+mod handlers;
+pub mod metadata_store;
+pub mod replica_manager;
+mod server;
+
+pub use broker::{now_ms, Broker, BrokerError};
+pub use config::{BrokerConfig, ConfigError};
+pub use server::{BoundListener, Server};

@@ -1,0 +1,114 @@
+//! Produce and consume throughput with librdkafka's default batching.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+#[derive(Default)]
+struct Delivered {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Counting(Arc<Delivered>);
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.0.ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.0.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn figures(count: usize, record_bytes: usize, elapsed: Duration) -> Value {
+    let secs = elapsed.as_secs_f64();
+    json!({
+        "records": count,
+        "record_bytes": record_bytes,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "msgs_per_s": (count as f64 / secs).round(),
+        "MB_per_s": ((count * record_bytes) as f64 / secs / 1e6 * 10.0).round() / 10.0,
+    })
+}
+
+pub fn produce(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    record_bytes: usize,
+    acks: &str,
+) -> Result<Value> {
+    let delivered = Arc::new(Delivered::default());
+    let producer: ThreadedProducer<Counting> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", acks)
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("enable.idempotence", "false")
+        .create_with_context(Counting(delivered.clone()))?;
+    let payload = vec![b'x'; record_bytes];
+    let start = Instant::now();
+    for _ in 0..count {
+        let mut record = BaseRecord::to(topic).payload(&payload[..]).partition(0);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err((e, _)) => bail!("produce failed: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let elapsed = start.elapsed();
+    let failed = delivered.failed.load(Ordering::Relaxed);
+    if failed > 0 || delivered.ok.load(Ordering::Relaxed) != count as u64 {
+        bail!("{failed} of {count} records failed");
+    }
+    Ok(figures(count, record_bytes, elapsed))
+}
+
+pub fn consume(bootstrap: &str, topic: &str, count: usize) -> Result<Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "keel-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .set("queued.max.messages.kbytes", "1048576")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let mut received = 0usize;
+    let mut bytes = 0usize;
+    let start = Instant::now();
+    let give_up = start + Duration::from_secs(120);
+    while received < count {
+        if Instant::now() > give_up {
+            bail!("consumed only {received} of {count} records");
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            bytes += message?.payload().map_or(0, <[u8]>::len);
+            received += 1;
+        }
+    }
+    Ok(figures(count, bytes / count.max(1), start.elapsed()))
+}

@@ -1,0 +1,241 @@
+//! The broker's shared state and the operations that span its parts.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keel_metadata::controller::{self, ControllerError, NewTopic, TopicDefaults};
+use keel_metadata::{MetadataImage, MetadataRecord};
+use keel_storage::{LogManager, StorageError};
+use parking_lot::Mutex;
+use uuid::Uuid;
+
+use crate::config::BrokerConfig;
+use crate::fetch_session::FetchSessionCache;
+use crate::metadata_store::{MetadataError, MetadataStore};
+use crate::replica_manager::ReplicaManager;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Producer ids are reserved from the metadata log in blocks this large, so
+/// one InitProducerId rarely costs an fsync.
+const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub metadata: MetadataStore,
+    pub replicas: ReplicaManager,
+    pub fetch_sessions: FetchSessionCache,
+    /// `(next id to hand out, end of the reserved block)`.
+    producer_ids: Mutex<(i64, i64)>,
+}
+
+impl Broker {
+    /// Opens the data dir: replays the metadata log (creating the cluster and
+    /// registering this broker on first start) and opens every hosted log.
+    pub fn open(config: BrokerConfig) -> Result<Arc<Self>, BrokerError> {
+        let now = now_ms();
+        let log_manager = LogManager::open(config.log_dir.clone())?;
+        let metadata = MetadataStore::open(&log_manager, now)?;
+        let registration = MetadataRecord::RegisterBroker {
+            broker_id: config.node_id,
+            host: config.advertised_host.clone(),
+            port: config.advertised_port,
+            rack: config.rack.clone(),
+        };
+        metadata
+            .submit(now, |image| {
+                let mut records = Vec::new();
+                if image.cluster_id.is_empty() {
+                    records.push(MetadataRecord::ClusterId {
+                        cluster_id: new_cluster_id(),
+                    });
+                }
+                let registered = image.brokers.get(&config.node_id);
+                if registered.is_none_or(|b| {
+                    (&b.host, b.port, &b.rack)
+                        != (
+                            &config.advertised_host,
+                            config.advertised_port,
+                            &config.rack,
+                        )
+                }) {
+                    records.push(registration);
+                }
+                Ok::<_, std::convert::Infallible>((records, ()))
+            })?
+            .expect("infallible");
+        let replicas = ReplicaManager::new(
+            config.node_id,
+            log_manager,
+            config.producer_id_expiration_ms,
+        );
+        let image = metadata.image();
+        replicas.quarantine_strays(&image)?;
+        replicas.apply_image(&image, &config, now)?;
+        tracing::info!(
+            cluster_id = %image.cluster_id,
+            node_id = config.node_id,
+            topics = image.topic_count(),
+            "broker opened its data dir"
+        );
+        Ok(Arc::new(Self {
+            fetch_sessions: FetchSessionCache::new(config.fetch_session_cache_slots),
+            config,
+            metadata,
+            replicas,
+            producer_ids: Mutex::new((0, 0)),
+        }))
+    }
+
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.metadata.image()
+    }
+
+    pub fn topic_defaults(&self) -> TopicDefaults {
+        TopicDefaults {
+            num_partitions: self.config.num_partitions,
+            replication_factor: self.config.default_replication_factor,
+        }
+    }
+
+    /// Creates one topic through the metadata log and opens its partitions.
+    /// With `validate_only` nothing is written.
+    pub fn create_topic(
+        &self,
+        topic: &NewTopic,
+        validate_only: bool,
+    ) -> Result<(Uuid, Arc<MetadataImage>), CreateError> {
+        let topic_id = Uuid::new_v4();
+        let now = now_ms();
+        let defaults = self.topic_defaults();
+        let (image, ()) = self.metadata.submit(now, |image| {
+            let records = controller::create_topic(image, topic, defaults, topic_id)?;
+            Ok::<_, ControllerError>((if validate_only { vec![] } else { records }, ()))
+        })??;
+        if !validate_only {
+            self.replicas.apply_image(&image, &self.config, now)?;
+        }
+        Ok((topic_id, image))
+    }
+
+    pub fn delete_topic(&self, topic_id: Uuid) -> Result<(), CreateError> {
+        let now = now_ms();
+        let (image, ()) = self.metadata.submit(now, |image| {
+            Ok::<_, ControllerError>((controller::delete_topic(image, topic_id)?, ()))
+        })??;
+        self.replicas.apply_image(&image, &self.config, now)?;
+        Ok(())
+    }
+
+    /// Hands out a producer id, reserving a new block in the metadata log
+    /// when the current one is used up.
+    pub fn next_producer_id(&self) -> Result<i64, BrokerError> {
+        let mut ids = self.producer_ids.lock();
+        if ids.0 >= ids.1 {
+            let (_, start) = self
+                .metadata
+                .submit(now_ms(), |image| {
+                    let start = image.next_producer_id;
+                    Ok::<_, std::convert::Infallible>((
+                        vec![MetadataRecord::ProducerIds {
+                            next_block_start: start + PRODUCER_ID_BLOCK_SIZE,
+                        }],
+                        start,
+                    ))
+                })?
+                .expect("infallible");
+            *ids = (start, start + PRODUCER_ID_BLOCK_SIZE);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    /// Runs retention, time-based upkeep and checkpoints until `shutdown` fires.
+    pub async fn run_background(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut retention = tokio::time::interval(Duration::from_millis(
+            self.config.log_retention_check_interval_ms,
+        ));
+        let mut upkeep = tokio::time::interval(Duration::from_millis(UPKEEP_INTERVAL_MS));
+        let mut checkpoint = tokio::time::interval(Duration::from_millis(
+            self.config.log_flush_offset_checkpoint_interval_ms.max(1),
+        ));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = retention.tick() => {
+                    let broker = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || broker.replicas.enforce_retention(now_ms())).await;
+                }
+                _ = upkeep.tick() => {
+                    let broker = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || broker.replicas.tick(now_ms())).await;
+                }
+                _ = checkpoint.tick() => {
+                    if let Err(e) = self.replicas.checkpoint(&[self.metadata.recovery_point()]) {
+                        tracing::error!(error = %e, "writing checkpoints failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes everything and marks the shutdown clean, so the next start
+    /// skips recovery.
+    pub fn shutdown(&self) -> Result<(), BrokerError> {
+        let metadata_point = self.metadata.recovery_point();
+        self.metadata.close()?;
+        self.replicas.checkpoint(&[])?;
+        self.replicas.close_all()?;
+        self.replicas
+            .log_manager()
+            .write_checkpoints(&[metadata_point])?;
+        self.replicas.log_manager().mark_clean_shutdown()?;
+        Ok(())
+    }
+}
+
+/// How often segment.ms, flush.ms and producer expiry are checked.
+const UPKEEP_INTERVAL_MS: u64 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl From<MetadataError> for CreateError {
+    fn from(e: MetadataError) -> Self {
+        CreateError::Broker(e.into())
+    }
+}
+
+impl From<StorageError> for CreateError {
+    fn from(e: StorageError) -> Self {
+        CreateError::Broker(e.into())
+    }
+}
+
+/// Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bits = Uuid::new_v4().as_u128();
+    (0..22)
+        .map(|i| ALPHABET[((bits >> (i * 6)) & 63) as usize] as char)
+        .collect()
+}

@@ -1,0 +1,483 @@
+//! Broker configuration under Kafka's names. Values arrive as a flat
+//! `name -> string` map (defaults, then a config file, then `--override`s);
+//! this module types them, resolves a topic's effective configs, and knows
+//! where each value came from so DescribeConfigs can say so.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use keel_metadata::config::{
+    topic_config_def, validate_value, ConfigType, TopicConfigDef, Validator, TOPIC_CONFIGS,
+};
+use keel_metadata::TopicImage;
+use keel_storage::{LogConfig, TimestampType};
+
+/// One broker setting Keel understands.
+pub struct BrokerConfigDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub kind: ConfigType,
+    pub validator: Validator,
+    pub doc: &'static str,
+}
+
+const fn def(
+    name: &'static str,
+    default: &'static str,
+    kind: ConfigType,
+    validator: Validator,
+    doc: &'static str,
+) -> BrokerConfigDef {
+    BrokerConfigDef {
+        name,
+        default,
+        kind,
+        validator,
+        doc,
+    }
+}
+
+use ConfigType::{Boolean, Int, List, Long, Short, String as Str};
+use Validator::{Any, AtLeast};
+
+/// Broker-only settings. The broker synonyms of topic configs (`log.retention.ms`
+/// and friends) come from `TOPIC_CONFIGS` so each default is written once.
+pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
+    def("node.id", "1", Int, AtLeast(0), "This broker's id."),
+    def(
+        "process.roles",
+        "broker,controller",
+        List,
+        Any,
+        "Roles of this process.",
+    ),
+    def(
+        "listeners",
+        "PLAINTEXT://127.0.0.1:9092",
+        List,
+        Any,
+        "Addresses to listen on.",
+    ),
+    def(
+        "advertised.listeners",
+        "",
+        List,
+        Any,
+        "Addresses given to clients; defaults to listeners.",
+    ),
+    def("broker.rack", "", Str, Any, "Rack of this broker."),
+    def(
+        "log.dirs",
+        "./keel-data",
+        List,
+        Any,
+        "Directory holding the partitions' logs.",
+    ),
+    def(
+        "num.partitions",
+        "1",
+        Int,
+        AtLeast(1),
+        "Partitions of an auto-created topic, or of one created with -1.",
+    ),
+    def(
+        "default.replication.factor",
+        "1",
+        Short,
+        AtLeast(1),
+        "Replication factor of auto-created topics.",
+    ),
+    def(
+        "auto.create.topics.enable",
+        "true",
+        Boolean,
+        Any,
+        "Create a topic on first Metadata request for it.",
+    ),
+    def(
+        "socket.request.max.bytes",
+        "104857600",
+        Int,
+        AtLeast(1),
+        "Largest request frame accepted.",
+    ),
+    def(
+        "connections.max.idle.ms",
+        "600000",
+        Long,
+        AtLeast(1),
+        "Idle connections are closed after this long.",
+    ),
+    def(
+        "producer.id.expiration.ms",
+        "86400000",
+        Int,
+        AtLeast(1),
+        "Idle time after which a producer's state is dropped.",
+    ),
+    def(
+        "log.retention.check.interval.ms",
+        "300000",
+        Long,
+        AtLeast(1),
+        "How often retention runs.",
+    ),
+    def(
+        "log.flush.offset.checkpoint.interval.ms",
+        "60000",
+        Int,
+        AtLeast(0),
+        "How often recovery points are checkpointed.",
+    ),
+    def(
+        "fetch.max.bytes",
+        "57671680",
+        Int,
+        AtLeast(0),
+        "Cap on one Fetch response's size.",
+    ),
+    def(
+        "max.incremental.fetch.session.cache.slots",
+        "1000",
+        Int,
+        AtLeast(0),
+        "Fetch sessions kept at once.",
+    ),
+    def(
+        "log.retention.hours",
+        "168",
+        Int,
+        Any,
+        "Hours to keep a segment, if log.retention.ms is not set.",
+    ),
+    def(
+        "log.retention.minutes",
+        "",
+        Int,
+        Any,
+        "Minutes to keep a segment, if log.retention.ms is not set.",
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Where a config's value came from, as DescribeConfigs v1+ reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    DynamicTopic = 1,
+    StaticBroker = 4,
+    Default = 5,
+}
+
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    pub listener: std::net::SocketAddr,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub rack: Option<String>,
+    pub log_dir: PathBuf,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub auto_create_topics_enable: bool,
+    pub socket_request_max_bytes: u32,
+    pub connections_max_idle_ms: u64,
+    pub producer_id_expiration_ms: i64,
+    pub log_retention_check_interval_ms: u64,
+    pub log_flush_offset_checkpoint_interval_ms: u64,
+    pub fetch_max_bytes: i32,
+    pub fetch_session_cache_slots: usize,
+    /// Every setting given explicitly (file or override), after normalisation.
+    explicit: BTreeMap<String, String>,
+}
+
+fn parse_listener(listener: &str) -> Result<(String, u16), ConfigError> {
+    let err = || {
+        ConfigError(format!(
+            "listener {listener:?} is not PLAINTEXT://host:port"
+        ))
+    };
+    let rest = listener
+        .trim()
+        .strip_prefix("PLAINTEXT://")
+        .ok_or_else(err)?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(err)?;
+    let port = port.parse().map_err(|_| err())?;
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+impl BrokerConfig {
+    /// Builds the configuration from explicitly given settings. Unknown names
+    /// are reported back so the caller can warn, as Kafka does.
+    pub fn from_properties(
+        mut explicit: BTreeMap<String, String>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        // Kafka's precedence: log.retention.ms, then .minutes, then .hours.
+        if !explicit.contains_key("log.retention.ms") {
+            let ms = if let Some(m) = explicit.get("log.retention.minutes") {
+                Some(parse_num::<i64>("log.retention.minutes", m)? * 60_000)
+            } else if let Some(h) = explicit.get("log.retention.hours") {
+                Some(parse_num::<i64>("log.retention.hours", h)? * 3_600_000)
+            } else {
+                None
+            };
+            if let Some(ms) = ms {
+                explicit.insert("log.retention.ms".into(), ms.to_string());
+            }
+        }
+        let mut unknown = Vec::new();
+        for (name, value) in &explicit {
+            if let Some(d) = BROKER_CONFIGS.iter().find(|d| d.name == name) {
+                if !value.is_empty() {
+                    validate_value(d.name, d.kind, d.validator, value).map_err(ConfigError)?;
+                }
+            } else if let Some(d) = TOPIC_CONFIGS.iter().find(|d| d.broker_synonym == name) {
+                validate_value(d.broker_synonym, d.kind, d.validator, value)
+                    .map_err(ConfigError)?;
+            } else {
+                unknown.push(name.clone());
+            }
+        }
+        let get = |name: &str| -> String {
+            explicit
+                .get(name)
+                .cloned()
+                .or_else(|| {
+                    BROKER_CONFIGS
+                        .iter()
+                        .find(|d| d.name == name)
+                        .map(|d| d.default.to_string())
+                })
+                .unwrap_or_default()
+        };
+        let (host, port) = parse_listener(get("listeners").split(',').next().unwrap_or(""))?;
+        let listener = format!("{host}:{port}")
+            .parse()
+            .or_else(|_| {
+                std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or(())
+            })
+            .map_err(|_| ConfigError(format!("cannot resolve listener host {host:?}")))?;
+        let advertised = get("advertised.listeners");
+        let (advertised_host, advertised_port) = if advertised.is_empty() {
+            let host = if host == "0.0.0.0" {
+                "127.0.0.1".to_string()
+            } else {
+                host
+            };
+            (host, port)
+        } else {
+            parse_listener(advertised.split(',').next().unwrap_or(""))?
+        };
+        let rack = Some(get("broker.rack")).filter(|r| !r.is_empty());
+        let config = BrokerConfig {
+            node_id: parse_num("node.id", &get("node.id"))?,
+            listener,
+            advertised_host,
+            advertised_port: advertised_port as i32,
+            rack,
+            log_dir: PathBuf::from(
+                get("log.dirs")
+                    .split(',')
+                    .next()
+                    .unwrap_or("./keel-data")
+                    .trim(),
+            ),
+            num_partitions: parse_num("num.partitions", &get("num.partitions"))?,
+            default_replication_factor: parse_num(
+                "default.replication.factor",
+                &get("default.replication.factor"),
+            )?,
+            auto_create_topics_enable: get("auto.create.topics.enable")
+                .eq_ignore_ascii_case("true"),
+            socket_request_max_bytes: parse_num(
+                "socket.request.max.bytes",
+                &get("socket.request.max.bytes"),
+            )?,
+            connections_max_idle_ms: parse_num(
+                "connections.max.idle.ms",
+                &get("connections.max.idle.ms"),
+            )?,
+            producer_id_expiration_ms: parse_num(
+                "producer.id.expiration.ms",
+                &get("producer.id.expiration.ms"),
+            )?,
+            log_retention_check_interval_ms: parse_num(
+                "log.retention.check.interval.ms",
+                &get("log.retention.check.interval.ms"),
+            )?,
+            log_flush_offset_checkpoint_interval_ms: parse_num(
+                "log.flush.offset.checkpoint.interval.ms",
+                &get("log.flush.offset.checkpoint.interval.ms"),
+            )?,
+            fetch_max_bytes: parse_num("fetch.max.bytes", &get("fetch.max.bytes"))?,
+            fetch_session_cache_slots: parse_num(
+                "max.incremental.fetch.session.cache.slots",
+                &get("max.incremental.fetch.session.cache.slots"),
+            )?,
+            explicit,
+        };
+        Ok((config, unknown))
+    }
+
+    /// A broker setting's value and source (for DescribeConfigs on the broker).
+    pub fn describe(&self) -> Vec<(&'static str, String, ConfigSource, ConfigType, &'static str)> {
+        let broker = BROKER_CONFIGS
+            .iter()
+            .map(|d| (d.name, d.default, d.kind, d.doc));
+        let synonyms = TOPIC_CONFIGS
+            .iter()
+            .filter(|d| !BROKER_CONFIGS.iter().any(|b| b.name == d.broker_synonym))
+            .map(|d| (d.broker_synonym, d.default, d.kind, d.doc));
+        broker
+            .chain(synonyms)
+            .map(|(name, default, kind, doc)| match self.explicit.get(name) {
+                Some(v) => (name, v.clone(), ConfigSource::StaticBroker, kind, doc),
+                None => (name, default.to_string(), ConfigSource::Default, kind, doc),
+            })
+            .collect()
+    }
+
+    /// The value a topic config takes for this topic, with every source it
+    /// has (the effective one first): Kafka's "synonyms".
+    pub fn topic_config_synonyms(
+        &self,
+        def: &TopicConfigDef,
+        topic_overrides: &BTreeMap<String, String>,
+    ) -> Vec<(String, String, ConfigSource)> {
+        let mut out = Vec::with_capacity(3);
+        if let Some(v) = topic_overrides.get(def.name) {
+            out.push((def.name.to_string(), v.clone(), ConfigSource::DynamicTopic));
+        }
+        if let Some(v) = self.explicit.get(def.broker_synonym) {
+            out.push((
+                def.broker_synonym.to_string(),
+                v.clone(),
+                ConfigSource::StaticBroker,
+            ));
+        }
+        out.push((
+            def.broker_synonym.to_string(),
+            def.default.to_string(),
+            ConfigSource::Default,
+        ));
+        out
+    }
+
+    /// The effective value of one topic config.
+    pub fn topic_config(&self, name: &str, topic_overrides: &BTreeMap<String, String>) -> String {
+        let def = topic_config_def(name).expect("topic config names are compile-time constants");
+        topic_overrides
+            .get(name)
+            .or_else(|| self.explicit.get(def.broker_synonym))
+            .cloned()
+            .unwrap_or_else(|| def.default.to_string())
+    }
+
+    /// The storage settings for one topic's partitions.
+    pub fn log_config(&self, topic: &TopicImage) -> LogConfig {
+        self.log_config_for(&topic.configs)
+    }
+
+    pub fn log_config_for(&self, overrides: &BTreeMap<String, String>) -> LogConfig {
+        // Values were validated on the way in (config file or metadata
+        // record), so a parse failure here would be a bug: fall back to the
+        // default rather than panic on a path clients can reach.
+        let num = |name: &str| -> i64 {
+            self.topic_config(name, overrides)
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| topic_config_def(name).unwrap().default.parse().unwrap())
+        };
+        LogConfig {
+            segment_bytes: num("segment.bytes") as u32,
+            segment_ms: num("segment.ms"),
+            segment_index_bytes: num("segment.index.bytes") as u32,
+            index_interval_bytes: num("index.interval.bytes") as u32,
+            retention_ms: num("retention.ms"),
+            retention_bytes: num("retention.bytes"),
+            max_message_bytes: num("max.message.bytes") as u32,
+            message_timestamp_type: if self.topic_config("message.timestamp.type", overrides)
+                == "LogAppendTime"
+            {
+                TimestampType::LogAppendTime
+            } else {
+                TimestampType::CreateTime
+            },
+            flush_messages: num("flush.messages"),
+            flush_ms: num("flush.ms"),
+            ..LogConfig::default()
+        }
+    }
+
+    pub fn min_insync_replicas(&self, overrides: &BTreeMap<String, String>) -> i32 {
+        self.topic_config("min.insync.replicas", overrides)
+            .parse()
+            .unwrap_or(1)
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError(format!("invalid value {value:?} for {name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_make_a_working_single_node() {
+        let (c, unknown) = BrokerConfig::from_properties(BTreeMap::new()).unwrap();
+        assert!(unknown.is_empty());
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.listener.port(), 9092);
+        assert_eq!(c.advertised_host, "127.0.0.1");
+        assert_eq!(c.log_dir, PathBuf::from("./keel-data"));
+        let log = c.log_config_for(&BTreeMap::new());
+        assert_eq!(log.retention_ms, 604_800_000);
+        assert_eq!(log.segment_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn topic_overrides_beat_broker_settings_beat_defaults() {
+        let (c, _) = BrokerConfig::from_properties(props(&[("log.retention.hours", "1")])).unwrap();
+        assert_eq!(c.topic_config("retention.ms", &BTreeMap::new()), "3600000");
+        let overrides = props(&[("retention.ms", "5")]);
+        assert_eq!(c.topic_config("retention.ms", &overrides), "5");
+        let def = topic_config_def("retention.ms").unwrap();
+        let synonyms = c.topic_config_synonyms(def, &overrides);
+        assert_eq!(synonyms[0].2, ConfigSource::DynamicTopic);
+        assert_eq!(
+            synonyms[1],
+            (
+                "log.retention.ms".into(),
+                "3600000".into(),
+                ConfigSource::StaticBroker
+            )
+        );
+        assert_eq!(synonyms[2].2, ConfigSource::Default);
+    }
+
+    #[test]
+    fn bad_values_and_unknown_names() {
+        assert!(BrokerConfig::from_properties(props(&[("num.partitions", "zero")])).is_err());
+        assert!(BrokerConfig::from_properties(props(&[("listeners", "127.0.0.1:9092")])).is_err());
+        let (_, unknown) = BrokerConfig::from_properties(props(&[("no.such", "1")])).unwrap();
+        assert_eq!(unknown, vec!["no.such".to_string()]);
+    }
+}

@@ -1,0 +1,53 @@
+//! The one place internal errors become Kafka error codes.
+
+use kafka_protocol::ResponseError;
+use keel_metadata::controller::ControllerError;
+use keel_storage::StorageError;
+
+use crate::broker::{BrokerError, CreateError};
+
+pub fn storage_error(e: &StorageError) -> ResponseError {
+    match e {
+        StorageError::CorruptMessage { .. } => ResponseError::CorruptMessage,
+        StorageError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        StorageError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+        StorageError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+        StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        StorageError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        StorageError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
+        StorageError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        StorageError::RecordListTooLarge { .. } => ResponseError::RecordListTooLarge,
+        StorageError::InconsistentTopicId { .. } => ResponseError::InconsistentTopicId,
+        // Disk trouble is the broker's problem, not the request's: the
+        // retriable KAFKA_STORAGE_ERROR tells clients to try again later.
+        _ => ResponseError::KafkaStorageError,
+    }
+}
+
+pub fn controller_error(e: &ControllerError) -> ResponseError {
+    match e {
+        ControllerError::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        ControllerError::InvalidTopic(_) => ResponseError::InvalidTopicException,
+        ControllerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        ControllerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        ControllerError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+        ControllerError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        ControllerError::UnknownTopicId => ResponseError::UnknownTopicId,
+        ControllerError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+    }
+}
+
+pub fn create_error(e: &CreateError) -> ResponseError {
+    match e {
+        CreateError::Controller(e) => controller_error(e),
+        CreateError::Broker(e) => broker_error(e),
+    }
+}
+
+pub fn broker_error(e: &BrokerError) -> ResponseError {
+    tracing::error!(error = %e, "broker failure while serving a request");
+    match e {
+        BrokerError::Storage(e) => storage_error(e),
+        BrokerError::Metadata(_) => ResponseError::KafkaStorageError,
+    }
+}

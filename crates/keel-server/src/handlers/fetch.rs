@@ -1,0 +1,235 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::ResponseError;
+use keel_types::TopicPartition;
+use tokio::time::Instant;
+
+use super::topic_name;
+use crate::broker::Broker;
+use crate::dispatch::RequestContext;
+use crate::errors::storage_error;
+use crate::fetch_session::{PartitionFetch, PartitionKey, FINAL_EPOCH};
+
+/// Fetch v13 names topics by id instead of by name.
+const TOPIC_IDS_VERSION: i16 = 13;
+/// Fetch sessions exist from v7.
+const SESSIONS_VERSION: i16 = 7;
+
+struct PartitionResult {
+    key: PartitionKey,
+    topic_id: uuid::Uuid,
+    error: Option<ResponseError>,
+    high_watermark: i64,
+    log_start_offset: i64,
+    records: Bytes,
+}
+
+pub async fn handle(
+    broker: &Broker,
+    ctx: &RequestContext<'_>,
+    request: FetchRequest,
+) -> FetchResponse {
+    let by_id = ctx.api_version >= TOPIC_IDS_VERSION;
+    let image = broker.image();
+    // An unknown topic id keeps its id as the name so that the answer can
+    // carry UNKNOWN_TOPIC_ID for it.
+    let name_of = |name: &TopicName, id: &uuid::Uuid| -> String {
+        if by_id {
+            image
+                .topic_by_id(id)
+                .map_or_else(|| format!("<unknown {id}>"), |t| t.name.clone())
+        } else {
+            name.0.to_string()
+        }
+    };
+    let requested: Vec<(PartitionKey, PartitionFetch)> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            let topic = name_of(&t.topic, &t.topic_id);
+            t.partitions.iter().map(move |p| {
+                (
+                    PartitionKey {
+                        topic: topic.clone(),
+                        partition: p.partition,
+                    },
+                    PartitionFetch {
+                        topic_id: t.topic_id,
+                        fetch_offset: p.fetch_offset,
+                        partition_max_bytes: p.partition_max_bytes,
+                    },
+                )
+            })
+        })
+        .collect();
+    let forgotten: Vec<PartitionKey> = request
+        .forgotten_topics_data
+        .iter()
+        .flat_map(|t| {
+            let topic = name_of(&t.topic, &t.topic_id);
+            t.partitions.iter().map(move |&partition| PartitionKey {
+                topic: topic.clone(),
+                partition,
+            })
+        })
+        .collect();
+    let (session_id, epoch) = if ctx.api_version >= SESSIONS_VERSION {
+        (request.session_id, request.session_epoch)
+    } else {
+        (0, FINAL_EPOCH)
+    };
+    let session = match broker
+        .fetch_sessions
+        .resolve(session_id, epoch, requested, forgotten)
+    {
+        Ok(session) => session,
+        Err(error) => return FetchResponse::default().with_error_code(error.code()),
+    };
+
+    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let response_bytes_max = if request.max_bytes > 0 {
+        request.max_bytes.min(broker.config.fetch_max_bytes)
+    } else {
+        broker.config.fetch_max_bytes
+    } as u32;
+    let results = loop {
+        let mut watches = Vec::new();
+        let mut results = Vec::with_capacity(session.partitions.len());
+        let mut total_bytes: u32 = 0;
+        let mut any_error = false;
+        for (key, fetch) in &session.partitions {
+            let tp = TopicPartition::new(key.topic.clone(), key.partition);
+            let partition = broker
+                .replicas
+                .get(&tp)
+                .filter(|p| !by_id || p.topic_id == fetch.topic_id);
+            let mut result = PartitionResult {
+                key: key.clone(),
+                topic_id: fetch.topic_id,
+                error: None,
+                high_watermark: -1,
+                log_start_offset: -1,
+                records: Bytes::new(),
+            };
+            let Some(partition) = partition else {
+                result.error = Some(if by_id {
+                    ResponseError::UnknownTopicId
+                } else {
+                    ResponseError::UnknownTopicOrPartition
+                });
+                any_error = true;
+                results.push(result);
+                continue;
+            };
+            result.topic_id = partition.topic_id;
+            // Subscribe before reading, so an append between the read and
+            // the wait still wakes us.
+            watches.push(partition.subscribe());
+            let budget =
+                (fetch.partition_max_bytes.max(0) as u32).min(response_bytes_max - total_bytes);
+            // Kafka's rule: the first partition with data returns at least
+            // one whole batch even if it exceeds the limits, so a batch
+            // larger than max bytes can never stall a consumer.
+            let min_one_batch = total_bytes == 0;
+            let read = partition
+                .read(fetch.fetch_offset, budget, min_one_batch)
+                .and_then(|r| {
+                    Ok((
+                        r.slice.map(|s| s.read_bytes()).transpose()?,
+                        r.high_watermark,
+                        r.log_start_offset,
+                    ))
+                });
+            match read {
+                Ok((bytes, high_watermark, log_start_offset)) => {
+                    result.high_watermark = high_watermark;
+                    result.log_start_offset = log_start_offset;
+                    if let Some(bytes) = bytes {
+                        total_bytes = total_bytes
+                            .saturating_add(bytes.len() as u32)
+                            .min(response_bytes_max);
+                        result.records = bytes;
+                    }
+                }
+                Err(e) => {
+                    result.error = Some(storage_error(&e));
+                    result.high_watermark = partition.high_watermark();
+                    result.log_start_offset = partition.log_start_offset();
+                    any_error = true;
+                }
+            }
+            results.push(result);
+        }
+        let satisfied = total_bytes as i64 >= request.min_bytes.max(1) as i64 || any_error;
+        if satisfied || Instant::now() >= deadline {
+            break results;
+        }
+        if !wait_for_append(&mut watches, deadline).await {
+            // Timed out: answer with what there is now (usually nothing).
+            break results;
+        }
+    };
+    respond(broker, session.session_id, session.incremental, results)
+}
+
+/// Waits until any watched partition's high watermark moves, or the
+/// deadline. Returns false on timeout.
+async fn wait_for_append(
+    watches: &mut [tokio::sync::watch::Receiver<i64>],
+    deadline: Instant,
+) -> bool {
+    if watches.is_empty() {
+        tokio::time::sleep_until(deadline).await;
+        return false;
+    }
+    let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+    tokio::time::timeout_at(deadline, changed).await.is_ok()
+}
+
+fn respond(
+    broker: &Broker,
+    session_id: i32,
+    incremental: bool,
+    results: Vec<PartitionResult>,
+) -> FetchResponse {
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    for r in results {
+        let error_code = r.error.map_or(0, |e| e.code());
+        let has_news = !r.records.is_empty() || error_code != 0;
+        let include = broker.fetch_sessions.note_response(
+            session_id,
+            &r.key,
+            r.high_watermark,
+            r.log_start_offset,
+            has_news,
+        );
+        if incremental && !include {
+            continue;
+        }
+        let data = PartitionData::default()
+            .with_partition_index(r.key.partition)
+            .with_error_code(error_code)
+            .with_high_watermark(r.high_watermark)
+            // No transactions yet: everything below the high watermark is stable.
+            .with_last_stable_offset(r.high_watermark)
+            .with_log_start_offset(r.log_start_offset)
+            .with_aborted_transactions(None)
+            .with_preferred_read_replica(BrokerId(-1))
+            .with_records(Some(r.records));
+        match topics.last_mut() {
+            Some(t) if t.topic.0.as_str() == r.key.topic => t.partitions.push(data),
+            _ => topics.push(
+                FetchableTopicResponse::default()
+                    .with_topic(topic_name(&r.key.topic))
+                    .with_topic_id(r.topic_id)
+                    .with_partitions(vec![data]),
+            ),
+        }
+    }
+    FetchResponse::default()
+        .with_session_id(session_id)
+        .with_responses(topics)
+}

@@ -1,0 +1,76 @@
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::ResponseError;
+use keel_types::TopicPartition;
+
+use crate::broker::Broker;
+use crate::dispatch::RequestContext;
+use crate::errors::storage_error;
+
+/// ListOffsets' special timestamps.
+const LATEST_TIMESTAMP: i64 = -1;
+const EARLIEST_TIMESTAMP: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+/// KIP-405: earliest offset still on local disk; without tiering, the log start.
+const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
+/// KIP-1005: latest offset in remote storage; none without tiering.
+const LATEST_TIERED_TIMESTAMP: i64 = -5;
+
+pub fn handle(
+    broker: &Broker,
+    _ctx: &RequestContext<'_>,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let answer = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_timestamp(-1)
+                        .with_offset(-1)
+                        .with_leader_epoch(-1);
+                    let tp = TopicPartition::new(topic.name.0.to_string(), p.partition_index);
+                    let Some(partition) = broker.replicas.get(&tp) else {
+                        return answer
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    // Without transactions the last stable offset is the
+                    // high watermark, so both isolation levels agree.
+                    let found = match p.timestamp {
+                        LATEST_TIMESTAMP => Ok(Some((partition.high_watermark(), -1))),
+                        EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => {
+                            Ok(Some((partition.log_start_offset(), -1)))
+                        }
+                        LATEST_TIERED_TIMESTAMP => Ok(None),
+                        MAX_TIMESTAMP => Ok(partition.with_log(|log| {
+                            let (timestamp, offset) = log.max_timestamp_and_offset();
+                            (offset >= 0).then_some((offset, timestamp))
+                        })),
+                        timestamp => {
+                            partition.with_log(|log| log.fetch_offset_by_timestamp(timestamp))
+                        }
+                    };
+                    match found {
+                        Ok(Some((offset, timestamp))) => answer
+                            .with_offset(offset)
+                            .with_timestamp(timestamp)
+                            .with_leader_epoch(partition.leader_epoch),
+                        Ok(None) => answer,
+                        Err(e) => answer.with_error_code(storage_error(&e).code()),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,166 @@
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::ResponseError;
+use keel_metadata::controller::{validate_topic_name, NewTopic};
+use keel_metadata::{MetadataImage, TopicImage};
+use uuid::Uuid;
+
+use super::{str_bytes, topic_name, AUTHORIZED_OPERATIONS_OMITTED};
+use crate::broker::Broker;
+use crate::dispatch::RequestContext;
+use crate::errors::create_error;
+
+/// Every topic operation is allowed: Keel has no authorizer yet, and Kafka
+/// without one reports all of them (READ, WRITE, CREATE, DELETE, ALTER,
+/// DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS).
+const TOPIC_OPERATIONS_ALL: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// Likewise for the cluster: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION,
+/// DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE.
+pub const CLUSTER_OPERATIONS_ALL: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+
+pub fn handle(
+    broker: &Broker,
+    ctx: &RequestContext<'_>,
+    request: MetadataRequest,
+) -> MetadataResponse {
+    let mut image = broker.image();
+    let topic_operations = if request.include_topic_authorized_operations {
+        TOPIC_OPERATIONS_ALL
+    } else {
+        AUTHORIZED_OPERATIONS_OMITTED
+    };
+    // v0 has no null: an empty list there means "all topics".
+    let requested = match request.topics {
+        Some(topics) if !(ctx.api_version == 0 && topics.is_empty()) => Some(topics),
+        _ => None,
+    };
+    let topics = match requested {
+        None => image
+            .topics()
+            .map(|t| describe_topic(t, topic_operations))
+            .collect(),
+        Some(requested) => {
+            let auto_create = broker.config.auto_create_topics_enable
+                && (ctx.api_version < 4 || request.allow_auto_topic_creation);
+            requested
+                .into_iter()
+                .map(|wanted| match wanted.name {
+                    Some(name) => {
+                        let name = name.0.as_str();
+                        match image.topic_by_name(name) {
+                            Some(t) => describe_topic(t, topic_operations),
+                            None if auto_create => {
+                                auto_create_topic(broker, &mut image, name, topic_operations)
+                            }
+                            None => unknown_topic(
+                                Some(name),
+                                Uuid::nil(),
+                                ResponseError::UnknownTopicOrPartition,
+                            ),
+                        }
+                    }
+                    None => match image.topic_by_id(&wanted.topic_id) {
+                        Some(t) => describe_topic(t, topic_operations),
+                        None => unknown_topic(None, wanted.topic_id, ResponseError::UnknownTopicId),
+                    },
+                })
+                .collect()
+        }
+    };
+    MetadataResponse::default()
+        .with_brokers(brokers(&image))
+        .with_cluster_id(Some(str_bytes(&image.cluster_id)))
+        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(if request.include_cluster_authorized_operations {
+            CLUSTER_OPERATIONS_ALL
+        } else {
+            AUTHORIZED_OPERATIONS_OMITTED
+        })
+}
+
+fn auto_create_topic(
+    broker: &Broker,
+    image: &mut std::sync::Arc<MetadataImage>,
+    name: &str,
+    ops: i32,
+) -> MetadataResponseTopic {
+    if let Err(e) = validate_topic_name(name) {
+        return unknown_topic(Some(name), Uuid::nil(), keel_error(&e));
+    }
+    let new_topic = NewTopic {
+        name: name.to_string(),
+        num_partitions: -1,
+        replication_factor: -1,
+        assignments: Default::default(),
+        configs: vec![],
+    };
+    match broker.create_topic(&new_topic, false) {
+        Ok((_, next)) => {
+            tracing::info!(topic = name, "auto-created topic");
+            *image = next;
+        }
+        // Another connection created it first: describe what exists.
+        Err(e) if create_error(&e) == ResponseError::TopicAlreadyExists => *image = broker.image(),
+        Err(e) => return unknown_topic(Some(name), Uuid::nil(), create_error(&e)),
+    }
+    match image.topic_by_name(name) {
+        Some(t) => describe_topic(t, ops),
+        None => unknown_topic(Some(name), Uuid::nil(), ResponseError::LeaderNotAvailable),
+    }
+}
+
+fn keel_error(e: &keel_metadata::controller::ControllerError) -> ResponseError {
+    crate::errors::controller_error(e)
+}
+
+fn unknown_topic(
+    name: Option<&str>,
+    topic_id: Uuid,
+    error: ResponseError,
+) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(error.code())
+        .with_name(name.map(topic_name))
+        .with_topic_id(topic_id)
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+fn describe_topic(topic: &TopicImage, topic_authorized_operations: i32) -> MetadataResponseTopic {
+    let partitions = topic
+        .partitions
+        .values()
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p.partition)
+                .with_leader_id(BrokerId(p.leader))
+                .with_leader_epoch(p.leader_epoch)
+                .with_replica_nodes(p.replicas.iter().copied().map(BrokerId).collect())
+                .with_isr_nodes(p.isr.iter().copied().map(BrokerId).collect())
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&topic.name)))
+        .with_topic_id(topic.topic_id)
+        .with_is_internal(topic.name.starts_with("__"))
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(topic_authorized_operations)
+}
+
+fn brokers(image: &MetadataImage) -> Vec<MetadataResponseBroker> {
+    image
+        .brokers
+        .values()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.broker_id))
+                .with_host(str_bytes(&b.host))
+                .with_port(b.port)
+                .with_rack(b.rack.as_deref().map(str_bytes))
+        })
+        .collect()
+}

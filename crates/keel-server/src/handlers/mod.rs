@@ -1,0 +1,27 @@
+//! One module per Kafka API. A handler decodes nothing and writes nothing:
+//! it takes the decoded request and returns the response.
+
+pub mod api_versions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod fetch;
+pub mod init_producer_id;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::protocol::StrBytes;
+
+pub fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+/// Kafka's "authorized operations were not requested" sentinel.
+pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;

@@ -1,0 +1,814 @@
+//! One partition's log: an ordered set of segments, the leader-epoch cache
+//! and the idempotent producer state. The caller wraps it in a mutex; reads
+//! return a [`FetchSlice`] whose I/O happens after the lock is released.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use keel_types::limits::SEGMENT_RELATIVE_OFFSET_MAX;
+
+use crate::batch::{self, check_crc, check_framing, BatchIter, Compression, RecordBatchHeader};
+use crate::checkpoint::{ensure_partition_metadata, sync_dir, LeaderEpochCache};
+use crate::config::{LogConfig, TimestampType};
+use crate::error::{IoContext, Result, StorageError};
+use crate::producer_state::{check_batch, ProducerEntry, ProducerStateManager, SequenceCheck};
+use crate::recovery::load_segments;
+use crate::segment::{read_header_at, Segment};
+
+/// What an append did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogAppendResult {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    /// The time stamped on the batches, or -1 under CreateTime.
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+    pub max_timestamp: i64,
+    pub record_count: u64,
+    /// An idempotent retry: offsets are the original ones, nothing appended.
+    pub duplicate: bool,
+    /// `flush.messages` or `flush.ms` says the caller should fsync now.
+    pub needs_flush: bool,
+}
+
+/// A located range of whole batches in one segment file. Holding the
+/// `Arc<File>` keeps the data readable even if retention deletes the
+/// segment meanwhile.
+#[derive(Clone, Debug)]
+pub struct FetchSlice {
+    file: Option<Arc<File>>,
+    position: u64,
+    /// Bytes to read: an upper bound, trimmed to whole batches after reading.
+    len: u64,
+    first_offset: i64,
+}
+
+impl FetchSlice {
+    fn empty() -> FetchSlice {
+        FetchSlice {
+            file: None,
+            position: 0,
+            len: 0,
+            first_offset: -1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Upper bound on the bytes `read_bytes` returns.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The segment file and position, for zero-copy senders.
+    pub fn file(&self) -> Option<&Arc<File>> {
+        self.file.as_ref()
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Base offset of the first batch, or -1 when empty.
+    pub fn first_offset(&self) -> i64 {
+        self.first_offset
+    }
+
+    /// Reads the bytes and trims them to whole batches. Meant to run outside
+    /// the log's lock.
+    pub fn read_bytes(&self) -> Result<Bytes> {
+        let Some(file) = &self.file else {
+            return Ok(Bytes::new());
+        };
+        let mut buf = vec![0u8; usize::try_from(self.len).expect("fetch length fits memory")];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file
+                .read_at(&mut buf[filled..], self.position + filled as u64)
+                .ctx(|| format!("reading log at position {}", self.position))?;
+            if n == 0 {
+                // Truncated since located: keep what is whole.
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        let mut batches = BatchIter::new(&buf);
+        for item in &mut batches {
+            item.map_err(|e| StorageError::Corrupt(format!("reading log: {e}")))?;
+        }
+        let whole = batches.position();
+        buf.truncate(whole);
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// One partition's log. See the crate docs for the on-disk layout.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Keyed by base offset; never empty, the last one is active.
+    segments: BTreeMap<i64, Segment>,
+    log_start_offset: i64,
+    /// Everything below this offset is on disk (fsynced).
+    recovery_point: i64,
+    /// When the oldest unflushed append happened; drives `flush.ms`.
+    unflushed_since_ms: Option<i64>,
+    leader_epochs: LeaderEpochCache,
+    producers: ProducerStateManager,
+    producer_id_expiration_ms: i64,
+}
+
+impl Log {
+    /// Opens (creating if missing) the partition directory `dir`.
+    /// `recover_from`: `None` after a clean shutdown; `Some(recovery_point)`
+    /// to verify every batch at or past it and cut off a bad tail.
+    pub fn open(
+        dir: PathBuf,
+        topic_id: &str,
+        config: LogConfig,
+        recover_from: Option<i64>,
+        producer_id_expiration_ms: i64,
+        now_ms: i64,
+    ) -> Result<Log> {
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        ensure_partition_metadata(&dir, topic_id)?;
+        let mut segments = load_segments(&dir, recover_from, config.index_interval_bytes)?;
+        if segments.is_empty() {
+            segments.insert(0, Segment::create(&dir, 0)?);
+            sync_dir(&dir)?;
+        }
+        let log_start_offset = *segments.keys().next().expect("at least one segment");
+        let mut log = Log {
+            dir,
+            config,
+            segments,
+            log_start_offset,
+            recovery_point: 0,
+            unflushed_since_ms: None,
+            leader_epochs: LeaderEpochCache::default(),
+            producers: ProducerStateManager::default(),
+            producer_id_expiration_ms,
+        };
+        let log_end_offset = log.log_end_offset();
+        if let Some(point) = recover_from {
+            // Recovered data may sit only in the page cache of a crashed
+            // process; make it durable before calling it recovered.
+            for seg in log.segments.values().filter(|s| s.next_offset() > point) {
+                seg.sync_all()?;
+            }
+        }
+        log.recovery_point = log_end_offset;
+        log.leader_epochs = LeaderEpochCache::load(&log.dir)?;
+        log.leader_epochs
+            .truncate_from_end(&log.dir, log_end_offset)?;
+        log.leader_epochs
+            .truncate_from_start(&log.dir, log_start_offset)?;
+        log.rebuild_producer_state()?;
+        log.producers.expire(now_ms, producer_id_expiration_ms);
+        Ok(log)
+    }
+
+    /// Loads the newest usable producer snapshot and replays the log after it.
+    fn rebuild_producer_state(&mut self) -> Result<()> {
+        let from =
+            self.producers
+                .load_latest(&self.dir, self.log_end_offset(), self.log_start_offset)?;
+        for seg in self.segments.values().filter(|s| s.next_offset() > from) {
+            for (_, h) in seg.headers_from(from)? {
+                self.producers.replay(&h);
+            }
+        }
+        Ok(())
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("at least one segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("at least one segment")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn recovery_point(&self) -> i64 {
+        self.recovery_point
+    }
+
+    pub fn flushed_offset(&self) -> i64 {
+        self.recovery_point
+    }
+
+    pub fn leader_epoch_cache(&self) -> &LeaderEpochCache {
+        &self.leader_epochs
+    }
+
+    /// The producer's current state, if any (for tests and InitProducerId).
+    pub fn producer_state(&self, producer_id: i64) -> Option<&ProducerEntry> {
+        self.producers.get(producer_id)
+    }
+
+    /// Raises the log start offset, e.g. from `log-start-offset-checkpoint`.
+    /// Segments wholly below it go at the next `delete_old_segments`.
+    pub fn maybe_increment_log_start_offset(&mut self, offset: i64) -> Result<()> {
+        if offset > self.log_start_offset && offset <= self.log_end_offset() {
+            self.log_start_offset = offset;
+            self.leader_epochs.truncate_from_start(&self.dir, offset)?;
+        }
+        Ok(())
+    }
+
+    pub fn update_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    // -- Appends -----------------------------------------------------------
+
+    /// Appends client batches as the leader: validates them all, checks
+    /// idempotent producer state, assigns offsets and the leader epoch in
+    /// place, and writes them. Nothing is written if any check fails.
+    pub fn append_as_leader(
+        &mut self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<LogAppendResult> {
+        assert!(leader_epoch >= 0, "leader epoch {leader_epoch} is negative");
+        let max_message_bytes = u64::from(self.config.max_message_bytes);
+        let mut spans = Vec::new();
+        for item in BatchIter::strict(batches) {
+            let (header, range) = item?;
+            if header.total_size() > max_message_bytes {
+                return Err(StorageError::MessageTooLarge {
+                    size: header.total_size(),
+                    max: max_message_bytes,
+                });
+            }
+            let header = batch::validate_batch(&batches[range.clone()])?;
+            if header.is_control() {
+                return Err(StorageError::InvalidRecord(
+                    "clients may not send control batches".into(),
+                ));
+            }
+            if header.record_count == 0 {
+                return Err(StorageError::InvalidRecord("batch holds no records".into()));
+            }
+            spans.push((header, range));
+        }
+        if spans.is_empty() {
+            return Err(StorageError::InvalidRecord(
+                "produce holds no batches".into(),
+            ));
+        }
+        let total = batches.len() as u64;
+        let segment_bytes = self.config.effective_segment_bytes();
+        if total > segment_bytes {
+            return Err(StorageError::RecordListTooLarge {
+                size: total,
+                max: segment_bytes,
+            });
+        }
+        let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
+
+        // Plan offsets and producer state before touching anything.
+        let first_offset = self.log_end_offset();
+        let mut next_offset = first_offset;
+        let mut pending: HashMap<i64, ProducerEntry> = HashMap::new();
+        for (header, _) in &spans {
+            let mut assigned = *header;
+            assigned.base_offset = next_offset;
+            if log_append_time {
+                assigned.max_timestamp = now_ms;
+            }
+            if header.producer_id >= 0 {
+                let pid = header.producer_id;
+                let current = pending.get(&pid).or_else(|| self.producers.get(pid));
+                match check_batch(current, header)? {
+                    SequenceCheck::Duplicate(dup) => {
+                        return Ok(LogAppendResult {
+                            first_offset: dup.first_offset,
+                            last_offset: dup.last_offset,
+                            log_append_time: -1,
+                            log_start_offset: self.log_start_offset,
+                            max_timestamp: dup.timestamp,
+                            record_count: (dup.last_offset - dup.first_offset + 1) as u64,
+                            duplicate: true,
+                            needs_flush: false,
+                        });
+                    }
+                    SequenceCheck::Append => {}
+                }
+                let mut entry = pending
+                    .remove(&pid)
+                    .or_else(|| self.producers.get(pid).cloned())
+                    .unwrap_or_else(|| ProducerStateManager::new_entry(header.producer_epoch));
+                entry.record(&assigned);
+                pending.insert(pid, entry);
+            }
+            next_offset = assigned.next_offset();
+        }
+
+        let mut headers = Vec::with_capacity(spans.len());
+        let mut offset = first_offset;
+        for (_, range) in &spans {
+            let bytes = &mut batches[range.clone()];
+            batch::set_base_offset(bytes, offset);
+            batch::set_partition_leader_epoch(bytes, leader_epoch);
+            if log_append_time {
+                batch::set_log_append_time(bytes, now_ms);
+            }
+            let patched = RecordBatchHeader::parse(bytes)?;
+            debug_assert_eq!(batch::compute_crc(bytes), patched.crc);
+            offset = patched.next_offset();
+            headers.push(patched);
+        }
+        let last_offset = next_offset - 1;
+        self.write(batches, &headers, first_offset, last_offset, now_ms, true)?;
+        self.leader_epochs
+            .assign(&self.dir, leader_epoch, first_offset)?;
+        for (pid, entry) in pending {
+            self.producers.insert(pid, entry);
+        }
+        let record_count: u64 = headers.iter().map(|h| h.record_count as u64).sum();
+        Ok(LogAppendResult {
+            first_offset,
+            last_offset,
+            log_append_time: if log_append_time { now_ms } else { -1 },
+            log_start_offset: self.log_start_offset,
+            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+            record_count,
+            duplicate: false,
+            needs_flush: self.needs_flush(now_ms),
+        })
+    }
+
+    /// Appends batches that already carry offsets (replication). Checks
+    /// framing and CRCs and that offsets only move forward.
+    pub fn append_as_follower(&mut self, batches: &[u8]) -> Result<LogAppendResult> {
+        let mut headers = Vec::new();
+        let mut expected = self.log_end_offset();
+        for item in BatchIter::strict(batches) {
+            let (header, range) = item?;
+            check_framing(&header)?;
+            check_crc(&header, &batches[range])?;
+            if header.base_offset < expected || header.last_offset_delta < 0 {
+                return Err(StorageError::UnexpectedAppendOffset {
+                    first_offset: header.base_offset,
+                    log_end: expected,
+                });
+            }
+            expected = header.next_offset();
+            headers.push(header);
+        }
+        let (Some(first), Some(last)) = (headers.first(), headers.last()) else {
+            return Err(StorageError::InvalidRecord(
+                "append holds no batches".into(),
+            ));
+        };
+        let (first_offset, last_offset) = (first.base_offset, last.last_offset());
+        // Followers roll by size only; `roll_if_due` handles segment.ms.
+        let rolling_ms = first.max_timestamp;
+        self.write(
+            batches,
+            &headers,
+            first_offset,
+            last_offset,
+            rolling_ms,
+            false,
+        )?;
+        for h in &headers {
+            self.leader_epochs
+                .assign(&self.dir, h.partition_leader_epoch, h.base_offset)?;
+            self.producers.replay(h);
+        }
+        Ok(LogAppendResult {
+            first_offset,
+            last_offset,
+            log_append_time: -1,
+            log_start_offset: self.log_start_offset,
+            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+            record_count: headers.iter().map(|h| h.record_count.max(0) as u64).sum(),
+            duplicate: false,
+            needs_flush: false,
+        })
+    }
+
+    fn write(
+        &mut self,
+        bytes: &[u8],
+        headers: &[RecordBatchHeader],
+        first_offset: i64,
+        last_offset: i64,
+        now_ms: i64,
+        time_roll: bool,
+    ) -> Result<()> {
+        self.maybe_roll(
+            bytes.len() as u64,
+            first_offset,
+            last_offset,
+            now_ms,
+            time_roll,
+        )?;
+        if self.recovery_point == self.log_end_offset() {
+            self.unflushed_since_ms = Some(now_ms);
+        }
+        let interval = self.config.index_interval_bytes;
+        self.active_mut().append(bytes, headers, interval, now_ms)
+    }
+
+    fn maybe_roll(
+        &mut self,
+        size: u64,
+        first_offset: i64,
+        last_offset: i64,
+        now_ms: i64,
+        time_roll: bool,
+    ) -> Result<()> {
+        let config = &self.config;
+        let seg = self.active();
+        if seg.is_empty() {
+            // A follower may jump ahead; an empty active segment is simply
+            // re-based there so relative offsets stay small.
+            if first_offset != seg.base_offset {
+                let base = seg.base_offset;
+                let old = self.segments.remove(&base).expect("active segment");
+                old.delete_files()?;
+                self.segments
+                    .insert(first_offset, Segment::create(&self.dir, first_offset)?);
+                if base == self.log_start_offset && self.segments.len() == 1 {
+                    self.log_start_offset = first_offset;
+                }
+                sync_dir(&self.dir)?;
+            }
+            return Ok(());
+        }
+        let full = seg.size() + size > config.effective_segment_bytes();
+        let old = time_roll
+            && seg
+                .rolling_ms()
+                .is_some_and(|t| now_ms.saturating_sub(t) >= config.segment_ms);
+        let offsets = last_offset - seg.base_offset > SEGMENT_RELATIVE_OFFSET_MAX;
+        let indexes = seg.indexes_full(config.segment_index_bytes);
+        if full || old || offsets || indexes {
+            tracing::debug!(dir = %self.dir.display(), full, old, offsets, indexes, "rolling segment");
+            self.roll(first_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new active segment at `base_offset`. The outgoing segment is
+    /// fsynced, so everything below the new base is durable.
+    fn roll(&mut self, base_offset: i64) -> Result<()> {
+        let log_end_offset = self.log_end_offset();
+        assert!(base_offset >= log_end_offset, "roll below the log end");
+        assert!(!self.active().is_empty(), "rolling an empty segment");
+        self.active_mut().on_become_inactive()?;
+        self.producers.take_snapshot(&self.dir, log_end_offset)?;
+        self.segments
+            .insert(base_offset, Segment::create(&self.dir, base_offset)?);
+        sync_dir(&self.dir)?;
+        self.mark_flushed(log_end_offset);
+        Ok(())
+    }
+
+    /// Rolls the active segment if `segment.ms` has passed since its first append.
+    pub fn roll_if_due(&mut self, now_ms: i64) -> Result<()> {
+        let seg = self.active();
+        if !seg.is_empty()
+            && seg
+                .rolling_ms()
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms)
+        {
+            self.roll(self.log_end_offset())?;
+        }
+        Ok(())
+    }
+
+    /// Flushes once `flush.ms` has passed since the oldest unflushed append
+    /// (or `flush.messages` is reached); the broker's upkeep calls this.
+    pub fn flush_if_due(&mut self, now_ms: i64) -> Result<()> {
+        if self.recovery_point < self.log_end_offset() && self.needs_flush(now_ms) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn needs_flush(&self, now_ms: i64) -> bool {
+        let unflushed = self.log_end_offset() - self.recovery_point;
+        unflushed >= self.config.flush_messages
+            || self
+                .unflushed_since_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.flush_ms)
+    }
+
+    // -- Reads -------------------------------------------------------------
+
+    /// Locates whole batches from the one holding `start_offset`, within one
+    /// segment, below `max_offset`, up to `max_bytes` (or the first batch
+    /// whole if `min_one_batch`). Cheap: only index lookups and header reads.
+    pub fn read(
+        &self,
+        start_offset: i64,
+        max_bytes: u32,
+        max_offset: i64,
+        min_one_batch: bool,
+    ) -> Result<FetchSlice> {
+        let log_end = self.log_end_offset();
+        if start_offset < self.log_start_offset || start_offset > log_end {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: start_offset,
+                log_start: self.log_start_offset,
+                log_end,
+            });
+        }
+        if start_offset >= max_offset || start_offset == log_end {
+            return Ok(FetchSlice::empty());
+        }
+        let floor = self
+            .segments
+            .range(..=start_offset)
+            .next_back()
+            .map_or(self.log_start_offset, |(&b, _)| b);
+        for seg in self.segments.range(floor..).map(|(_, s)| s) {
+            if seg.next_offset() <= start_offset {
+                continue;
+            }
+            let Some((position, first)) = seg.find_batch(start_offset)? else {
+                continue;
+            };
+            if first.last_offset() >= max_offset {
+                return Ok(FetchSlice::empty());
+            }
+            let end = if max_offset >= seg.next_offset() {
+                seg.size()
+            } else {
+                seg.find_batch(max_offset)?
+                    .map_or(seg.size(), |(pos, _)| pos)
+            };
+            let first_size = first.total_size();
+            let max_bytes = u64::from(max_bytes);
+            let len = if first_size > max_bytes {
+                if min_one_batch {
+                    first_size
+                } else {
+                    0
+                }
+            } else {
+                (end - position).min(max_bytes)
+            };
+            return Ok(FetchSlice {
+                file: (len > 0).then(|| Arc::clone(seg.file())),
+                position,
+                len,
+                first_offset: first.base_offset,
+            });
+        }
+        Ok(FetchSlice::empty())
+    }
+
+    /// The first record with timestamp ≥ `timestamp`: its offset and
+    /// timestamp. For compressed batches (which we never decompress) and
+    /// LogAppendTime batches this is the batch's base offset and max
+    /// timestamp, an approximation Kafka avoids by decompressing.
+    pub fn fetch_offset_by_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        for seg in self.segments.values() {
+            if seg.is_empty()
+                || seg.max_timestamp() < timestamp
+                || seg.next_offset() <= self.log_start_offset
+            {
+                continue;
+            }
+            let mut pos = seg.time_lookup_position(timestamp);
+            while let Some(h) = read_header_at(seg.file(), pos, seg.size())? {
+                check_framing(&h).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                if h.total_size() > seg.size() - pos {
+                    return Err(StorageError::Corrupt(format!(
+                        "batch at {pos} runs past its segment"
+                    )));
+                }
+                if h.max_timestamp >= timestamp && h.last_offset() >= self.log_start_offset {
+                    return self
+                        .find_record_by_timestamp(seg, pos, &h, timestamp)
+                        .map(Some);
+                }
+                pos += h.total_size();
+            }
+        }
+        Ok(None)
+    }
+
+    fn find_record_by_timestamp(
+        &self,
+        seg: &Segment,
+        pos: u64,
+        h: &RecordBatchHeader,
+        timestamp: i64,
+    ) -> Result<(i64, i64)> {
+        let fallback = (h.base_offset.max(self.log_start_offset), h.max_timestamp);
+        if h.compression() != Compression::None
+            || h.timestamp_type() == TimestampType::LogAppendTime
+        {
+            return Ok(fallback);
+        }
+        let mut bytes = vec![0u8; h.total_size() as usize];
+        seg.file()
+            .read_exact_at(&mut bytes, pos)
+            .ctx(|| format!("reading batch at {pos} of {}", seg.log_path().display()))?;
+        for record in batch::iter_records(&bytes)? {
+            let record = record.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            if record.timestamp >= timestamp && record.offset >= self.log_start_offset {
+                return Ok((record.offset, record.timestamp));
+            }
+        }
+        Ok(fallback)
+    }
+
+    /// The largest timestamp in the log and the last offset of the batch
+    /// holding it (Kafka's batch-level answer), or (-1, -1) when empty.
+    pub fn max_timestamp_and_offset(&self) -> (i64, i64) {
+        let mut best = (keel_types::NO_TIMESTAMP, -1);
+        for seg in self.segments.values().filter(|s| !s.is_empty()) {
+            if seg.max_timestamp() > best.0 {
+                best = (seg.max_timestamp(), seg.offset_of_max_timestamp());
+            }
+        }
+        best
+    }
+
+    // -- Durability --------------------------------------------------------
+
+    /// Fsyncs every segment holding unflushed data; returns the new
+    /// recovery point (the log end offset).
+    pub fn flush(&mut self) -> Result<i64> {
+        let point = self.recovery_point;
+        for seg in self.segments.values().filter(|s| s.next_offset() > point) {
+            seg.sync_all()?;
+        }
+        let log_end = self.log_end_offset();
+        self.mark_flushed(log_end);
+        Ok(log_end)
+    }
+
+    /// The active segment's file, so the caller can fsync outside its lock
+    /// and then call `mark_flushed` with the log end offset it saw.
+    pub fn active_segment_file(&self) -> Arc<File> {
+        Arc::clone(self.active().file())
+    }
+
+    /// Records that everything below `offset` is durable. Rolls fsync the
+    /// outgoing segment, so only the active segment needs the caller's fsync.
+    pub fn mark_flushed(&mut self, offset: i64) {
+        let offset = offset.min(self.log_end_offset());
+        if offset > self.recovery_point {
+            self.recovery_point = offset;
+        }
+        if self.recovery_point == self.log_end_offset() {
+            self.unflushed_since_ms = None;
+        }
+    }
+
+    // -- Retention and truncation -----------------------------------------
+
+    pub(crate) fn dir_path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn segments(&self) -> &BTreeMap<i64, Segment> {
+        &self.segments
+    }
+
+    /// Removes the oldest segment (never the only one) and advances the log
+    /// start offset past it.
+    pub(crate) fn delete_oldest_segment(&mut self) -> Result<()> {
+        assert!(
+            self.segments.len() > 1,
+            "the active segment is never deleted"
+        );
+        let (_, seg) = self.segments.pop_first().expect("segments");
+        tracing::info!(segment = %seg.log_path().display(), "deleting segment");
+        seg.delete_files()?;
+        let next_base = *self.segments.keys().next().expect("segments");
+        if next_base > self.log_start_offset {
+            self.log_start_offset = next_base;
+            self.leader_epochs
+                .truncate_from_start(&self.dir, next_base)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn roll_active(&mut self) -> Result<()> {
+        self.roll(self.log_end_offset())
+    }
+
+    /// Removes producers idle for longer than `producer_id_expiration_ms`.
+    pub fn expire_producers(&mut self, now_ms: i64) {
+        self.producers
+            .expire(now_ms, self.producer_id_expiration_ms);
+    }
+
+    /// Cuts the log so that its end is at most `offset` (a batch straddling
+    /// `offset` goes entirely). Below the log start, the log is emptied and
+    /// restarted at `offset`.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<()> {
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        if offset < self.log_start_offset {
+            return self.truncate_fully_and_start_at(offset);
+        }
+        let doomed: Vec<i64> = self.segments.range(offset..).map(|(&b, _)| b).collect();
+        let keep_one = doomed.len() == self.segments.len();
+        for base in doomed {
+            let seg = self.segments.remove(&base).expect("listed segment");
+            seg.delete_files()?;
+        }
+        if keep_one {
+            self.segments
+                .insert(offset, Segment::create(&self.dir, offset)?);
+        } else {
+            let (&base, _) = self.segments.last_key_value().expect("segments");
+            let seg = self.segments.remove(&base).expect("segment");
+            let seg = seg.truncate_to(offset, self.config.index_interval_bytes)?;
+            self.segments.insert(base, seg);
+        }
+        sync_dir(&self.dir)?;
+        self.after_truncation()
+    }
+
+    fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<()> {
+        while let Some((_, seg)) = self.segments.pop_first() {
+            seg.delete_files()?;
+        }
+        self.segments
+            .insert(offset, Segment::create(&self.dir, offset)?);
+        sync_dir(&self.dir)?;
+        self.log_start_offset = offset;
+        self.leader_epochs.truncate_from_end(&self.dir, i64::MIN)?;
+        for snapshot in crate::producer_state::list_snapshots(&self.dir)? {
+            crate::producer_state::remove_if_exists(&crate::producer_state::snapshot_path(
+                &self.dir, snapshot,
+            ))?;
+        }
+        self.after_truncation()
+    }
+
+    fn after_truncation(&mut self) -> Result<()> {
+        let log_end = self.log_end_offset();
+        self.recovery_point = self.recovery_point.min(log_end);
+        self.leader_epochs.truncate_from_end(&self.dir, log_end)?;
+        self.rebuild_producer_state()
+    }
+
+    /// Flushes, records final index entries and snapshots producer state,
+    /// so the next open needs no recovery.
+    pub fn close(mut self) -> Result<()> {
+        self.active_mut().on_become_inactive()?;
+        self.flush()?;
+        self.producers
+            .take_snapshot(&self.dir, self.log_end_offset())?;
+        Ok(())
+    }
+
+    /// Removes the partition directory and everything in it.
+    pub fn delete(self) -> Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).ctx(|| format!("deleting {}", dir.display()))
+    }
+}

@@ -1,0 +1,448 @@
+//! Idempotent producer state, with Kafka's semantics: per producer id the
+//! current epoch and the last few batches' sequence ranges, so that a retried
+//! batch is answered with its original offsets instead of being written twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use keel_types::limits::PRODUCER_BATCHES_RETAINED_MAX;
+use keel_types::{ProducerEpoch, ProducerId};
+
+use crate::batch::{increment_sequence, RecordBatchHeader};
+use crate::checkpoint::write_atomically;
+use crate::error::{IoContext, Result, StorageError};
+
+pub(crate) const SNAPSHOT_SUFFIX: &str = ".snapshot";
+const SNAPSHOT_VERSION: u16 = 1;
+/// Snapshots kept on disk; older ones only slow down nothing but take space.
+const SNAPSHOTS_RETAINED_MAX: usize = 2;
+
+/// One appended batch of a producer, enough to recognise its retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchMetadata {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub timestamp: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerEntry {
+    pub epoch: ProducerEpoch,
+    /// Oldest first; at most `PRODUCER_BATCHES_RETAINED_MAX`.
+    pub batches: VecDeque<BatchMetadata>,
+    pub last_timestamp: i64,
+}
+
+impl ProducerEntry {
+    fn new(epoch: ProducerEpoch) -> ProducerEntry {
+        ProducerEntry {
+            epoch,
+            batches: VecDeque::with_capacity(PRODUCER_BATCHES_RETAINED_MAX),
+            last_timestamp: keel_types::NO_TIMESTAMP,
+        }
+    }
+
+    fn find_duplicate(&self, header: &RecordBatchHeader) -> Option<BatchMetadata> {
+        if header.producer_epoch != self.epoch {
+            return None;
+        }
+        let (first, last) = (header.base_sequence, header.last_sequence());
+        self.batches
+            .iter()
+            .find(|b| b.first_seq == first && b.last_seq == last)
+            .copied()
+    }
+
+    /// Records a batch that has been (or is being) appended.
+    pub(crate) fn record(&mut self, header: &RecordBatchHeader) {
+        if header.producer_epoch != self.epoch {
+            self.epoch = header.producer_epoch;
+            self.batches.clear();
+        }
+        if self.batches.len() == PRODUCER_BATCHES_RETAINED_MAX {
+            self.batches.pop_front();
+        }
+        self.batches.push_back(BatchMetadata {
+            first_seq: header.base_sequence,
+            last_seq: header.last_sequence(),
+            first_offset: header.base_offset,
+            last_offset: header.last_offset(),
+            timestamp: header.max_timestamp,
+        });
+        self.last_timestamp = self.last_timestamp.max(header.max_timestamp);
+    }
+}
+
+/// What a leader append should do with a batch from an idempotent producer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SequenceCheck {
+    Append,
+    Duplicate(BatchMetadata),
+}
+
+/// Checks a client batch against its producer's entry (`None`: unknown).
+pub(crate) fn check_batch(
+    entry: Option<&ProducerEntry>,
+    h: &RecordBatchHeader,
+) -> Result<SequenceCheck> {
+    let producer_id = h.producer_id;
+    let Some(entry) = entry else {
+        if h.base_sequence != 0 {
+            return Err(StorageError::UnknownProducerId(producer_id));
+        }
+        return Ok(SequenceCheck::Append);
+    };
+    if let Some(dup) = entry.find_duplicate(h) {
+        return Ok(SequenceCheck::Duplicate(dup));
+    }
+    if h.producer_epoch < entry.epoch {
+        return Err(StorageError::InvalidProducerEpoch {
+            producer_id,
+            current: entry.epoch,
+            received: h.producer_epoch,
+        });
+    }
+    let expected = if h.producer_epoch > entry.epoch {
+        0
+    } else {
+        entry
+            .batches
+            .back()
+            .map_or(0, |last| increment_sequence(last.last_seq, 1))
+    };
+    if h.base_sequence != expected {
+        return Err(StorageError::OutOfOrderSequence {
+            producer_id,
+            expected,
+            received: h.base_sequence,
+        });
+    }
+    Ok(SequenceCheck::Append)
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ProducerStateManager {
+    producers: HashMap<ProducerId, ProducerEntry>,
+}
+
+impl ProducerStateManager {
+    pub(crate) fn get(&self, producer_id: ProducerId) -> Option<&ProducerEntry> {
+        self.producers.get(&producer_id)
+    }
+
+    pub(crate) fn insert(&mut self, producer_id: ProducerId, entry: ProducerEntry) {
+        self.producers.insert(producer_id, entry);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Replays a batch read back from the log: no checks, the log is the truth.
+    pub(crate) fn replay(&mut self, h: &RecordBatchHeader) {
+        if h.producer_id < 0 {
+            return;
+        }
+        let entry = self
+            .producers
+            .entry(h.producer_id)
+            .or_insert_with(|| ProducerEntry::new(h.producer_epoch));
+        if h.is_control() {
+            // A transaction marker carries the producer's epoch but no sequence.
+            if h.producer_epoch != entry.epoch {
+                entry.epoch = h.producer_epoch;
+                entry.batches.clear();
+            }
+            entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
+        } else {
+            entry.record(h);
+        }
+    }
+
+    /// A fresh entry for a producer seen for the first time in an append.
+    pub(crate) fn new_entry(epoch: ProducerEpoch) -> ProducerEntry {
+        ProducerEntry::new(epoch)
+    }
+
+    pub(crate) fn expire(&mut self, now_ms: i64, expiration_ms: i64) {
+        self.producers
+            .retain(|_, e| now_ms.saturating_sub(e.last_timestamp) < expiration_ms);
+    }
+
+    // -- Snapshots ---------------------------------------------------------
+
+    fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        let mut ids: Vec<_> = self.producers.keys().copied().collect();
+        ids.sort_unstable();
+        body.extend_from_slice(
+            &u32::try_from(ids.len())
+                .expect("producer count fits u32")
+                .to_be_bytes(),
+        );
+        for id in ids {
+            let e = &self.producers[&id];
+            body.extend_from_slice(&id.to_be_bytes());
+            body.extend_from_slice(&e.epoch.to_be_bytes());
+            body.extend_from_slice(&e.last_timestamp.to_be_bytes());
+            body.push(e.batches.len() as u8);
+            for b in &e.batches {
+                body.extend_from_slice(&b.first_seq.to_be_bytes());
+                body.extend_from_slice(&b.last_seq.to_be_bytes());
+                body.extend_from_slice(&b.first_offset.to_be_bytes());
+                body.extend_from_slice(&b.last_offset.to_be_bytes());
+                body.extend_from_slice(&b.timestamp.to_be_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(body.len() + 6);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_be_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<HashMap<ProducerId, ProducerEntry>> {
+        let mut r = Reader { bytes, pos: 0 };
+        let version = u16::from_be_bytes(r.take::<2>()?);
+        if version != SNAPSHOT_VERSION {
+            return Err(StorageError::Corrupt(format!(
+                "producer snapshot version {version}"
+            )));
+        }
+        let crc = u32::from_be_bytes(r.take::<4>()?);
+        if crc32c::crc32c(&bytes[r.pos..]) != crc {
+            return Err(StorageError::Corrupt(
+                "producer snapshot CRC mismatch".into(),
+            ));
+        }
+        let count = u32::from_be_bytes(r.take::<4>()?);
+        let mut producers = HashMap::new();
+        for _ in 0..count {
+            let id = i64::from_be_bytes(r.take::<8>()?);
+            let epoch = i16::from_be_bytes(r.take::<2>()?);
+            let last_timestamp = i64::from_be_bytes(r.take::<8>()?);
+            let n = r.take::<1>()?[0] as usize;
+            if n > PRODUCER_BATCHES_RETAINED_MAX {
+                return Err(StorageError::Corrupt(format!(
+                    "producer snapshot holds {n} batches"
+                )));
+            }
+            let mut batches = VecDeque::with_capacity(n);
+            for _ in 0..n {
+                batches.push_back(BatchMetadata {
+                    first_seq: i32::from_be_bytes(r.take::<4>()?),
+                    last_seq: i32::from_be_bytes(r.take::<4>()?),
+                    first_offset: i64::from_be_bytes(r.take::<8>()?),
+                    last_offset: i64::from_be_bytes(r.take::<8>()?),
+                    timestamp: i64::from_be_bytes(r.take::<8>()?),
+                });
+            }
+            producers.insert(
+                id,
+                ProducerEntry {
+                    epoch,
+                    batches,
+                    last_timestamp,
+                },
+            );
+        }
+        if r.pos != bytes.len() {
+            return Err(StorageError::Corrupt(
+                "trailing bytes in producer snapshot".into(),
+            ));
+        }
+        Ok(producers)
+    }
+
+    /// Writes `{offset:020}.snapshot` and prunes all but the newest two.
+    pub(crate) fn take_snapshot(&self, dir: &Path, offset: i64) -> Result<()> {
+        write_atomically(&snapshot_path(dir, offset), &self.encode())?;
+        let snapshots = list_snapshots(dir)?;
+        if snapshots.len() > SNAPSHOTS_RETAINED_MAX {
+            for &old in &snapshots[..snapshots.len() - SNAPSHOTS_RETAINED_MAX] {
+                remove_if_exists(&snapshot_path(dir, old))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops snapshots past `log_end_offset` (they describe a truncated
+    /// log), then loads the newest readable one. Returns the offset the
+    /// caller must replay the log from.
+    pub(crate) fn load_latest(
+        &mut self,
+        dir: &Path,
+        log_end_offset: i64,
+        log_start_offset: i64,
+    ) -> Result<i64> {
+        self.producers.clear();
+        let snapshots = list_snapshots(dir)?;
+        for &offset in snapshots.iter().rev() {
+            let path = snapshot_path(dir, offset);
+            if offset > log_end_offset {
+                remove_if_exists(&path)?;
+                continue;
+            }
+            if offset < log_start_offset {
+                break;
+            }
+            let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+            match Self::decode(&bytes) {
+                Ok(producers) => {
+                    self.producers = producers;
+                    return Ok(offset);
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %path.display(), "ignoring producer snapshot: {e}");
+                    remove_if_exists(&path)?;
+                }
+            }
+        }
+        Ok(log_start_offset)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let end = self.pos + N;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or_else(|| StorageError::Corrupt("producer snapshot is truncated".into()))?;
+        self.pos = end;
+        Ok(slice.try_into().expect("N bytes"))
+    }
+}
+
+pub(crate) fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    dir.join(crate::segment::file_name(offset, SNAPSHOT_SUFFIX))
+}
+
+/// Snapshot offsets in the directory, ascending.
+pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+        if let Some(name) = entry.file_name().to_str() {
+            if let Some(offset) = crate::segment::parse_file_name(name, SNAPSHOT_SUFFIX) {
+                out.push(offset);
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("deleting {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchBuilder;
+
+    fn header(
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+        records: usize,
+        base_offset: i64,
+    ) -> RecordBatchHeader {
+        let mut b = BatchBuilder::new(base_offset).producer(pid, epoch, seq);
+        for _ in 0..records {
+            b.push(None, Some(b"v"), &[], 1);
+        }
+        RecordBatchHeader::parse(&b.build()).unwrap()
+    }
+
+    #[test]
+    fn sequence_rules() {
+        let h0 = header(1, 0, 0, 3, 0);
+        assert_eq!(check_batch(None, &h0).unwrap(), SequenceCheck::Append);
+        assert!(matches!(
+            check_batch(None, &header(1, 0, 3, 1, 0)),
+            Err(StorageError::UnknownProducerId(1))
+        ));
+        let mut e = ProducerEntry::new(0);
+        e.record(&h0);
+        assert!(
+            matches!(check_batch(Some(&e), &h0).unwrap(), SequenceCheck::Duplicate(b) if b.first_offset == 0)
+        );
+        assert_eq!(
+            check_batch(Some(&e), &header(1, 0, 3, 1, 3)).unwrap(),
+            SequenceCheck::Append
+        );
+        assert!(matches!(
+            check_batch(Some(&e), &header(1, 0, 5, 1, 3)),
+            Err(StorageError::OutOfOrderSequence { expected: 3, .. })
+        ));
+        assert!(matches!(
+            check_batch(Some(&e), &header(1, 1, 5, 1, 3)),
+            Err(StorageError::OutOfOrderSequence { expected: 0, .. })
+        ));
+        assert_eq!(
+            check_batch(Some(&e), &header(1, 1, 0, 1, 3)).unwrap(),
+            SequenceCheck::Append
+        );
+        e.record(&header(1, 2, 0, 1, 3));
+        assert!(matches!(
+            check_batch(Some(&e), &header(1, 1, 1, 1, 4)),
+            Err(StorageError::InvalidProducerEpoch { current: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn keeps_five_batches_and_round_trips_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = ProducerStateManager::default();
+        for i in 0..7 {
+            m.replay(&header(9, 0, i * 2, 2, i64::from(i) * 2));
+        }
+        m.replay(&header(10, 3, 0, 1, 14));
+        assert_eq!(
+            m.get(9).unwrap().batches.len(),
+            PRODUCER_BATCHES_RETAINED_MAX
+        );
+        for off in [5, 10, 15] {
+            m.take_snapshot(dir.path(), off).unwrap();
+        }
+        assert_eq!(list_snapshots(dir.path()).unwrap(), vec![10, 15]);
+        let mut loaded = ProducerStateManager::default();
+        assert_eq!(loaded.load_latest(dir.path(), 15, 0).unwrap(), 15);
+        assert_eq!(loaded.producers, m.producers);
+        // A snapshot past the log end is stale and removed.
+        assert_eq!(loaded.load_latest(dir.path(), 12, 0).unwrap(), 10);
+        assert_eq!(list_snapshots(dir.path()).unwrap(), vec![10]);
+        // A corrupt snapshot is ignored.
+        let path = snapshot_path(dir.path(), 10);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(loaded.load_latest(dir.path(), 12, 0).unwrap(), 0);
+        assert_eq!(loaded.len(), 0);
+    }
+
+    #[test]
+    fn expiry() {
+        let mut m = ProducerStateManager::default();
+        m.replay(&header(1, 0, 0, 1, 0)); // timestamp 1
+        m.expire(100, 1000);
+        assert_eq!(m.len(), 1);
+        m.expire(1001, 1000);
+        assert_eq!(m.len(), 0);
+    }
+}

@@ -1,0 +1,620 @@
+//! One segment: a `.log` file of batches plus its `.index` and `.timeindex`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keel_types::limits::{RECORD_BATCH_HEADER_BYTES, SEGMENT_RELATIVE_OFFSET_MAX};
+
+use crate::batch::{check_crc, check_framing, RecordBatchHeader};
+use crate::error::{IoContext, Result, StorageError};
+use crate::index::OffsetIndex;
+use crate::time_index::TimeIndex;
+
+pub(crate) const LOG_SUFFIX: &str = ".log";
+pub(crate) const INDEX_SUFFIX: &str = ".index";
+pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
+
+/// Kafka names every segment file by its base offset, 20 digits wide.
+pub(crate) fn file_name(base_offset: i64, suffix: &str) -> String {
+    format!("{base_offset:020}{suffix}")
+}
+
+/// Parses `00000000000000000042.log`-style names.
+pub(crate) fn parse_file_name(name: &str, suffix: &str) -> Option<i64> {
+    let stem = name.strip_suffix(suffix)?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// How a scan of a segment's batches ended.
+#[derive(Debug)]
+pub(crate) struct ScanEnd {
+    /// Position after the last good batch.
+    pub valid_end: u64,
+    /// Why the scan stopped before the file end, if it did.
+    pub problem: Option<String>,
+}
+
+/// `Read` over positional reads, so scanning never moves a shared cursor.
+struct PosReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for PosReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end.saturating_sub(self.pos);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads a header at `pos`; `None` if fewer than a header's bytes remain
+/// before `end`.
+pub(crate) fn read_header_at(file: &File, pos: u64, end: u64) -> Result<Option<RecordBatchHeader>> {
+    if end.saturating_sub(pos) < RECORD_BATCH_HEADER_BYTES as u64 {
+        return Ok(None);
+    }
+    let mut buf = [0u8; RECORD_BATCH_HEADER_BYTES];
+    file.read_exact_at(&mut buf, pos)
+        .ctx(|| format!("reading batch header at position {pos}"))?;
+    RecordBatchHeader::parse(&buf).map(Some)
+}
+
+/// Walks batches from `start` to `end`, calling `f(position, header)` for
+/// each good one. Stops at the first batch that is torn, badly framed, out of
+/// offset order, or (with `verify_crc`) fails its CRC.
+pub(crate) fn scan(
+    file: &File,
+    base_offset: i64,
+    start: u64,
+    end: u64,
+    mut expected_next: i64,
+    verify_crc: bool,
+    mut f: impl FnMut(u64, &RecordBatchHeader) -> Result<()>,
+) -> Result<ScanEnd> {
+    let mut reader = BufReader::with_capacity(
+        256 * 1024,
+        PosReader {
+            file,
+            pos: start,
+            end,
+        },
+    );
+    let mut pos = start;
+    let mut batch = Vec::new();
+    let problem = loop {
+        if pos == end {
+            break None;
+        }
+        let mut head = [0u8; RECORD_BATCH_HEADER_BYTES];
+        match reader.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                break Some(format!("torn batch header at position {pos}"))
+            }
+            Err(e) => return Err(e).ctx(|| format!("scanning segment {base_offset}")),
+        }
+        let header = RecordBatchHeader::parse(&head)?;
+        if let Err(e) = check_framing(&header) {
+            break Some(format!("at position {pos}: {e}"));
+        }
+        let total = header.total_size();
+        if total > end - pos {
+            break Some(format!(
+                "torn batch at position {pos}: {total} bytes, {} on disk",
+                end - pos
+            ));
+        }
+        if header.base_offset < expected_next
+            || header.last_offset_delta < 0
+            || header.last_offset() - base_offset > SEGMENT_RELATIVE_OFFSET_MAX
+        {
+            break Some(format!(
+                "batch at position {pos} has offsets {}..={} after {expected_next}",
+                header.base_offset,
+                header.last_offset()
+            ));
+        }
+        batch.clear();
+        batch.extend_from_slice(&head);
+        batch.resize(total as usize, 0);
+        match reader.read_exact(&mut batch[RECORD_BATCH_HEADER_BYTES..]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                break Some(format!("torn batch at position {pos}"))
+            }
+            Err(e) => return Err(e).ctx(|| format!("scanning segment {base_offset}")),
+        }
+        if verify_crc {
+            if let Err(e) = check_crc(&header, &batch) {
+                break Some(format!("at position {pos}: {e}"));
+            }
+        }
+        f(pos, &header)?;
+        expected_next = header.next_offset();
+        pos += total;
+    };
+    Ok(ScanEnd {
+        valid_end: pos,
+        problem,
+    })
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base_offset: i64,
+    log_path: PathBuf,
+    /// Shared with outstanding `FetchSlice`s, which keeps a deleted
+    /// segment's inode alive until they finish reading.
+    log: Arc<File>,
+    /// Bytes of whole batches; readers never look past it.
+    size: u64,
+    index: OffsetIndex,
+    time_index: TimeIndex,
+    /// The offset after the last batch, or the base when empty.
+    next_offset: i64,
+    max_timestamp: i64,
+    /// Last offset of the first batch that reached `max_timestamp`.
+    offset_of_max_timestamp: i64,
+    /// When the segment got its first batch; drives `segment.ms`.
+    rolling_ms: Option<i64>,
+    bytes_since_index_entry: u64,
+}
+
+/// Tracks index entries while batches go by, shared by append and rebuild
+/// so both produce byte-identical indexes.
+struct IndexCursor {
+    max_timestamp: i64,
+    offset_of_max_timestamp: i64,
+    bytes_since_index_entry: u64,
+}
+
+impl IndexCursor {
+    /// Returns the entries to add for this batch: an offset-index entry and
+    /// the time-index candidate, when the interval is reached.
+    fn step(&mut self, header: &RecordBatchHeader, interval: u32) -> Option<(i64, (i64, i64))> {
+        if header.max_timestamp > self.max_timestamp {
+            self.max_timestamp = header.max_timestamp;
+            self.offset_of_max_timestamp = header.last_offset();
+        }
+        let due = self.bytes_since_index_entry >= u64::from(interval);
+        if due {
+            self.bytes_since_index_entry = 0;
+        }
+        self.bytes_since_index_entry += header.total_size();
+        due.then_some((
+            header.last_offset(),
+            (self.max_timestamp, self.offset_of_max_timestamp),
+        ))
+    }
+}
+
+impl Segment {
+    fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            dir.join(file_name(base_offset, LOG_SUFFIX)),
+            dir.join(file_name(base_offset, INDEX_SUFFIX)),
+            dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)),
+        )
+    }
+
+    fn open_log_file(path: &Path, create: bool) -> Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+            .ctx(|| format!("opening {}", path.display()))
+    }
+
+    /// A new, empty segment. Any files of that name are replaced.
+    pub(crate) fn create(dir: &Path, base_offset: i64) -> Result<Segment> {
+        let (log_path, index_path, time_path) = Self::paths(dir, base_offset);
+        let log = Self::open_log_file(&log_path, true)?;
+        log.set_len(0)
+            .ctx(|| format!("truncating {}", log_path.display()))?;
+        Ok(Segment {
+            base_offset,
+            log_path,
+            log: Arc::new(log),
+            size: 0,
+            index: OffsetIndex::create(&index_path, base_offset, Vec::new())?,
+            time_index: TimeIndex::create(&time_path, base_offset, Vec::new())?,
+            next_offset: base_offset,
+            max_timestamp: keel_types::NO_TIMESTAMP,
+            offset_of_max_timestamp: base_offset,
+            rolling_ms: None,
+            bytes_since_index_entry: 0,
+        })
+    }
+
+    /// Opens an existing segment. With `recover`, every batch's CRC is
+    /// checked and a bad tail cut off; otherwise indexes are trusted if they
+    /// look sane, and rebuilt if not. Returns the segment and the number of
+    /// bytes cut off (if any: then later segments must go too).
+    pub(crate) fn open(
+        dir: &Path,
+        base_offset: i64,
+        recover: bool,
+        index_interval_bytes: u32,
+    ) -> Result<(Segment, Option<u64>)> {
+        let (log_path, index_path, time_path) = Self::paths(dir, base_offset);
+        let log = Self::open_log_file(&log_path, false)?;
+        let size = log
+            .metadata()
+            .ctx(|| format!("stat {}", log_path.display()))?
+            .len();
+        if !recover {
+            if let Some(seg) =
+                Self::load_clean(&log_path, log, size, base_offset, &index_path, &time_path)?
+            {
+                return Ok((seg, None));
+            }
+            tracing::warn!(segment = %log_path.display(), "index missing or corrupt; rebuilding");
+            let log = Self::open_log_file(&log_path, false)?;
+            return Self::rebuild(
+                log_path,
+                log,
+                size,
+                base_offset,
+                index_interval_bytes,
+                false,
+            );
+        }
+        Self::rebuild(log_path, log, size, base_offset, index_interval_bytes, true)
+    }
+
+    /// Trusts the indexes if they are sane; finds the tail by scanning from
+    /// the last index entry. `None` asks for a rebuild.
+    fn load_clean(
+        log_path: &Path,
+        log: File,
+        size: u64,
+        base_offset: i64,
+        index_path: &Path,
+        time_path: &Path,
+    ) -> Result<Option<Segment>> {
+        let Some(index) = OffsetIndex::load(index_path, base_offset, size)? else {
+            return Ok(None);
+        };
+        let start = index.entries().last().map_or(0, |&(_, pos)| u64::from(pos));
+        let mut tail_max = (keel_types::NO_TIMESTAMP, base_offset);
+        let mut next_offset = base_offset;
+        let mut bytes_since = 0;
+        let end = scan(
+            &log,
+            base_offset,
+            start,
+            size,
+            base_offset,
+            false,
+            |_, h| {
+                if h.max_timestamp > tail_max.0 {
+                    tail_max = (h.max_timestamp, h.last_offset());
+                }
+                next_offset = h.next_offset();
+                bytes_since += h.total_size();
+                Ok(())
+            },
+        )?;
+        if end.problem.is_some() {
+            return Ok(None);
+        }
+        let expected = next_offset;
+        if let Some((last, _)) = index.last_entry() {
+            if last >= expected {
+                return Ok(None);
+            }
+        }
+        let Some(time_index) = TimeIndex::load(time_path, base_offset, expected)? else {
+            return Ok(None);
+        };
+        let (mut max_timestamp, mut offset_of_max) = time_index
+            .last_entry()
+            .unwrap_or((keel_types::NO_TIMESTAMP, base_offset));
+        if tail_max.0 > max_timestamp {
+            (max_timestamp, offset_of_max) = tail_max;
+        }
+        let rolling_ms = if size == 0 {
+            None
+        } else {
+            read_header_at(&log, 0, size)?.map(|h| h.max_timestamp)
+        };
+        Ok(Some(Segment {
+            base_offset,
+            log_path: log_path.to_path_buf(),
+            log: Arc::new(log),
+            size,
+            index,
+            time_index,
+            next_offset: expected,
+            max_timestamp,
+            offset_of_max_timestamp: offset_of_max,
+            rolling_ms,
+            bytes_since_index_entry: bytes_since,
+        }))
+    }
+
+    /// Scans the whole segment, cuts any bad tail, and rewrites both indexes.
+    fn rebuild(
+        log_path: PathBuf,
+        log: File,
+        size: u64,
+        base_offset: i64,
+        index_interval_bytes: u32,
+        verify_crc: bool,
+    ) -> Result<(Segment, Option<u64>)> {
+        let mut cursor = IndexCursor {
+            max_timestamp: keel_types::NO_TIMESTAMP,
+            offset_of_max_timestamp: base_offset,
+            bytes_since_index_entry: 0,
+        };
+        let mut offsets = Vec::new();
+        let mut times: Vec<(i64, u32)> = Vec::new();
+        let mut next_offset = base_offset;
+        let mut rolling_ms = None;
+        let end = scan(
+            &log,
+            base_offset,
+            0,
+            size,
+            base_offset,
+            verify_crc,
+            |pos, h| {
+                rolling_ms.get_or_insert(h.max_timestamp);
+                next_offset = h.next_offset();
+                if let Some((last, (ts, ts_offset))) = cursor.step(h, index_interval_bytes) {
+                    push_offset_entry(&mut offsets, base_offset, last, pos);
+                    if times.last().is_none_or(|&(t, _)| ts > t) {
+                        times.push((ts, (ts_offset - base_offset) as u32));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let mut truncated = None;
+        if let Some(problem) = &end.problem {
+            let dropped = size - end.valid_end;
+            tracing::warn!(
+                segment = %log_path.display(),
+                dropped_bytes = dropped,
+                "truncating log: {problem}"
+            );
+            log.set_len(end.valid_end)
+                .ctx(|| format!("truncating {}", log_path.display()))?;
+            truncated = Some(dropped);
+        }
+        let dir = log_path.parent().expect("segment path has a parent");
+        let (_, index_path, time_path) = Self::paths(dir, base_offset);
+        let seg = Segment {
+            base_offset,
+            log_path: log_path.clone(),
+            log: Arc::new(log),
+            size: end.valid_end,
+            index: OffsetIndex::create(&index_path, base_offset, offsets)?,
+            time_index: TimeIndex::create(&time_path, base_offset, times)?,
+            next_offset,
+            max_timestamp: cursor.max_timestamp,
+            offset_of_max_timestamp: cursor.offset_of_max_timestamp,
+            rolling_ms,
+            bytes_since_index_entry: cursor.bytes_since_index_entry,
+        };
+        Ok((seg, truncated))
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+    pub(crate) fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+    pub(crate) fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+    pub(crate) fn offset_of_max_timestamp(&self) -> i64 {
+        self.offset_of_max_timestamp
+    }
+    pub(crate) fn rolling_ms(&self) -> Option<i64> {
+        self.rolling_ms
+    }
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.log
+    }
+    pub(crate) fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Whether an index has no room for another entry.
+    pub(crate) fn indexes_full(&self, index_bytes_max: u32) -> bool {
+        self.index.is_full(index_bytes_max) || self.time_index.is_full(index_bytes_max)
+    }
+
+    /// Appends already validated, offset-assigned batches. `headers` gives
+    /// each batch's header and its length, in order.
+    pub(crate) fn append(
+        &mut self,
+        bytes: &[u8],
+        headers: &[RecordBatchHeader],
+        index_interval_bytes: u32,
+        now_ms: i64,
+    ) -> Result<()> {
+        let first = headers.first().expect("append of no batches");
+        assert!(
+            first.base_offset >= self.next_offset,
+            "offsets must increase"
+        );
+        let written = (&*self.log).write_all(bytes);
+        if let Err(e) = written {
+            // Leave no partial batch behind for readers or recovery.
+            let _ = self.log.set_len(self.size);
+            return Err(e).ctx(|| format!("appending to {}", self.log_path.display()));
+        }
+        self.rolling_ms.get_or_insert(now_ms);
+        let mut cursor = IndexCursor {
+            max_timestamp: self.max_timestamp,
+            offset_of_max_timestamp: self.offset_of_max_timestamp,
+            bytes_since_index_entry: self.bytes_since_index_entry,
+        };
+        let mut pos = self.size;
+        for h in headers {
+            if let Some((last, (ts, ts_offset))) = cursor.step(h, index_interval_bytes) {
+                let pos32 = u32::try_from(pos).expect("segment.bytes keeps positions within u32");
+                if self.index.last_entry().is_none_or(|(_, p)| pos32 > p) {
+                    self.index.append(last, pos32)?;
+                }
+                self.time_index.maybe_append(ts, ts_offset)?;
+            }
+            pos += h.total_size();
+            self.next_offset = h.next_offset();
+        }
+        assert_eq!(
+            pos - self.size,
+            bytes.len() as u64,
+            "headers must cover the bytes"
+        );
+        self.size = pos;
+        self.max_timestamp = cursor.max_timestamp;
+        self.offset_of_max_timestamp = cursor.offset_of_max_timestamp;
+        self.bytes_since_index_entry = cursor.bytes_since_index_entry;
+        Ok(())
+    }
+
+    /// The first batch whose last offset is ≥ `offset`, with its position.
+    pub(crate) fn find_batch(&self, offset: i64) -> Result<Option<(u64, RecordBatchHeader)>> {
+        self.find_batch_from(u64::from(self.index.lookup(offset)), offset, self.size)
+    }
+
+    fn find_batch_from(
+        &self,
+        mut pos: u64,
+        offset: i64,
+        end: u64,
+    ) -> Result<Option<(u64, RecordBatchHeader)>> {
+        while let Some(h) = read_header_at(&self.log, pos, end)? {
+            check_framing(&h).map_err(|e| {
+                StorageError::Corrupt(format!("{} at {pos}: {e}", self.log_path.display()))
+            })?;
+            if h.total_size() > end - pos {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: batch at {pos} runs past the segment end",
+                    self.log_path.display()
+                )));
+            }
+            if h.last_offset() >= offset {
+                return Ok(Some((pos, h)));
+            }
+            pos += h.total_size();
+        }
+        Ok(None)
+    }
+
+    /// Batches from the one holding `offset` to the end, by header.
+    pub(crate) fn headers_from(&self, offset: i64) -> Result<Vec<(u64, RecordBatchHeader)>> {
+        let mut out = Vec::new();
+        let start = u64::from(self.index.lookup(offset));
+        scan(
+            &self.log,
+            self.base_offset,
+            start,
+            self.size,
+            self.base_offset,
+            false,
+            |pos, h| {
+                if h.last_offset() >= offset {
+                    out.push((pos, *h));
+                }
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// The position where a search for `timestamp` may start.
+    pub(crate) fn time_lookup_position(&self, timestamp: i64) -> u64 {
+        match self.time_index.lookup(timestamp) {
+            Some(offset) => u64::from(self.index.lookup(offset)),
+            None => 0,
+        }
+    }
+
+    /// Cuts the segment so that it holds no batch with last offset ≥
+    /// `offset`, then rebuilds its indexes.
+    pub(crate) fn truncate_to(self, offset: i64, index_interval_bytes: u32) -> Result<Segment> {
+        let cut = self.find_batch(offset)?.map_or(self.size, |(pos, _)| pos);
+        self.log
+            .set_len(cut)
+            .ctx(|| format!("truncating {}", self.log_path.display()))?;
+        let log = Self::open_log_file(&self.log_path, false)?;
+        let (seg, _) = Self::rebuild(
+            self.log_path,
+            log,
+            cut,
+            self.base_offset,
+            index_interval_bytes,
+            false,
+        )?;
+        Ok(seg)
+    }
+
+    /// Called when the segment stops being active: records the final max
+    /// timestamp (so a restart finds it without a scan) and syncs everything.
+    pub(crate) fn on_become_inactive(&mut self) -> Result<()> {
+        if !self.is_empty() {
+            self.time_index
+                .maybe_append(self.max_timestamp, self.offset_of_max_timestamp)?;
+        }
+        self.sync_all()
+    }
+
+    pub(crate) fn sync_log(&self) -> Result<()> {
+        self.log
+            .sync_data()
+            .ctx(|| format!("fsync {}", self.log_path.display()))
+    }
+
+    pub(crate) fn sync_all(&self) -> Result<()> {
+        self.sync_log()?;
+        self.index.sync()?;
+        self.time_index.sync()
+    }
+
+    /// Removes the files. Outstanding readers keep the log's inode alive.
+    pub(crate) fn delete_files(self) -> Result<()> {
+        for path in [
+            self.log_path.as_path(),
+            self.index.path(),
+            self.time_index.path(),
+        ] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).ctx(|| format!("deleting {}", path.display())),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn push_offset_entry(entries: &mut Vec<(u32, u32)>, base_offset: i64, last_offset: i64, pos: u64) {
+    let rel = (last_offset - base_offset) as u32;
+    let pos = pos as u32;
+    if entries.last().is_none_or(|&(r, p)| rel > r && pos > p) {
+        entries.push((rel, pos));
+    }
+}
