@@ -196,13 +196,10 @@ impl Broker {
     /// Flushes everything and marks the shutdown clean, so the next start
     /// skips recovery.
     pub fn shutdown(&self) -> Result<(), BrokerError> {
-        let metadata_point = self.metadata.recovery_point();
         self.metadata.close()?;
-        self.replicas.checkpoint(&[])?;
-        self.replicas.close_all()?;
-        self.replicas
-            .log_manager()
-            .write_checkpoints(&[metadata_point])?;
+        let mut points = self.replicas.close_all()?;
+        points.push(self.metadata.recovery_point());
+        self.replicas.log_manager().write_checkpoints(&points)?;
         self.replicas.log_manager().mark_clean_shutdown()?;
         Ok(())
     }

@@ -293,20 +293,27 @@ impl ReplicaManager {
         self.log_manager.write_checkpoints(&points)
     }
 
-    /// Flushes and closes every log. Called once, after the listener stopped.
-    pub fn close_all(&self) -> Result<(), StorageError> {
+    /// Flushes and closes every log. Called once, after the listener
+    /// stopped. Returns each partition's recovery point and log start offset
+    /// as they stand on disk, for the final checkpoint.
+    pub fn close_all(&self) -> Result<Vec<(TopicPartition, i64, i64)>, StorageError> {
         let partitions: Vec<Arc<Partition>> =
             self.partitions.write().drain().map(|(_, p)| p).collect();
+        let mut points = Vec::with_capacity(partitions.len());
         for partition in partitions {
             let tp = partition.tp.clone();
+            let (end, start) = partition.with_log(|log| -> Result<(i64, i64), StorageError> {
+                Ok((log.flush()?, log.log_start_offset()))
+            })?;
+            points.push((tp.clone(), end, start));
             match Arc::try_unwrap(partition) {
+                // Closing also writes the producer-state snapshot.
                 Ok(partition) => partition.log.into_inner().close()?,
-                Err(shared) => {
-                    tracing::warn!(partition = %tp, "partition still in use at shutdown; flushing only");
-                    shared.with_log(|log| log.flush())?;
+                Err(_) => {
+                    tracing::warn!(partition = %tp, "partition still in use at shutdown; flushed only")
                 }
             }
         }
-        Ok(())
+        Ok(points)
     }
 }

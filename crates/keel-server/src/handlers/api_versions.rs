@@ -24,9 +24,15 @@ pub fn supported_api_keys() -> Vec<ApiVersion> {
 /// The metadata version Keel's records correspond to (Kafka 4.1's IV).
 const METADATA_VERSION: i16 = 27;
 
-pub fn handle(_ctx: &RequestContext<'_>, _request: ApiVersionsRequest) -> ApiVersionsResponse {
-    ApiVersionsResponse::default()
-        .with_api_keys(supported_api_keys())
+/// Features are tagged fields from ApiVersions v3 on.
+const FEATURES_VERSION: i16 = 3;
+
+pub fn handle(ctx: &RequestContext<'_>, _request: ApiVersionsRequest) -> ApiVersionsResponse {
+    let response = ApiVersionsResponse::default().with_api_keys(supported_api_keys());
+    if ctx.api_version < FEATURES_VERSION {
+        return response;
+    }
+    response
         .with_supported_features(vec![SupportedFeatureKey::default()
             .with_name(str_bytes("metadata.version"))
             .with_min_version(METADATA_VERSION)

@@ -18,11 +18,15 @@ const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
 /// KIP-1005: latest offset in remote storage; none without tiering.
 const LATEST_TIERED_TIMESTAMP: i64 = -5;
 
+/// Answers carry the offset's leader epoch from v4 on.
+const LEADER_EPOCH_VERSION: i16 = 4;
+
 pub fn handle(
     broker: &Broker,
-    _ctx: &RequestContext<'_>,
+    ctx: &RequestContext<'_>,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
+    let with_epoch = ctx.api_version >= LEADER_EPOCH_VERSION;
     let topics = request
         .topics
         .into_iter()
@@ -61,7 +65,11 @@ pub fn handle(
                         Ok(Some((offset, timestamp))) => answer
                             .with_offset(offset)
                             .with_timestamp(timestamp)
-                            .with_leader_epoch(partition.leader_epoch),
+                            .with_leader_epoch(if with_epoch {
+                                partition.leader_epoch
+                            } else {
+                                -1
+                            }),
                         Ok(None) => answer,
                         Err(e) => answer.with_error_code(storage_error(&e).code()),
                     }
