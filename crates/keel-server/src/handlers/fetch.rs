@@ -163,7 +163,8 @@ pub async fn handle(
             }
             results.push(result);
         }
-        let satisfied = total_bytes as i64 >= request.min_bytes.max(1) as i64 || any_error;
+        // min_bytes <= 0 asks for an immediate answer, data or not.
+        let satisfied = total_bytes as i64 >= i64::from(request.min_bytes) || any_error;
         if satisfied || Instant::now() >= deadline {
             break results;
         }

@@ -1,0 +1,4 @@
+pub mod consume;
+pub mod produce;
+pub mod server;
+pub mod topic;
