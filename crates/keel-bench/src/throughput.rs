@@ -64,7 +64,9 @@ pub fn produce(
     let payload = vec![b'x'; record_bytes];
     let start = Instant::now();
     for _ in 0..count {
-        let mut record = BaseRecord::<(), [u8]>::to(topic).payload(&payload[..]).partition(0);
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
+            .payload(&payload[..])
+            .partition(0);
         loop {
             match producer.send(record) {
                 Ok(()) => break,

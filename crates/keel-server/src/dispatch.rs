@@ -36,7 +36,8 @@ pub fn supported_range(api_key: ApiKey) -> Option<VersionRange> {
 
 /// What a connection does with a handled request.
 pub enum Outcome {
-    Respond(ResponseKind),
+    // Boxed: responses are large and this enum is moved through every request.
+    Respond(Box<ResponseKind>),
     /// acks=0 produce: Kafka sends nothing back.
     NoResponse,
     /// Kafka's way to tell an acks=0 producer its request failed.
@@ -90,5 +91,5 @@ pub async fn dispatch(broker: &Broker, header: &RequestHeader, request: RequestK
             return Outcome::Close("no handler");
         }
     };
-    Outcome::Respond(response)
+    Outcome::Respond(Box::new(response))
 }

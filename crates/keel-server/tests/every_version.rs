@@ -130,10 +130,13 @@ async fn every_supported_version_round_trips() {
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Metadata as i16)
         .with_request_api_version(12);
-    let Outcome::Respond(ResponseKind::Metadata(metadata)) =
+    let Outcome::Respond(response) =
         dispatch(&broker, &header, request(ApiKey::Metadata, 12, Uuid::nil())).await
     else {
         panic!("metadata answered nothing");
+    };
+    let ResponseKind::Metadata(metadata) = *response else {
+        panic!("metadata answered with another API");
     };
     let topic_id = metadata.topics[0].topic_id;
     assert_ne!(topic_id, Uuid::nil());

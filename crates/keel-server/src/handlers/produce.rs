@@ -123,7 +123,7 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
             Outcome::NoResponse
         };
     }
-    Outcome::Respond(ResponseKind::Produce(
+    Outcome::Respond(Box::new(ResponseKind::Produce(
         ProduceResponse::default().with_responses(responses),
-    ))
+    )))
 }
