@@ -7,101 +7,69 @@
 //! appended to the file as they are made; the file is never preallocated, so
 //! its length is always a whole number of entries unless a crash tore one.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use crate::error::Result;
+use crate::index_file::{IndexEntry, IndexFile};
 
-pub(crate) const OFFSET_INDEX_ENTRY_BYTES: u64 = 8;
+/// (relative offset, position).
+impl IndexEntry for (u32, u32) {
+    const BYTES: usize = 8;
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0.to_be_bytes());
+        out.extend_from_slice(&self.1.to_be_bytes());
+    }
+
+    fn read_from(bytes: &[u8]) -> Self {
+        (
+            u32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes")),
+            u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")),
+        )
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct OffsetIndex {
-    path: PathBuf,
-    file: File,
-    base_offset: i64,
     /// (relative offset, position), strictly increasing in both.
-    entries: Vec<(u32, u32)>,
+    file: IndexFile<(u32, u32)>,
+    base_offset: i64,
 }
 
 impl OffsetIndex {
     /// Creates or truncates the file and writes `entries` to it.
     pub(crate) fn create(path: &Path, base_offset: i64, entries: Vec<(u32, u32)>) -> Result<Self> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(path)
-            .ctx(|| format!("creating {}", path.display()))?;
-        let mut bytes = Vec::with_capacity(entries.len() * OFFSET_INDEX_ENTRY_BYTES as usize);
-        for (rel, pos) in &entries {
-            bytes.extend_from_slice(&rel.to_be_bytes());
-            bytes.extend_from_slice(&pos.to_be_bytes());
-        }
-        file.write_all(&bytes)
-            .ctx(|| format!("writing {}", path.display()))?;
-        let file = reopen_append(path)?;
         Ok(OffsetIndex {
-            path: path.to_path_buf(),
-            file,
+            file: IndexFile::create(path, entries)?,
             base_offset,
-            entries,
         })
     }
 
     /// Loads an existing index, or `None` if it is missing or fails the
     /// sanity checks (then the caller rebuilds it from the log).
     pub(crate) fn load(path: &Path, base_offset: i64, log_size: u64) -> Result<Option<Self>> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).ctx(|| format!("reading {}", path.display())),
+        let sane = |prev: Option<&(u32, u32)>, &(rel, pos): &(u32, u32)| {
+            u64::from(pos) < log_size
+                && prev.is_none_or(|&(prev_rel, prev_pos)| rel > prev_rel && pos > prev_pos)
         };
-        if bytes.len() as u64 % OFFSET_INDEX_ENTRY_BYTES != 0 {
-            return Ok(None);
-        }
-        let mut entries = Vec::with_capacity(bytes.len() / 8);
-        for chunk in bytes.chunks_exact(8) {
-            let rel = u32::from_be_bytes(chunk[0..4].try_into().expect("4 bytes"));
-            let pos = u32::from_be_bytes(chunk[4..8].try_into().expect("4 bytes"));
-            if u64::from(pos) >= log_size {
-                return Ok(None);
-            }
-            if let Some(&(prev_rel, prev_pos)) = entries.last() {
-                if rel <= prev_rel || pos <= prev_pos {
-                    return Ok(None);
-                }
-            }
-            entries.push((rel, pos));
-        }
-        let file = reopen_append(path)?;
-        Ok(Some(OffsetIndex {
-            path: path.to_path_buf(),
-            file,
-            base_offset,
-            entries,
-        }))
+        Ok(IndexFile::load(path, sane)?.map(|file| OffsetIndex { file, base_offset }))
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     pub(crate) fn entries(&self) -> &[(u32, u32)] {
-        &self.entries
-    }
-
-    pub(crate) fn len_bytes(&self) -> u64 {
-        self.entries.len() as u64 * OFFSET_INDEX_ENTRY_BYTES
+        self.file.entries()
     }
 
     /// Whether one more entry would exceed `segment.index.bytes`.
     pub(crate) fn is_full(&self, index_bytes_max: u32) -> bool {
-        self.len_bytes() + OFFSET_INDEX_ENTRY_BYTES > u64::from(index_bytes_max)
+        self.file.is_full(index_bytes_max)
     }
 
     pub(crate) fn last_entry(&self) -> Option<(i64, u32)> {
-        self.entries
+        self.entries()
             .last()
             .map(|&(rel, pos)| (self.base_offset + i64::from(rel), pos))
     }
@@ -114,18 +82,11 @@ impl OffsetIndex {
             self.base_offset
         );
         let rel = u32::try_from(rel).expect("roll keeps relative offsets within u32");
-        if let Some(&(prev_rel, prev_pos)) = self.entries.last() {
+        if let Some(&(prev_rel, prev_pos)) = self.entries().last() {
             assert!(rel > prev_rel, "index offsets must increase");
             assert!(position > prev_pos, "index positions must increase");
         }
-        let mut entry = [0u8; 8];
-        entry[0..4].copy_from_slice(&rel.to_be_bytes());
-        entry[4..8].copy_from_slice(&position.to_be_bytes());
-        self.file
-            .write_all(&entry)
-            .ctx(|| format!("appending to {}", self.path.display()))?;
-        self.entries.push((rel, position));
-        Ok(())
+        self.file.append((rel, position))
     }
 
     /// The position of the largest entry whose offset is ≤ `offset`, or 0.
@@ -136,26 +97,18 @@ impl OffsetIndex {
             return 0;
         }
         let rel = u32::try_from(rel).unwrap_or(u32::MAX);
-        let n = self.entries.partition_point(|&(r, _)| r <= rel);
+        let entries = self.entries();
+        let n = entries.partition_point(|&(r, _)| r <= rel);
         if n == 0 {
             0
         } else {
-            self.entries[n - 1].1
+            entries[n - 1].1
         }
     }
 
     pub(crate) fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .ctx(|| format!("fsync {}", self.path.display()))
+        self.file.sync()
     }
-}
-
-pub(crate) fn reopen_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .open(path)
-        .ctx(|| format!("opening {}", path.display()))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod index;
+mod index_file;
 mod log;
 mod log_manager;
 mod producer_state;

@@ -49,6 +49,13 @@ fn append(log: &mut Log, mut bytes: Vec<u8>) -> LogAppendResult {
     log.append_as_leader(&mut bytes, 0, NOW).unwrap()
 }
 
+/// Appends `n` copies of `batch`; each gets its own offsets on append.
+fn append_copies(log: &mut Log, n: usize, batch: &[u8]) {
+    for _ in 0..n {
+        append(log, batch.to_vec());
+    }
+}
+
 /// Reads everything from `offset` and returns the batch headers.
 fn read_headers(log: &Log, offset: i64, max_bytes: u32) -> Vec<RecordBatchHeader> {
     let slice = log.read(offset, max_bytes, i64::MAX, true).unwrap();
@@ -155,9 +162,7 @@ fn rejects_bad_batches_without_appending() {
 fn rolls_by_size_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), small_segments(), None);
-    for _ in 0..30 {
-        append(&mut log, batch_with(2, NOW, 50));
-    }
+    append_copies(&mut log, 30, &batch_with(2, NOW, 50));
     assert!(log.segment_count() > 3, "{} segments", log.segment_count());
     for o in 0..60 {
         let h = read_headers(&log, o, 1);
@@ -205,9 +210,7 @@ fn rolls_by_time_and_offset_index_full() {
         ..LogConfig::default()
     };
     let mut log = open(dir.path(), config, None);
-    for _ in 0..5 {
-        append(&mut log, batch_with(1, NOW, 1));
-    }
+    append_copies(&mut log, 5, &batch_with(1, NOW, 1));
     assert_eq!(log.segment_count(), 2);
     assert_eq!(*log.segments().keys().nth(1).unwrap(), 3);
 }
@@ -217,9 +220,7 @@ fn max_bytes_min_one_batch_and_max_offset() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), LogConfig::default(), None);
     let size = batch_with(2, NOW, 100).len() as u32;
-    for _ in 0..4 {
-        append(&mut log, batch_with(2, NOW, 100));
-    }
+    append_copies(&mut log, 4, &batch_with(2, NOW, 100));
     assert_eq!(read_headers(&log, 0, size * 2 + size / 2).len(), 2);
     assert_eq!(read_headers(&log, 0, size * 2).len(), 2);
     // The first batch alone is too big: whole with min_one_batch, else nothing.
@@ -309,9 +310,7 @@ fn segment_log_path(log_dir: &Path, base: i64) -> std::path::PathBuf {
 fn recovery_truncates_garbage_tail_and_torn_batch() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), LogConfig::default(), None);
-    for _ in 0..5 {
-        append(&mut log, batch_with(2, NOW, 30));
-    }
+    append_copies(&mut log, 5, &batch_with(2, NOW, 30));
     let good_size = log.size_bytes();
     let log_dir = log.dir().to_path_buf();
     drop(log); // crash
@@ -340,9 +339,7 @@ fn recovery_truncates_garbage_tail_and_torn_batch() {
 fn recovery_cuts_at_corrupt_crc_and_drops_later_segments() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), small_segments(), None);
-    for _ in 0..20 {
-        append(&mut log, batch_with(1, NOW, 100));
-    }
+    append_copies(&mut log, 20, &batch_with(1, NOW, 100));
     let segments = log.segment_count();
     assert!(segments >= 3);
     let log_dir = log.dir().to_path_buf();
@@ -482,9 +479,7 @@ fn retention_by_bytes() {
         ..small_segments()
     };
     let mut log = open(dir.path(), config, None);
-    for _ in 0..20 {
-        append(&mut log, batch_with(1, NOW, 300));
-    }
+    append_copies(&mut log, 20, &batch_with(1, NOW, 300));
     let before = log.size_bytes();
     assert!(before > 3000);
     let deleted = log.delete_old_segments(NOW).unwrap();
@@ -506,9 +501,7 @@ fn fetch_slice_survives_segment_deletion() {
         ..small_segments()
     };
     let mut log = open(dir.path(), config, None);
-    for _ in 0..10 {
-        append(&mut log, batch_with(1, NOW, 300));
-    }
+    append_copies(&mut log, 10, &batch_with(1, NOW, 300));
     let slice = log.read(0, u32::MAX, i64::MAX, true).unwrap();
     assert!(log.delete_old_segments(NOW).unwrap() > 0);
     assert!(!segment_log_path(log.dir(), 0).exists());
@@ -736,9 +729,7 @@ fn log_start_offset_from_checkpoint() {
     let mut log = mgr
         .open_log(&tp, "id", small_segments(), DAY_MS, NOW)
         .unwrap();
-    for _ in 0..10 {
-        append(&mut log, batch_with(1, NOW, 300));
-    }
+    append_copies(&mut log, 10, &batch_with(1, NOW, 300));
     log.close().unwrap();
     mgr.write_checkpoints(&[(tp.clone(), 10, 6)]).unwrap();
     mgr.mark_clean_shutdown().unwrap();
