@@ -1,21 +1,25 @@
 //! One client connection: frames in, responses out, in request order.
 //!
-//! Requests on a connection are handled one at a time, as Kafka does, so
-//! responses need no reordering and a long-polling Fetch holds back only its
-//! own connection. Writing runs in its own task so a large response is sent
-//! while the next request is read and handled.
+//! Requests are handled one at a time and in order, so appends from one
+//! producer land in the order it sent them. A handler may finish its work
+//! but defer its answer (a produce waiting for an fsync); the next requests
+//! are handled meanwhile and answers queue up behind it, so they still
+//! leave in request order. Reading and writing run in their own tasks: a
+//! large response is sent while the next request is read and handled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
-use kafka_protocol::protocol::Encodable;
 use kafka_protocol::ResponseError;
 use keel_types::limits::INFLIGHT_RESPONSES_PER_CONNECTION_MAX;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -27,46 +31,91 @@ use crate::handlers;
 /// Bytes buffered from the socket; most produce requests fit in one read.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
+/// An answer that is ready, or will be: `Ok(None)` sends nothing (acks=0),
+/// `Err` closes the connection.
+type Answer = BoxFuture<'static, Result<Option<Bytes>, String>>;
+
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let (frames, mut incoming) = mpsc::channel::<Bytes>(INFLIGHT_RESPONSES_PER_CONNECTION_MAX);
+    let reading = tokio::spawn(read_frames(broker.clone(), reader, frames, peer));
     let (responses, queued) = mpsc::channel::<Bytes>(INFLIGHT_RESPONSES_PER_CONNECTION_MAX);
     let writing = tokio::spawn(write_responses(writer, queued));
-    let idle = Duration::from_millis(broker.config.connections_max_idle_ms);
+    let mut pending: FuturesOrdered<Answer> = FuturesOrdered::new();
     loop {
-        let frame = match tokio::time::timeout(
-            idle,
-            codec::read_frame(&mut reader, broker.config.socket_request_max_bytes),
-        )
-        .await
-        {
-            Err(_) => {
-                tracing::debug!(%peer, "closing idle connection");
-                break;
-            }
-            Ok(Err(FrameError::Closed)) => break,
-            Ok(Err(e)) => {
-                tracing::warn!(%peer, error = %e, "closing connection: bad frame");
-                break;
-            }
-            Ok(Ok(frame)) => frame,
-        };
-        match handle_frame(&broker, frame).await {
-            Ok(Some(response)) => {
-                if responses.send(response).await.is_err() {
+        // Both branches are cancel-safe: frames arrive whole over a channel.
+        tokio::select! {
+            Some(answer) = pending.next(), if !pending.is_empty() => match answer {
+                Ok(Some(response)) => {
+                    if responses.send(response).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::warn!(%peer, reason, "closing connection");
                     break;
                 }
-            }
-            Ok(None) => {}
-            Err(reason) => {
-                tracing::warn!(%peer, reason, "closing connection");
-                break;
+            },
+            frame = incoming.recv(), if pending.len() < INFLIGHT_RESPONSES_PER_CONNECTION_MAX => {
+                let Some(frame) = frame else {
+                    // The client is gone or sent a bad frame; answer what
+                    // was already handled, then close.
+                    while let Some(Ok(Some(response))) = pending.next().await {
+                        if responses.send(response).await.is_err() {
+                            break;
+                        }
+                    }
+                    break;
+                };
+                match handle_frame(&broker, frame).await {
+                    // Nothing queued ahead of it: send at once.
+                    Handled::Ready(Ok(Some(response))) if pending.is_empty() => {
+                        if responses.send(response).await.is_err() {
+                            break;
+                        }
+                    }
+                    Handled::Ready(answer) => pending.push_back(Box::pin(std::future::ready(answer))),
+                    Handled::Later(answer) => pending.push_back(answer),
+                }
             }
         }
     }
+    reading.abort();
     drop(responses);
     let _ = writing.await;
+}
+
+async fn read_frames(
+    broker: Arc<Broker>,
+    reader: OwnedReadHalf,
+    frames: mpsc::Sender<Bytes>,
+    peer: SocketAddr,
+) {
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let idle = Duration::from_millis(broker.config.connections_max_idle_ms);
+    let request_bytes_max = broker.config.socket_request_max_bytes;
+    loop {
+        let frame =
+            match tokio::time::timeout(idle, codec::read_frame(&mut reader, request_bytes_max))
+                .await
+            {
+                Err(_) => {
+                    tracing::debug!(%peer, "closing idle connection");
+                    return;
+                }
+                Ok(Err(FrameError::Closed)) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "closing connection: bad frame");
+                    return;
+                }
+                Ok(Ok(frame)) => frame,
+            };
+        if frames.send(frame).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn write_responses(
@@ -87,9 +136,31 @@ async fn write_responses(
     let _ = writer.shutdown().await;
 }
 
-/// Handles one frame. `Err` closes the connection, which is what Kafka does
-/// for requests it cannot parse or does not support.
-async fn handle_frame(broker: &Broker, mut frame: Bytes) -> Result<Option<Bytes>, String> {
+enum Handled {
+    Ready(Result<Option<Bytes>, String>),
+    Later(Answer),
+}
+
+/// Handles one frame: its effects happen now, its answer may come later.
+/// An `Err` answer closes the connection, which is what Kafka does for
+/// requests it cannot parse or does not support.
+async fn handle_frame(broker: &Broker, frame: Bytes) -> Handled {
+    match handle_now(broker, frame).await {
+        Err(reason) => Handled::Ready(Err(reason)),
+        Ok((key, version, correlation_id, Outcome::Deferred(later))) => {
+            Handled::Later(Box::pin(async move {
+                answer(key, version, correlation_id, later.await)
+            }))
+        }
+        Ok((key, version, correlation_id, outcome)) => {
+            Handled::Ready(answer(key, version, correlation_id, outcome))
+        }
+    }
+}
+
+type Dispatched = (ApiKey, i16, i32, Outcome);
+
+async fn handle_now(broker: &Broker, mut frame: Bytes) -> Result<Dispatched, String> {
     let raw = codec::peek_header(&frame);
     let api_key =
         ApiKey::try_from(raw.api_key).map_err(|_| format!("unknown api key {}", raw.api_key))?;
@@ -102,10 +173,12 @@ async fn handle_frame(broker: &Broker, mut frame: Bytes) -> Result<Option<Bytes>
             let response = ApiVersionsResponse::default()
                 .with_error_code(ResponseError::UnsupportedVersion.code())
                 .with_api_keys(handlers::api_versions::supported_api_keys());
-            return codec::encode_with_header(0, raw.correlation_id, |buf| {
-                response.encode(buf, 0).map_err(|e| e.to_string())
-            })
-            .map(Some);
+            return Ok((
+                api_key,
+                0,
+                raw.correlation_id,
+                Outcome::Respond(Box::new(ResponseKind::ApiVersions(response))),
+            ));
         }
         return Err(format!(
             "unsupported version {} of {api_key:?}",
@@ -115,12 +188,21 @@ async fn handle_frame(broker: &Broker, mut frame: Bytes) -> Result<Option<Bytes>
     let header = codec::decode_header(api_key, &mut frame)?;
     let request = RequestKind::decode(api_key, &mut frame, raw.api_version)
         .map_err(|e| format!("malformed {api_key:?} v{} request: {e}", raw.api_version))?;
-    match dispatch::dispatch(broker, &header, request).await {
-        Outcome::Respond(response) => {
-            encode(api_key, raw.api_version, raw.correlation_id, &response).map(Some)
-        }
+    let outcome = dispatch::dispatch(broker, &header, request).await;
+    Ok((api_key, raw.api_version, raw.correlation_id, outcome))
+}
+
+fn answer(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    outcome: Outcome,
+) -> Result<Option<Bytes>, String> {
+    match outcome {
+        Outcome::Respond(response) => encode(api_key, version, correlation_id, &response).map(Some),
         Outcome::NoResponse => Ok(None),
         Outcome::Close(reason) => Err(reason.to_string()),
+        Outcome::Deferred(_) => Err("an answer deferred twice".to_string()),
     }
 }
 

@@ -42,6 +42,10 @@ pub enum Outcome {
     NoResponse,
     /// Kafka's way to tell an acks=0 producer its request failed.
     Close(&'static str),
+    /// The request's effects are done (a produce's appends), but its answer
+    /// waits for something (an fsync). The connection may handle the next
+    /// request meanwhile; answers still leave in request order.
+    Deferred(futures::future::BoxFuture<'static, Outcome>),
 }
 
 pub struct RequestContext<'a> {
@@ -54,6 +58,7 @@ pub async fn dispatch(broker: &Broker, header: &RequestHeader, request: RequestK
         header,
         api_version: header.request_api_version,
     };
+    let v = ctx.api_version;
     let response = match request {
         RequestKind::ApiVersions(r) => {
             ResponseKind::ApiVersions(handlers::api_versions::handle(&ctx, r))

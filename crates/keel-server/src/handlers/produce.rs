@@ -97,23 +97,32 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                 .with_partition_responses(partitions),
         );
     }
-    // One fsync per partition covers every batch this request appended,
-    // and is shared with whatever other producers appended meanwhile.
-    for (partition, offset) in flushes {
-        if let Err(e) = partition.flush_to(offset).await {
-            tracing::error!(partition = %partition.tp, error = %e, "flush failed");
-            for topic in &mut responses {
-                for p in &mut topic.partition_responses {
-                    if topic.name.0.as_str() == partition.tp.topic
-                        && p.index == partition.tp.partition
-                    {
-                        p.error_code = ResponseError::KafkaStorageError.code();
-                        failed = true;
+    if flushes.is_empty() {
+        return finish(acks, failed, responses);
+    }
+    // The answer waits for the fsync, but the connection need not: it goes
+    // on reading and appending pipelined requests, so one fsync covers them
+    // all (and whatever other producers appended meanwhile).
+    Outcome::Deferred(Box::pin(async move {
+        for (partition, offset) in flushes {
+            if let Err(e) = partition.flush_to(offset).await {
+                tracing::error!(partition = %partition.tp, error = %e, "flush failed");
+                failed = true;
+                for topic in &mut responses {
+                    let same_topic = topic.name.0.as_str() == partition.tp.topic;
+                    for p in &mut topic.partition_responses {
+                        if same_topic && p.index == partition.tp.partition {
+                            p.error_code = ResponseError::KafkaStorageError.code();
+                        }
                     }
                 }
             }
         }
-    }
+        finish(acks, failed, responses)
+    }))
+}
+
+fn finish(acks: i16, failed: bool, responses: Vec<TopicProduceResponse>) -> Outcome {
     if acks == 0 {
         // No response is sent for acks=0; closing the connection is the only
         // way Kafka has to tell such a producer something went wrong.
