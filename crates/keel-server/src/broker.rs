@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use keel_group::GroupService;
 use keel_metadata::controller::{self, ControllerError, NewTopic, TopicDefaults};
 use keel_metadata::{MetadataImage, MetadataRecord};
 use keel_storage::{LogManager, StorageError};
@@ -12,6 +13,7 @@ use uuid::Uuid;
 use crate::config::BrokerConfig;
 use crate::fetch_session::FetchSessionCache;
 use crate::metadata_store::{MetadataError, MetadataStore};
+use crate::offsets_log::{ConsumerOffsetsLog, OFFSETS_TOPIC};
 use crate::replica_manager::ReplicaManager;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,8 @@ pub enum BrokerError {
     Metadata(#[from] MetadataError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("loading consumer groups: {0}")]
+    Groups(String),
 }
 
 pub fn now_ms() -> i64 {
@@ -36,7 +40,8 @@ const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 pub struct Broker {
     pub config: BrokerConfig,
     pub metadata: MetadataStore,
-    pub replicas: ReplicaManager,
+    pub replicas: Arc<ReplicaManager>,
+    pub groups: Arc<GroupService>,
     pub fetch_sessions: FetchSessionCache,
     /// `(next id to hand out, end of the reserved block)`.
     producer_ids: Mutex<(i64, i64)>,
@@ -77,11 +82,11 @@ impl Broker {
                 Ok::<_, std::convert::Infallible>((records, ()))
             })?
             .expect("infallible");
-        let replicas = ReplicaManager::new(
+        let replicas = Arc::new(ReplicaManager::new(
             config.node_id,
             log_manager,
             config.producer_id_expiration_ms,
-        );
+        ));
         let image = metadata.image();
         replicas.quarantine_strays(&image)?;
         replicas.apply_image(&image, &config, now)?;
@@ -91,7 +96,15 @@ impl Broker {
             topics = image.topic_count(),
             "broker opened its data dir"
         );
+        let groups = GroupService::new(
+            config.group.clone(),
+            Arc::new(ConsumerOffsetsLog {
+                replicas: replicas.clone(),
+            }),
+        );
+        groups.load().map_err(BrokerError::Groups)?;
         Ok(Arc::new(Self {
+            groups,
             fetch_sessions: FetchSessionCache::new(config.fetch_session_cache_slots),
             config,
             metadata,
@@ -129,6 +142,42 @@ impl Broker {
             self.replicas.apply_image(&image, &self.config, now)?;
         }
         Ok((topic_id, image))
+    }
+
+    /// Creates `__consumer_offsets` on first use, as Kafka does, and loads
+    /// the (empty) group state from it.
+    pub fn ensure_offsets_topic(&self) -> Result<(), CreateError> {
+        if self.image().topic_by_name(OFFSETS_TOPIC).is_some() {
+            return Ok(());
+        }
+        let brokers = self.image().brokers.len().max(1) as i16;
+        let replication_factor = self.config.offsets_topic_replication_factor.min(brokers);
+        let topic = NewTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            num_partitions: self.config.group.offsets_topic_partitions,
+            replication_factor,
+            assignments: Default::default(),
+            // Kafka compacts this topic. Until the log cleaner exists,
+            // nothing may be deleted by retention, or committed offsets
+            // would be lost; the topic grows until compaction lands.
+            configs: vec![
+                ("retention.ms".into(), "-1".into()),
+                (
+                    "segment.bytes".into(),
+                    OFFSETS_TOPIC_SEGMENT_BYTES.to_string(),
+                ),
+            ],
+        };
+        match self.create_topic(&topic, false) {
+            Ok(_) => {
+                tracing::info!(partitions = topic.num_partitions, "created {OFFSETS_TOPIC}");
+                self.groups
+                    .load()
+                    .map_err(|e| CreateError::Broker(BrokerError::Groups(e)))
+            }
+            Err(CreateError::Controller(ControllerError::TopicAlreadyExists(_))) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn delete_topic(&self, topic_id: Uuid) -> Result<(), CreateError> {
@@ -204,6 +253,9 @@ impl Broker {
         Ok(())
     }
 }
+
+/// Kafka's `offsets.topic.segment.bytes`.
+const OFFSETS_TOPIC_SEGMENT_BYTES: u32 = 100 * 1024 * 1024;
 
 /// How often segment.ms, flush.ms and producer expiry are checked.
 const UPKEEP_INTERVAL_MS: u64 = 1000;

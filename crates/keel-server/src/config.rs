@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use keel_group::GroupConfig;
 use keel_metadata::config::{
     topic_config_def, validate_value, ConfigType, TopicConfigDef, Validator, TOPIC_CONFIGS,
 };
@@ -151,6 +152,62 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
         "Hours to keep a segment, if log.retention.ms is not set.",
     ),
     def(
+        "offsets.topic.num.partitions",
+        "50",
+        Int,
+        AtLeast(1),
+        "Partitions of __consumer_offsets.",
+    ),
+    def(
+        "offsets.topic.replication.factor",
+        "3",
+        Short,
+        AtLeast(1),
+        "Replication factor of __consumer_offsets (at most the brokers registered).",
+    ),
+    def(
+        "offsets.retention.minutes",
+        "10080",
+        Int,
+        AtLeast(1),
+        "How long an empty group's offsets are kept.",
+    ),
+    def(
+        "offset.metadata.max.bytes",
+        "4096",
+        Int,
+        AtLeast(0),
+        "Largest metadata string of a committed offset.",
+    ),
+    def(
+        "group.initial.rebalance.delay.ms",
+        "3000",
+        Int,
+        AtLeast(0),
+        "How long the first rebalance of an empty group waits for more members.",
+    ),
+    def(
+        "group.min.session.timeout.ms",
+        "6000",
+        Int,
+        AtLeast(1),
+        "Smallest session timeout a member may ask for.",
+    ),
+    def(
+        "group.max.session.timeout.ms",
+        "1800000",
+        Int,
+        AtLeast(1),
+        "Largest session timeout a member may ask for.",
+    ),
+    def(
+        "group.max.size",
+        "2147483647",
+        Int,
+        AtLeast(1),
+        "Members a group may hold.",
+    ),
+    def(
         "log.retention.minutes",
         "",
         Int,
@@ -189,6 +246,8 @@ pub struct BrokerConfig {
     pub log_flush_offset_checkpoint_interval_ms: u64,
     pub fetch_max_bytes: i32,
     pub fetch_session_cache_slots: usize,
+    pub offsets_topic_replication_factor: i16,
+    pub group: GroupConfig,
     /// Every setting given explicitly (file or override), after normalisation.
     explicit: BTreeMap<String, String>,
 }
@@ -320,6 +379,37 @@ impl BrokerConfig {
                 "max.incremental.fetch.session.cache.slots",
                 &get("max.incremental.fetch.session.cache.slots"),
             )?,
+            offsets_topic_replication_factor: parse_num(
+                "offsets.topic.replication.factor",
+                &get("offsets.topic.replication.factor"),
+            )?,
+            group: GroupConfig {
+                offsets_topic_partitions: parse_num(
+                    "offsets.topic.num.partitions",
+                    &get("offsets.topic.num.partitions"),
+                )?,
+                group_min_session_timeout_ms: parse_num(
+                    "group.min.session.timeout.ms",
+                    &get("group.min.session.timeout.ms"),
+                )?,
+                group_max_session_timeout_ms: parse_num(
+                    "group.max.session.timeout.ms",
+                    &get("group.max.session.timeout.ms"),
+                )?,
+                group_initial_rebalance_delay_ms: parse_num(
+                    "group.initial.rebalance.delay.ms",
+                    &get("group.initial.rebalance.delay.ms"),
+                )?,
+                group_max_size: parse_num("group.max.size", &get("group.max.size"))?,
+                offsets_retention_ms: parse_num::<i64>(
+                    "offsets.retention.minutes",
+                    &get("offsets.retention.minutes"),
+                )? * 60_000,
+                offset_metadata_max_bytes: parse_num(
+                    "offset.metadata.max.bytes",
+                    &get("offset.metadata.max.bytes"),
+                )?,
+            },
             explicit,
         };
         Ok((config, unknown))

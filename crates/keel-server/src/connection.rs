@@ -43,6 +43,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let (responses, queued) = mpsc::channel::<Bytes>(INFLIGHT_RESPONSES_PER_CONNECTION_MAX);
     let writing = tokio::spawn(write_responses(writer, queued));
     let mut pending: FuturesOrdered<Answer> = FuturesOrdered::new();
+    let client_host = format!("/{}", peer.ip());
     loop {
         // Both branches are cancel-safe: frames arrive whole over a channel.
         tokio::select! {
@@ -69,7 +70,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     }
                     break;
                 };
-                match handle_frame(&broker, frame).await {
+                match handle_frame(&broker, &client_host, frame).await {
                     // Nothing queued ahead of it: send at once.
                     Handled::Ready(Ok(Some(response))) if pending.is_empty() => {
                         if responses.send(response).await.is_err() {
@@ -144,8 +145,8 @@ enum Handled {
 /// Handles one frame: its effects happen now, its answer may come later.
 /// An `Err` answer closes the connection, which is what Kafka does for
 /// requests it cannot parse or does not support.
-async fn handle_frame(broker: &Broker, frame: Bytes) -> Handled {
-    match handle_now(broker, frame).await {
+async fn handle_frame(broker: &Broker, client_host: &str, frame: Bytes) -> Handled {
+    match handle_now(broker, client_host, frame).await {
         Err(reason) => Handled::Ready(Err(reason)),
         Ok((key, version, correlation_id, Outcome::Deferred(later))) => {
             Handled::Later(Box::pin(async move {
@@ -160,7 +161,11 @@ async fn handle_frame(broker: &Broker, frame: Bytes) -> Handled {
 
 type Dispatched = (ApiKey, i16, i32, Outcome);
 
-async fn handle_now(broker: &Broker, mut frame: Bytes) -> Result<Dispatched, String> {
+async fn handle_now(
+    broker: &Broker,
+    client_host: &str,
+    mut frame: Bytes,
+) -> Result<Dispatched, String> {
     let raw = codec::peek_header(&frame);
     let api_key =
         ApiKey::try_from(raw.api_key).map_err(|_| format!("unknown api key {}", raw.api_key))?;
@@ -188,7 +193,7 @@ async fn handle_now(broker: &Broker, mut frame: Bytes) -> Result<Dispatched, Str
     let header = codec::decode_header(api_key, &mut frame)?;
     let request = RequestKind::decode(api_key, &mut frame, raw.api_version)
         .map_err(|e| format!("malformed {api_key:?} v{} request: {e}", raw.api_version))?;
-    let outcome = dispatch::dispatch(broker, &header, request).await;
+    let outcome = dispatch::dispatch(broker, &header, client_host, request).await;
     Ok((api_key, raw.api_version, raw.correlation_id, outcome))
 }
 

@@ -22,6 +22,18 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    // v10 of both names topics by id (KIP-848); not built yet.
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<VersionRange> {
@@ -51,12 +63,20 @@ pub enum Outcome {
 pub struct RequestContext<'a> {
     pub header: &'a RequestHeader,
     pub api_version: i16,
+    /// The client's address, as DescribeGroups reports members' hosts.
+    pub client_host: &'a str,
 }
 
-pub async fn dispatch(broker: &Broker, header: &RequestHeader, request: RequestKind) -> Outcome {
+pub async fn dispatch(
+    broker: &Broker,
+    header: &RequestHeader,
+    client_host: &str,
+    request: RequestKind,
+) -> Outcome {
     let ctx = RequestContext {
         header,
         api_version: header.request_api_version,
+        client_host,
     };
     let v = ctx.api_version;
     let response = match request {
@@ -87,6 +107,41 @@ pub async fn dispatch(broker: &Broker, header: &RequestHeader, request: RequestK
         }
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(handlers::describe_configs::handle(broker, &ctx, r))
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(handlers::find_coordinator::handle(broker, &ctx, r).await)
+        }
+        // The group APIs' handlers are the coordinator service's methods:
+        // it owns their validation, waiting and records.
+        RequestKind::JoinGroup(r) => {
+            let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+            ResponseKind::JoinGroup(
+                broker
+                    .groups
+                    .join_group_with_client(r, v, client_id, client_host)
+                    .await,
+            )
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(broker.groups.sync_group(r, v).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(broker.groups.heartbeat(r, v).await),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(broker.groups.leave_group(r, v).await)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(broker.groups.offset_commit(r, v).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(broker.groups.offset_fetch(r, v).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(broker.groups.offset_delete(r, v).await)
+        }
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(broker.groups.list_groups(r, v)),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(broker.groups.describe_groups(r, v))
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(broker.groups.delete_groups(r, v).await)
         }
         other => {
             // Unreachable while SUPPORTED and this match agree; a mismatch

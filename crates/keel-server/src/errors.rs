@@ -49,5 +49,6 @@ pub fn broker_error(e: &BrokerError) -> ResponseError {
     match e {
         BrokerError::Storage(e) => storage_error(e),
         BrokerError::Metadata(_) => ResponseError::KafkaStorageError,
+        BrokerError::Groups(_) => ResponseError::CoordinatorNotAvailable,
     }
 }

@@ -15,6 +15,7 @@ mod errors;
 mod fetch_session;
 mod handlers;
 pub mod metadata_store;
+mod offsets_log;
 pub mod replica_manager;
 mod server;
 

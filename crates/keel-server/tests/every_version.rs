@@ -106,6 +106,86 @@ fn request(api: ApiKey, version: i16, topic_id: Uuid) -> RequestKind {
             DescribeConfigsResource::default().with_resource_type(4).with_resource_name(s("1")),
         ]))
         }
+        ApiKey::FindCoordinator => RequestKind::FindCoordinator(if version >= 4 {
+            FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g")])
+        } else {
+            FindCoordinatorRequest::default().with_key(s("g"))
+        }),
+        // One group per version: a second member joining a group would wait
+        // for the first to rejoin.
+        ApiKey::JoinGroup => RequestKind::JoinGroup(
+            JoinGroupRequest::default()
+                .with_group_id(GroupId(s(&format!("g{version}"))))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(10_000)
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+                )
+                .with_name(s("range"))
+                .with_metadata(bytes::Bytes::from_static(b"\0\x01"))]),
+        ),
+        ApiKey::SyncGroup => RequestKind::SyncGroup(
+            SyncGroupRequest::default()
+                .with_group_id(GroupId(s("g0")))
+                .with_member_id(s("nobody")),
+        ),
+        ApiKey::Heartbeat => RequestKind::Heartbeat(
+            HeartbeatRequest::default()
+                .with_group_id(GroupId(s("g0")))
+                .with_member_id(s("nobody")),
+        ),
+        ApiKey::LeaveGroup => RequestKind::LeaveGroup(if version >= 3 {
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s("g0")))
+                .with_members(vec![
+                    leave_group_request::MemberIdentity::default().with_member_id(s("nobody"))
+                ])
+        } else {
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s("g0")))
+                .with_member_id(s("nobody"))
+        }),
+        ApiKey::OffsetCommit => RequestKind::OffsetCommit(
+            OffsetCommitRequest::default()
+                .with_group_id(GroupId(s("simple")))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(s("t")))
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(1),
+                        ]),
+                ]),
+        ),
+        ApiKey::OffsetFetch => RequestKind::OffsetFetch(if version >= 8 {
+            OffsetFetchRequest::default().with_groups(vec![
+                offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(s("simple"))),
+            ])
+        } else {
+            OffsetFetchRequest::default().with_group_id(GroupId(s("simple")))
+        }),
+        ApiKey::OffsetDelete => RequestKind::OffsetDelete(
+            OffsetDeleteRequest::default()
+                .with_group_id(GroupId(s("simple")))
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(TopicName(s("t")))
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default()
+                                .with_partition_index(0),
+                        ]),
+                ]),
+        ),
+        ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
+        ApiKey::DescribeGroups => RequestKind::DescribeGroups(
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(s("g0"))]),
+        ),
+        ApiKey::DeleteGroups => RequestKind::DeleteGroups(
+            DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("g0"))]),
+        ),
         ApiKey::InitProducerId => RequestKind::InitProducerId(
             InitProducerIdRequest::default().with_transactional_id(None),
         ),
@@ -130,8 +210,13 @@ async fn every_supported_version_round_trips() {
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Metadata as i16)
         .with_request_api_version(12);
-    let Outcome::Respond(response) =
-        dispatch(&broker, &header, request(ApiKey::Metadata, 12, Uuid::nil())).await
+    let Outcome::Respond(response) = dispatch(
+        &broker,
+        &header,
+        "/127.0.0.1",
+        request(ApiKey::Metadata, 12, Uuid::nil()),
+    )
+    .await
     else {
         panic!("metadata answered nothing");
     };
@@ -156,7 +241,9 @@ async fn every_supported_version_round_trips() {
             let header = RequestHeader::default()
                 .with_request_api_key(api as i16)
                 .with_request_api_version(version);
-            let Outcome::Respond(response) = dispatch(&broker, &header, decoded).await else {
+            let Outcome::Respond(response) =
+                dispatch(&broker, &header, "/127.0.0.1", decoded).await
+            else {
                 panic!("{api:?} v{version} gave no response");
             };
             let mut out = BytesMut::new();
@@ -165,6 +252,19 @@ async fn every_supported_version_round_trips() {
                 .unwrap_or_else(|e| panic!("{api:?} v{version} response: {e}"));
             assert_no_errors(api, version, &response);
         }
+    }
+}
+
+/// Errors a request above is built to get: it joins without a member id
+/// (MEMBER_ID_REQUIRED, 79), or acts as a member that does not exist
+/// (UNKNOWN_MEMBER_ID, 25), or deletes a group whose member is still in it
+/// (NON_EMPTY_GROUP, 68).
+fn expected_errors(api: ApiKey) -> &'static [i16] {
+    match api {
+        ApiKey::JoinGroup => &[79],
+        ApiKey::SyncGroup | ApiKey::Heartbeat | ApiKey::LeaveGroup => &[25],
+        ApiKey::DeleteGroups => &[68],
+        _ => &[],
     }
 }
 

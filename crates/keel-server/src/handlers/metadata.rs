@@ -11,6 +11,7 @@ use super::{str_bytes, topic_name, AUTHORIZED_OPERATIONS_OMITTED};
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 use crate::errors::create_error;
+use crate::offsets_log::OFFSETS_TOPIC;
 
 /// Every topic operation is allowed: Keel has no authorizer yet, and Kafka
 /// without one reports all of them (READ, WRITE, CREATE, DELETE, ALTER,
@@ -91,6 +92,18 @@ fn auto_create_topic(
 ) -> MetadataResponseTopic {
     if let Err(e) = validate_topic_name(name) {
         return unknown_topic(Some(name), Uuid::nil(), keel_error(&e));
+    }
+    if name == OFFSETS_TOPIC {
+        // Internal topics are created with their own settings, never as an
+        // ordinary auto-created topic.
+        if let Err(e) = broker.ensure_offsets_topic() {
+            return unknown_topic(Some(name), Uuid::nil(), create_error(&e));
+        }
+        *image = broker.image();
+        return match image.topic_by_name(name) {
+            Some(t) => describe_topic(t, ops),
+            None => unknown_topic(Some(name), Uuid::nil(), ResponseError::LeaderNotAvailable),
+        };
     }
     let new_topic = NewTopic {
         name: name.to_string(),

@@ -1,0 +1,65 @@
+//! The consumer group coordinator: the classic group protocol (JoinGroup,
+//! SyncGroup, Heartbeat, LeaveGroup), committed offsets, and the group admin
+//! APIs, persisted as Kafka's `__consumer_offsets` records.
+//!
+//! Code map:
+//! - `state_machine.rs` (`GroupCoordinator`): every decision, deterministic
+//!   and synchronous; time is an argument, effects are data.
+//! - `group.rs`, `member.rs`, `offsets.rs`: the state it decides over.
+//! - `records.rs`: the `__consumer_offsets` key and value formats.
+//! - `service.rs` (`GroupService`): **API Boundary.** The async entry the
+//!   broker's handlers call; it owns the mutex, the timers and the log.
+//!
+//! **Architecture Invariant:** only `service.rs` knows about tokio and the
+//! clock; nothing here opens a socket or a file (records leave through the
+//! `OffsetsLog` trait).
+
+mod group;
+mod member;
+mod offsets;
+pub mod records;
+mod service;
+pub mod state_machine;
+
+pub use group::{Group, GroupState};
+pub use member::{Member, Protocol};
+pub use records::partition_for;
+pub use service::{GroupService, LogRecord, OffsetsLog};
+pub use state_machine::{Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey};
+
+/// The coordinator's settings, named after Kafka's broker configs with the
+/// dots turned into underscores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// `offsets.topic.num.partitions`.
+    pub offsets_topic_partitions: i32,
+    /// `group.min.session.timeout.ms`.
+    pub group_min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`.
+    pub group_max_session_timeout_ms: i32,
+    /// `group.initial.rebalance.delay.ms`; 0 completes the first join at once.
+    pub group_initial_rebalance_delay_ms: i32,
+    /// `group.max.size`.
+    pub group_max_size: i32,
+    /// `offsets.retention.minutes`, in milliseconds.
+    pub offsets_retention_ms: i64,
+    /// `offset.metadata.max.bytes`.
+    pub offset_metadata_max_bytes: usize,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            offsets_topic_partitions: 50,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_initial_rebalance_delay_ms: 3_000,
+            group_max_size: i32::MAX,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            offset_metadata_max_bytes: 4096,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

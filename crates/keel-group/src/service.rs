@@ -1,0 +1,699 @@
+//! `GroupService`: the async face of the group coordinator, and the only
+//! entry point for the broker's handlers.
+//!
+//! Each call takes the write lock, lets the `GroupCoordinator` decide at the
+//! current time, appends the resulting records through `OffsetsLog`, and only
+//! then releases the responses (its own and any parked ones it completed).
+//! A timer task fires the coordinator's deadlines the same way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{
+    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+};
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
+use uuid::Uuid;
+
+use crate::state_machine::{
+    join_error, Effects, GroupCoordinator, JoinContext, OutRecord, RequestToken, Response, TimerKey,
+};
+use crate::GroupConfig;
+
+/// One `__consumer_offsets` record: key and value (`None` = tombstone).
+pub type LogRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// Where the coordinator's records go: the `__consumer_offsets` partitions.
+pub trait OffsetsLog: Send + Sync + 'static {
+    /// Appends records to one __consumer_offsets partition; returns once they are in the log.
+    fn append(
+        &self,
+        partition: i32,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), String>;
+    /// Every record of one partition, in offset order (for loading).
+    fn read_all(&self, partition: i32) -> Result<Vec<LogRecord>, String>;
+}
+
+/// The error a request gets when its records could not be appended or its
+/// state was replaced by a reload: retriable for every client.
+const UNAVAILABLE: i16 = ResponseError::CoordinatorNotAvailable.code();
+
+pub struct GroupService {
+    /// Lets `&self` methods hand an owned handle to spawned tasks.
+    me: Weak<GroupService>,
+    config: GroupConfig,
+    /// The state machine. A `parking_lot` mutex: it is held only for the
+    /// synchronous decision, never across an await.
+    coordinator: Mutex<GroupCoordinator>,
+    /// Serialises decide-append-respond so records reach the log in the
+    /// order the state machine produced them, and a response never goes out
+    /// before the records it depends on.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+    log: Arc<dyn OffsetsLog>,
+    /// Requests waiting for their response, by token.
+    pending: Mutex<HashMap<RequestToken, oneshot::Sender<Response>>>,
+    next_token: AtomicU64,
+    /// Armed timers; the state machine holds the authoritative deadlines, so
+    /// a later deadline for the same key simply replaces the earlier one.
+    timers: Mutex<HashMap<TimerKey, i64>>,
+    timer_wakeup: Arc<Notify>,
+    timer_started: AtomicBool,
+    /// Wall-clock milliseconds at `start`: the coordinator's time is
+    /// `base_ms + start.elapsed()`, monotonic and controllable in tests.
+    base_ms: i64,
+    start: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for GroupService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for GroupService {
+    fn drop(&mut self) {
+        // Lets the timer task notice the service is gone.
+        self.timer_wakeup.notify_one();
+    }
+}
+
+/// Removes a request's sender if the request goes away before its response.
+struct PendingGuard<'a> {
+    pending: &'a Mutex<HashMap<RequestToken, oneshot::Sender<Response>>>,
+    token: RequestToken,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().remove(&self.token);
+    }
+}
+
+impl GroupService {
+    pub fn new(config: GroupConfig, log: Arc<dyn OffsetsLog>) -> Arc<Self> {
+        let base_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Arc::new_cyclic(|me| GroupService {
+            me: me.clone(),
+            coordinator: Mutex::new(GroupCoordinator::new(config.clone())),
+            config,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            log,
+            pending: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            timers: Mutex::new(HashMap::new()),
+            timer_wakeup: Arc::new(Notify::new()),
+            timer_started: AtomicBool::new(false),
+            base_ms,
+            start: tokio::time::Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.base_ms + self.start.elapsed().as_millis() as i64
+    }
+
+    /// Rebuilds every group by replaying all `__consumer_offsets` partitions,
+    /// then serves requests (until then they get COORDINATOR_LOAD_IN_PROGRESS).
+    /// Calling it again replaces the state; requests parked in the old state
+    /// get COORDINATOR_NOT_AVAILABLE and retry.
+    pub fn load(&self) -> Result<(), String> {
+        let mut fresh = GroupCoordinator::new(self.config.clone());
+        let mut skipped = 0usize;
+        for partition in 0..self.config.offsets_topic_partitions {
+            for (key, value) in self.log.read_all(partition)? {
+                if let Err(e) = fresh.replay(&key, value.as_deref()) {
+                    skipped += 1;
+                    tracing::warn!(partition, error = %e, "skipping undecodable __consumer_offsets record");
+                }
+            }
+        }
+        let fx = fresh.complete_load(self.now_ms());
+        assert!(fx.records.is_empty() && fx.responses.is_empty());
+        let old = std::mem::replace(&mut *self.coordinator.lock(), fresh);
+        if old.is_loaded() {
+            // Parked requests belonged to the old state: dropping their
+            // senders answers them with COORDINATOR_NOT_AVAILABLE.
+            self.pending.lock().clear();
+        }
+        {
+            let mut timers = self.timers.lock();
+            timers.clear();
+            timers.extend(fx.timers);
+        }
+        self.timer_wakeup.notify_one();
+        self.ensure_timer_task();
+        tracing::info!(skipped, "group coordinator loaded");
+        Ok(())
+    }
+
+    pub fn partition_for(&self, group_id: &str) -> i32 {
+        crate::records::partition_for(group_id, self.config.offsets_topic_partitions)
+    }
+
+    /// JoinGroup without the request header: new members get ids of the form
+    /// `-{uuid}`. Prefer `join_group_with_client`.
+    pub async fn join_group(&self, req: JoinGroupRequest, version: i16) -> JoinGroupResponse {
+        self.join_group_with_client(req, version, "", "").await
+    }
+
+    /// JoinGroup with the header's client id (new member ids are
+    /// `{client_id}-{uuid}`, or `{group_instance_id}-{uuid}` for static
+    /// members) and the client's address, as DescribeGroups reports them.
+    pub async fn join_group_with_client(
+        &self,
+        req: JoinGroupRequest,
+        version: i16,
+        client_id: &str,
+        client_host: &str,
+    ) -> JoinGroupResponse {
+        let ctx = JoinContext {
+            client_id: client_id.to_owned(),
+            client_host: client_host.to_owned(),
+            member_uuid: Uuid::new_v4(),
+        };
+        match self
+            .call(|c, token, now| c.join_group(token, &req, version, &ctx, now))
+            .await
+        {
+            Some(Response::JoinGroup(r)) => r,
+            _ => join_error(version, UNAVAILABLE, &req.member_id),
+        }
+    }
+
+    pub async fn sync_group(&self, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+        match self
+            .call(|c, token, now| c.sync_group(token, &req, version, now))
+            .await
+        {
+            Some(Response::SyncGroup(r)) => r,
+            _ => SyncGroupResponse::default().with_error_code(UNAVAILABLE),
+        }
+    }
+
+    pub async fn heartbeat(&self, req: HeartbeatRequest, version: i16) -> HeartbeatResponse {
+        match self
+            .call(|c, token, now| c.heartbeat(token, &req, version, now))
+            .await
+        {
+            Some(Response::Heartbeat(r)) => r,
+            _ => HeartbeatResponse::default().with_error_code(UNAVAILABLE),
+        }
+    }
+
+    pub async fn leave_group(&self, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+        match self
+            .call(|c, token, now| c.leave_group(token, &req, version, now))
+            .await
+        {
+            Some(Response::LeaveGroup(r)) => r,
+            _ => {
+                let r = LeaveGroupResponse::default().with_error_code(UNAVAILABLE);
+                if version >= 3 {
+                    r.with_members(
+                        req.members
+                            .iter()
+                            .map(|m| {
+                                MemberResponse::default()
+                                    .with_member_id(m.member_id.clone())
+                                    .with_group_instance_id(m.group_instance_id.clone())
+                                    .with_error_code(UNAVAILABLE)
+                            })
+                            .collect(),
+                    )
+                } else {
+                    r
+                }
+            }
+        }
+    }
+
+    pub async fn offset_commit(
+        &self,
+        req: OffsetCommitRequest,
+        version: i16,
+    ) -> OffsetCommitResponse {
+        match self
+            .call(|c, token, now| c.offset_commit(token, &req, version, now))
+            .await
+        {
+            Some(Response::OffsetCommit(r)) => r,
+            _ => OffsetCommitResponse::default().with_topics(
+                req.topics
+                    .iter()
+                    .map(|t| {
+                        let mut out = OffsetCommitResponseTopic::default().with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    OffsetCommitResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(UNAVAILABLE)
+                                })
+                                .collect(),
+                        );
+                        if version <= 9 {
+                            out = out.with_name(t.name.clone());
+                        } else {
+                            out = out.with_topic_id(t.topic_id);
+                        }
+                        out
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// OffsetFetch: v1-7 for one group, v8+ for a batch of groups. It waits
+    /// for in-flight appends, so it never returns an offset not yet in the log.
+    pub async fn offset_fetch(&self, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        let _ordered = self.write_lock.lock().await;
+        self.coordinator.lock().offset_fetch(&req, version)
+    }
+
+    pub async fn offset_delete(
+        &self,
+        req: OffsetDeleteRequest,
+        version: i16,
+    ) -> OffsetDeleteResponse {
+        match self
+            .call(|c, token, now| c.offset_delete(token, &req, version, now))
+            .await
+        {
+            Some(Response::OffsetDelete(r)) => r,
+            _ => OffsetDeleteResponse::default().with_error_code(UNAVAILABLE),
+        }
+    }
+
+    /// ListGroups with `states_filter` (v4+) and `types_filter` (v5+).
+    pub fn list_groups(&self, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+        self.coordinator.lock().list_groups(&req, version)
+    }
+
+    pub fn describe_groups(
+        &self,
+        req: DescribeGroupsRequest,
+        version: i16,
+    ) -> DescribeGroupsResponse {
+        self.coordinator.lock().describe_groups(&req, version)
+    }
+
+    /// DeleteGroups: NON_EMPTY_GROUP while members remain, GROUP_ID_NOT_FOUND
+    /// for unknown groups, else tombstones for the group and its offsets.
+    pub async fn delete_groups(
+        &self,
+        req: DeleteGroupsRequest,
+        version: i16,
+    ) -> DeleteGroupsResponse {
+        match self
+            .call(|c, token, now| c.delete_groups(token, &req, version, now))
+            .await
+        {
+            Some(Response::DeleteGroups(r)) => r,
+            _ => DeleteGroupsResponse::default().with_results(
+                req.groups_names
+                    .iter()
+                    .map(|g| {
+                        DeletableGroupResult::default()
+                            .with_group_id(g.clone())
+                            .with_error_code(UNAVAILABLE)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// `(topic, partition, committed offset)` of every offset of a group,
+    /// ordered by topic and partition.
+    pub fn committed_offsets(&self, group_id: &str) -> Vec<(String, i32, i64)> {
+        self.coordinator.lock().committed_offsets(group_id)
+    }
+
+    // ------------------------------------------------------------ plumbing
+
+    /// Runs one request through the state machine and waits for its response
+    /// (`None` if the state it was parked in was replaced).
+    async fn call<F>(&self, decide: F) -> Option<Response>
+    where
+        F: FnOnce(&mut GroupCoordinator, RequestToken, i64) -> Effects,
+    {
+        let token = RequestToken(self.next_token.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(token, tx);
+        let _guard = PendingGuard {
+            pending: &self.pending,
+            token,
+        };
+        self.execute(|c, now| decide(c, token, now)).await;
+        rx.await.ok()
+    }
+
+    /// Decides under the write lock, then appends and releases the effects in
+    /// a task of their own, so that a caller going away halfway cannot lose
+    /// other members' responses.
+    async fn execute<F>(&self, decide: F)
+    where
+        F: FnOnce(&mut GroupCoordinator, i64) -> Effects,
+    {
+        self.ensure_timer_task();
+        let guard = self.write_lock.clone().lock_owned().await;
+        let fx = {
+            let mut coordinator = self.coordinator.lock();
+            decide(&mut coordinator, self.now_ms())
+        };
+        let me = self.me.upgrade().expect("service alive while called");
+        let apply = tokio::spawn(async move {
+            me.apply(fx).await;
+            drop(guard);
+        });
+        if let Err(e) = apply.await {
+            tracing::error!(error = %e, "group coordinator effects task failed");
+        }
+    }
+
+    async fn apply(&self, fx: Effects) {
+        let Effects {
+            records,
+            mut responses,
+            timers,
+        } = fx;
+        if !records.is_empty() {
+            if let Err(e) = self.append(records).await {
+                tracing::error!(error = %e, "appending to __consumer_offsets failed");
+                responses = responses
+                    .into_iter()
+                    .map(|(t, r)| (t, r.fail(UNAVAILABLE)))
+                    .collect();
+            }
+        }
+        {
+            let mut pending = self.pending.lock();
+            for (token, response) in responses {
+                if let Some(tx) = pending.remove(&token) {
+                    // The requester may have gone away; nothing to do then.
+                    let _ = tx.send(response);
+                }
+            }
+        }
+        if !timers.is_empty() {
+            self.timers.lock().extend(timers);
+            self.timer_wakeup.notify_one();
+        }
+    }
+
+    async fn append(&self, records: Vec<OutRecord>) -> Result<(), String> {
+        // Keep each partition's records in order, partitions in first-use order.
+        let mut batches: Vec<(i32, Vec<LogRecord>)> = Vec::new();
+        for (partition, key, value) in records {
+            match batches.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, batch)) => batch.push((key, value)),
+                None => batches.push((partition, vec![(key, value)])),
+            }
+        }
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            for (partition, batch) in batches {
+                log.append(partition, batch)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("append task failed: {e}"))?
+    }
+
+    fn ensure_timer_task(&self) {
+        if self.timer_started.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // The first async call starts it.
+        };
+        if self.timer_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(timer_loop(self.me.clone(), self.timer_wakeup.clone()));
+    }
+}
+
+/// Sleeps until the earliest armed deadline (or a new timer), then fires
+/// every due timer through the state machine.
+async fn timer_loop(service: Weak<GroupService>, wakeup: Arc<Notify>) {
+    loop {
+        let delay_ms = {
+            let Some(svc) = service.upgrade() else { return };
+            let next = svc.timers.lock().values().min().copied();
+            next.map(|d| (d - svc.now_ms()).max(0))
+        };
+        match delay_ms {
+            Some(ms) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms as u64)) => {}
+                    _ = wakeup.notified() => {}
+                }
+            }
+            None => wakeup.notified().await,
+        }
+        let Some(svc) = service.upgrade() else { return };
+        let now = svc.now_ms();
+        let due: Vec<TimerKey> = {
+            let mut timers = svc.timers.lock();
+            let keys: Vec<TimerKey> = timers
+                .iter()
+                .filter(|(_, d)| **d <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &keys {
+                timers.remove(k);
+            }
+            keys
+        };
+        for key in due {
+            svc.execute(|c, now| c.on_timer(&key, now)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::messages::{GroupId, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    /// `__consumer_offsets` as vectors in memory.
+    #[derive(Default)]
+    struct MemoryLog {
+        partitions: Mutex<HashMap<i32, Vec<LogRecord>>>,
+    }
+
+    impl OffsetsLog for MemoryLog {
+        fn append(
+            &self,
+            partition: i32,
+            records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        ) -> Result<(), String> {
+            self.partitions
+                .lock()
+                .entry(partition)
+                .or_default()
+                .extend(records);
+            Ok(())
+        }
+        fn read_all(&self, partition: i32) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, String> {
+            Ok(self
+                .partitions
+                .lock()
+                .get(&partition)
+                .cloned()
+                .unwrap_or_default())
+        }
+    }
+
+    fn s(v: &str) -> StrBytes {
+        StrBytes::from_string(v.to_owned())
+    }
+
+    fn join_req(member_id: &str) -> JoinGroupRequest {
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(s(member_id))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(Bytes::from_static(b"sub"))])
+    }
+
+    /// A member's whole join: MEMBER_ID_REQUIRED, then the real join.
+    async fn join(svc: &GroupService, client: &str) -> JoinGroupResponse {
+        let r = svc
+            .join_group_with_client(join_req(""), 9, client, "/127.0.0.1")
+            .await;
+        assert_eq!(r.error_code, ResponseError::MemberIdRequired.code());
+        assert!(r.member_id.starts_with(&format!("{client}-")));
+        svc.join_group_with_client(join_req(&r.member_id), 9, client, "/127.0.0.1")
+            .await
+    }
+
+    fn sync_req(
+        generation: i32,
+        member_id: &str,
+        assignments: &[(&str, &str)],
+    ) -> SyncGroupRequest {
+        SyncGroupRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_generation_id(generation)
+            .with_member_id(s(member_id))
+            .with_assignments(
+                assignments
+                    .iter()
+                    .map(|(m, a)| {
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(s(m))
+                            .with_assignment(Bytes::copy_from_slice(a.as_bytes()))
+                    })
+                    .collect(),
+            )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_members_join_concurrently_and_state_survives_reload() {
+        let log = Arc::new(MemoryLog::default());
+        let svc = GroupService::new(GroupConfig::default(), log.clone());
+        // Not loaded yet.
+        let r = svc.join_group(join_req(""), 9).await;
+        assert_eq!(
+            r.error_code,
+            ResponseError::CoordinatorLoadInProgress.code()
+        );
+        svc.load().unwrap();
+
+        let (a, b) = tokio::join!(join(&svc, "a"), join(&svc, "b"));
+        assert_eq!((a.error_code, b.error_code), (0, 0));
+        assert_eq!(a.generation_id, 1);
+        assert_eq!(a.generation_id, b.generation_id);
+        assert_eq!(a.leader, b.leader);
+        let (leader, follower) = if a.leader == a.member_id {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!(leader.members.len(), 2);
+        assert!(follower.members.is_empty());
+
+        let assignments = [
+            (&*leader.member_id, "to-leader"),
+            (&*follower.member_id, "to-follower"),
+        ];
+        let (fs, ls) = tokio::join!(
+            svc.sync_group(sync_req(1, &follower.member_id, &[]), 5),
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                svc.sync_group(sync_req(1, &leader.member_id, &assignments), 5)
+                    .await
+            }
+        );
+        assert_eq!(fs.assignment, Bytes::from_static(b"to-follower"));
+        assert_eq!(ls.assignment, Bytes::from_static(b"to-leader"));
+
+        let commit = OffsetCommitRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_generation_id_or_member_epoch(1)
+            .with_member_id(follower.member_id.clone())
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(42)])]);
+        let r = svc.offset_commit(commit, 8).await;
+        assert_eq!(r.topics[0].partitions[0].error_code, 0);
+        assert_eq!(svc.committed_offsets("g"), vec![("t".to_string(), 0, 42)]);
+        let partition = svc.partition_for("g");
+        assert_eq!(
+            log.read_all(partition).unwrap().len(),
+            2,
+            "group and offset records"
+        );
+
+        // A second coordinator over the same log sees the same group.
+        let again = GroupService::new(GroupConfig::default(), log.clone());
+        again.load().unwrap();
+        assert_eq!(again.committed_offsets("g"), vec![("t".to_string(), 0, 42)]);
+        let fetch = OffsetFetchRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partition_indexes(vec![0, 1])]));
+        let r = again.offset_fetch(fetch, 7).await;
+        assert_eq!(r.topics[0].partitions[0].committed_offset, 42);
+        assert_eq!(r.topics[0].partitions[1].committed_offset, -1);
+        let d = again.describe_groups(
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(s("g"))]),
+            5,
+        );
+        assert_eq!(d.groups[0].group_state.as_str(), "Stable");
+        assert_eq!(d.groups[0].members.len(), 2);
+        assert_eq!(d.groups[0].members[0].client_id.as_str(), "a");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timer_task_expires_silent_members() {
+        let log = Arc::new(MemoryLog::default());
+        let svc = GroupService::new(
+            GroupConfig {
+                group_initial_rebalance_delay_ms: 0,
+                ..GroupConfig::default()
+            },
+            log,
+        );
+        svc.load().unwrap();
+        let r = join(&svc, "a").await;
+        assert_eq!(r.error_code, 0);
+        let synced = svc
+            .sync_group(sync_req(1, &r.member_id, &[(&r.member_id, "x")]), 5)
+            .await;
+        assert_eq!(synced.error_code, 0);
+        let hb = |generation| {
+            HeartbeatRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_generation_id(generation)
+                .with_member_id(r.member_id.clone())
+        };
+        assert_eq!(svc.heartbeat(hb(1), 4).await.error_code, 0);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(
+            svc.heartbeat(hb(1), 4).await.error_code,
+            ResponseError::UnknownMemberId.code()
+        );
+        let d = svc.describe_groups(
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(s("g"))]),
+            5,
+        );
+        assert_eq!(d.groups[0].group_state.as_str(), "Empty");
+    }
+}
