@@ -6,6 +6,7 @@
 //! Figures are measured, never asserted: this is not a test.
 
 mod broker;
+mod groups;
 mod latency;
 mod throughput;
 
@@ -42,15 +43,40 @@ struct Args {
     /// Length of the latency run, seconds.
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
+    /// Which figures: `log` (produce, consume, latency) or `groups`
+    /// (rebalance time and commit rate per group protocol).
+    #[arg(long, default_value = "log")]
+    suite: String,
+    /// Group protocols for `--suite groups`: classic assignment strategies,
+    /// or `consumer` for KIP-848.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "range,cooperative-sticky,consumer"
+    )]
+    group_protocols: Vec<String>,
+    /// The members' `heartbeat.interval.ms` (librdkafka's default if unset).
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u32>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let mut overrides = args.overrides.clone();
+    if args.suite == "groups" {
+        // The setting: no initial delay, so the figure is the protocol's.
+        overrides.push("group.initial.rebalance.delay.ms=0".into());
+    }
     let broker = match &args.bootstrap {
         Some(addr) => broker::Broker::external(addr.clone()),
-        None => broker::Broker::start(&args.keel, &args.overrides)?,
+        None => broker::Broker::start(&args.keel, &overrides)?,
     };
     let bootstrap = broker.bootstrap().to_string();
+    if args.suite == "groups" {
+        let line = json!({ "overrides": overrides, "heartbeat_interval_ms": args.heartbeat_interval_ms, "groups": groups::run(&bootstrap, &args.group_protocols, args.heartbeat_interval_ms)? });
+        println!("{line}");
+        return Ok(());
+    }
 
     let produce_large =
         throughput::produce(&bootstrap, "bench-1k", args.large_count, 1024, &args.acks)?;

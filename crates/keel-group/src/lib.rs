@@ -1,11 +1,17 @@
 //! The consumer group coordinator: the classic group protocol (JoinGroup,
-//! SyncGroup, Heartbeat, LeaveGroup), committed offsets, and the group admin
-//! APIs, persisted as Kafka's `__consumer_offsets` records.
+//! SyncGroup, Heartbeat, LeaveGroup), the KIP-848 consumer protocol
+//! (ConsumerGroupHeartbeat, ConsumerGroupDescribe), committed offsets, and
+//! the group admin APIs, persisted as Kafka's `__consumer_offsets` records.
 //!
 //! Code map:
 //! - `state_machine.rs` (`GroupCoordinator`): every decision, deterministic
 //!   and synchronous; time is an argument, effects are data.
 //! - `group.rs`, `member.rs`, `offsets.rs`: the state it decides over.
+//! - `consumer_group.rs`: KIP-848 "consumer" groups (ConsumerGroupHeartbeat,
+//!   ConsumerGroupDescribe, member epochs, reconciliation), decided by the
+//!   same `GroupCoordinator` in the same group id namespace; `assignor.rs`:
+//!   their server-side assignors (uniform, range). Their membership lives in
+//!   memory only; their offsets are ordinary offset records.
 //! - `records.rs`: the `__consumer_offsets` key and value formats.
 //! - `service.rs` (`GroupService`): **API Boundary.** The async entry the
 //!   broker's handlers call; it owns the mutex, the timers and the log.
@@ -14,6 +20,8 @@
 //! clock; nothing here opens a socket or a file (records leave through the
 //! `OffsetsLog` trait).
 
+pub mod assignor;
+pub mod consumer_group;
 mod group;
 mod member;
 mod offsets;
@@ -21,6 +29,9 @@ pub mod records;
 mod service;
 pub mod state_machine;
 
+pub use consumer_group::{
+    ConsumerGroup, ConsumerGroupState, ConsumerMember, MemberState, NoTopics, TopicMetadata,
+};
 pub use group::{Group, GroupState};
 pub use member::{Member, Protocol};
 pub use records::partition_for;
@@ -45,6 +56,10 @@ pub struct GroupConfig {
     pub offsets_retention_ms: i64,
     /// `offset.metadata.max.bytes`.
     pub offset_metadata_max_bytes: usize,
+    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
+    pub consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups).
+    pub consumer_session_timeout_ms: i32,
 }
 
 impl Default for GroupConfig {
@@ -57,9 +72,14 @@ impl Default for GroupConfig {
             group_max_size: i32::MAX,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             offset_metadata_max_bytes: 4096,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_session_timeout_ms: 45_000,
         }
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod consumer_tests;

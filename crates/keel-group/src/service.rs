@@ -18,16 +18,19 @@ use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{
-    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
-    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
 
+use crate::consumer_group::TopicMetadata;
 use crate::state_machine::{
     join_error, Effects, GroupCoordinator, JoinContext, OutRecord, RequestToken, Response, TimerKey,
 };
@@ -167,6 +170,44 @@ impl GroupService {
 
     pub fn partition_for(&self, group_id: &str) -> i32 {
         crate::records::partition_for(group_id, self.config.offsets_topic_partitions)
+    }
+
+    /// ConsumerGroupHeartbeat v0-1 (KIP-848), with the header's client id
+    /// and the client's address for ConsumerGroupDescribe, and the topics
+    /// (ids and partition counts) as the broker's metadata has them now.
+    pub async fn consumer_group_heartbeat(
+        &self,
+        req: ConsumerGroupHeartbeatRequest,
+        version: i16,
+        client_id: &str,
+        client_host: &str,
+        topics: &dyn TopicMetadata,
+    ) -> ConsumerGroupHeartbeatResponse {
+        let ctx = JoinContext {
+            client_id: client_id.to_owned(),
+            client_host: client_host.to_owned(),
+            member_uuid: Uuid::new_v4(),
+        };
+        match self
+            .call(|c, token, now| {
+                c.consumer_group_heartbeat(token, &req, version, &ctx, topics, now)
+            })
+            .await
+        {
+            Some(Response::ConsumerGroupHeartbeat(r)) => r,
+            _ => ConsumerGroupHeartbeatResponse::default().with_error_code(UNAVAILABLE),
+        }
+    }
+
+    /// ConsumerGroupDescribe v0-1.
+    pub fn consumer_group_describe(
+        &self,
+        req: ConsumerGroupDescribeRequest,
+        version: i16,
+    ) -> ConsumerGroupDescribeResponse {
+        self.coordinator
+            .lock()
+            .consumer_group_describe(&req, version)
     }
 
     /// JoinGroup without the request header: new members get ids of the form

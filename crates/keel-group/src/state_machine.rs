@@ -28,15 +28,17 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
-    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ConsumerGroupHeartbeatResponse, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
+use crate::consumer_group::ConsumerGroup;
 use crate::group::{Group, GroupState, InitialDelay};
 use crate::member::{Member, Parked, Protocol};
 use crate::offsets::Offsets;
@@ -67,6 +69,10 @@ pub enum TimerKey {
     PendingSync { group_id: String },
     /// The periodic scan for offsets past retention.
     OffsetsExpiration,
+    /// The session timeout of a KIP-848 consumer group member.
+    ConsumerSession { group_id: String, member_id: String },
+    /// The rebalance timeout of a consumer group member asked to revoke.
+    ConsumerRebalance { group_id: String, member_id: String },
 }
 
 /// A response the service hands to the request that holds its token.
@@ -79,6 +85,7 @@ pub enum Response {
     OffsetCommit(OffsetCommitResponse),
     OffsetDelete(OffsetDeleteResponse),
     DeleteGroups(DeleteGroupsResponse),
+    ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse),
 }
 
 impl Response {
@@ -112,6 +119,11 @@ impl Response {
                 }
                 Response::DeleteGroups(r)
             }
+            Response::ConsumerGroupHeartbeat(r) => Response::ConsumerGroupHeartbeat(
+                ConsumerGroupHeartbeatResponse::default()
+                    .with_error_code(code)
+                    .with_member_id(r.member_id),
+            ),
         }
     }
 }
@@ -129,11 +141,11 @@ pub struct Effects {
 }
 
 impl Effects {
-    fn respond(&mut self, token: RequestToken, response: Response) {
+    pub(crate) fn respond(&mut self, token: RequestToken, response: Response) {
         self.responses.push((token, response));
     }
 
-    fn timer(&mut self, key: TimerKey, deadline_ms: i64) {
+    pub(crate) fn timer(&mut self, key: TimerKey, deadline_ms: i64) {
         self.timers.push((key, deadline_ms));
     }
 }
@@ -161,11 +173,14 @@ fn sb(s: &str) -> StrBytes {
 /// this node leads (all of them: Keel is single-node for now).
 #[derive(Debug)]
 pub struct GroupCoordinator {
-    config: GroupConfig,
-    groups: BTreeMap<String, Group>,
+    pub(crate) config: GroupConfig,
+    pub(crate) groups: BTreeMap<String, Group>,
+    /// KIP-848 consumer groups (`consumer_group.rs`); a group id is in at
+    /// most one of `groups` and `consumer_groups`.
+    pub(crate) consumer_groups: BTreeMap<String, ConsumerGroup>,
     offsets: Offsets,
     /// False until `complete_load`: requests get COORDINATOR_LOAD_IN_PROGRESS.
-    loaded: bool,
+    pub(crate) loaded: bool,
 }
 
 impl GroupCoordinator {
@@ -176,6 +191,7 @@ impl GroupCoordinator {
         GroupCoordinator {
             config,
             groups: BTreeMap::new(),
+            consumer_groups: BTreeMap::new(),
             offsets: Offsets::default(),
             loaded: false,
         }
@@ -256,6 +272,7 @@ impl GroupCoordinator {
                 );
             }
         }
+        self.consumer_timers(&mut fx);
         fx.timer(
             TimerKey::OffsetsExpiration,
             now_ms + OFFSETS_RETENTION_CHECK_INTERVAL_MS,
@@ -293,6 +310,18 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             fail(&mut fx, ResponseError::InvalidGroupId, &member_id);
             return fx;
+        }
+        if let Some(cg) = self.consumer_groups.get(&group_id) {
+            // A consumer group: classic members may only take it over empty.
+            if !cg.members.is_empty() {
+                fail(
+                    &mut fx,
+                    ResponseError::InconsistentGroupProtocol,
+                    &member_id,
+                );
+                return fx;
+            }
+            self.consumer_groups.remove(&group_id);
         }
         if req.session_timeout_ms < self.config.group_min_session_timeout_ms
             || req.session_timeout_ms > self.config.group_max_session_timeout_ms
@@ -1185,6 +1214,14 @@ impl GroupCoordinator {
                     now_ms + OFFSETS_RETENTION_CHECK_INTERVAL_MS,
                 );
             }
+            TimerKey::ConsumerSession {
+                group_id,
+                member_id,
+            } => self.on_consumer_timer(group_id, member_id, false, now_ms, &mut fx),
+            TimerKey::ConsumerRebalance {
+                group_id,
+                member_id,
+            } => self.on_consumer_timer(group_id, member_id, true, now_ms, &mut fx),
         }
         fx
     }
@@ -1303,6 +1340,7 @@ impl GroupCoordinator {
         let candidates: Vec<String> = self
             .groups
             .keys()
+            .chain(self.consumer_groups.keys())
             .chain(self.offsets.group_ids())
             .cloned()
             .collect::<std::collections::BTreeSet<_>>()
@@ -1310,6 +1348,24 @@ impl GroupCoordinator {
             .collect();
         for group_id in candidates {
             let partition = self.partition_for(&group_id);
+            if let Some(cg) = self.consumer_groups.get(&group_id) {
+                // Offsets of a consumer group expire only while it is empty,
+                // counted from when it became empty.
+                if !cg.members.is_empty()
+                    || now_ms.saturating_sub(cg.state_timestamp_ms) < retention_ms
+                {
+                    continue;
+                }
+                for (topic, p) in self.offsets.remove_group(&group_id) {
+                    fx.records.push((
+                        partition,
+                        records::offset_commit_key(&group_id, &topic, p),
+                        None,
+                    ));
+                }
+                self.consumer_groups.remove(&group_id);
+                continue;
+            }
             let expired =
                 self.offsets
                     .expired(self.groups.get(&group_id), &group_id, retention_ms, now_ms);
@@ -1408,6 +1464,13 @@ impl GroupCoordinator {
         }
         if group_id.is_empty() {
             return code(ResponseError::InvalidGroupId);
+        }
+        if let Some(error) = self.validate_consumer_offset_commit(
+            group_id,
+            &req.member_id,
+            req.generation_id_or_member_epoch,
+        ) {
+            return error;
         }
         let generation = req.generation_id_or_member_epoch;
         let member_id = req.member_id.to_string();
@@ -1514,6 +1577,15 @@ impl GroupCoordinator {
                 let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
                 if !self.loaded {
                     return out.with_error_code(code(ResponseError::CoordinatorLoadInProgress));
+                }
+                if version >= 9 {
+                    if let Some(e) = self.validate_consumer_offset_fetch(
+                        &g.group_id.0,
+                        g.member_id.as_deref(),
+                        g.member_epoch,
+                    ) {
+                        return out.with_error_code(code(e));
+                    }
                 }
                 let ids: BTreeMap<String, Uuid> = g
                     .topics
@@ -1626,24 +1698,36 @@ impl GroupCoordinator {
         }
         let group_id = req.group_id.0.to_string();
         let partition = self.partition_for(&group_id);
-        let Some(group) = self.groups.get(&group_id) else {
-            fail(&mut fx, ResponseError::GroupIdNotFound);
-            return fx;
-        };
-        if group.state == GroupState::Dead {
-            fail(&mut fx, ResponseError::GroupIdNotFound);
-            return fx;
-        }
-        let active = group.state != GroupState::Empty;
-        if active && group.protocol_type.as_deref() != Some("consumer") {
-            fail(&mut fx, ResponseError::NonEmptyGroup);
-            return fx;
-        }
         // `None` = subscriptions unknown: every topic counts as subscribed.
-        let subscribed = if active {
-            Some(group.subscribed_topics())
+        let subscribed = if let Some(cg) = self.consumer_groups.get(&group_id) {
+            // A KIP-848 group: its members' subscriptions are known.
+            (!cg.members.is_empty()).then(|| {
+                Some(
+                    cg.members
+                        .values()
+                        .flat_map(|m| m.subscribed.iter().cloned())
+                        .collect(),
+                )
+            })
         } else {
-            None
+            let Some(group) = self.groups.get(&group_id) else {
+                fail(&mut fx, ResponseError::GroupIdNotFound);
+                return fx;
+            };
+            if group.state == GroupState::Dead {
+                fail(&mut fx, ResponseError::GroupIdNotFound);
+                return fx;
+            }
+            let active = group.state != GroupState::Empty;
+            if active && group.protocol_type.as_deref() != Some("consumer") {
+                fail(&mut fx, ResponseError::NonEmptyGroup);
+                return fx;
+            }
+            if active {
+                Some(group.subscribed_topics())
+            } else {
+                None
+            }
         };
         let mut topics = Vec::with_capacity(req.topics.len());
         for t in &req.topics {
@@ -1718,12 +1802,25 @@ impl GroupCoordinator {
         } else {
             Vec::new()
         };
-        if !types.is_empty() && !types.iter().any(|t| t == "classic") {
-            return ListGroupsResponse::default();
-        }
-        let groups = self
+        let classic = types.is_empty() || types.iter().any(|t| t == "classic");
+        let consumer = types.is_empty() || types.iter().any(|t| t == "consumer");
+        let consumer_groups: Vec<ListedGroup> = self
+            .consumer_groups
+            .values()
+            .filter(|_| consumer)
+            .filter(|g| states.is_empty() || states.contains(&g.state().as_str().to_lowercase()))
+            .map(|g| {
+                ListedGroup::default()
+                    .with_group_id(GroupId(sb(&g.group_id)))
+                    .with_protocol_type(sb("consumer"))
+                    .with_group_state(sb(g.state().as_str()))
+                    .with_group_type(sb("consumer"))
+            })
+            .collect();
+        let mut groups: Vec<ListedGroup> = self
             .groups
             .values()
+            .filter(|_| classic)
             .filter(|g| g.state != GroupState::Dead)
             .filter(|g| states.is_empty() || states.contains(&g.state.as_str().to_lowercase()))
             .map(|g| {
@@ -1734,6 +1831,7 @@ impl GroupCoordinator {
                     .with_group_type(sb("classic"))
             })
             .collect();
+        groups.extend(consumer_groups);
         ListGroupsResponse::default().with_groups(groups)
     }
 
@@ -1751,6 +1849,28 @@ impl GroupCoordinator {
                     return out
                         .with_error_code(code(ResponseError::CoordinatorLoadInProgress))
                         .with_group_state(sb(""));
+                }
+                if let Some(cg) = self.consumer_groups.get(id.0.as_str()) {
+                    // A consumer group, as far as the classic API can say.
+                    let members = cg
+                        .members
+                        .values()
+                        .map(|m| {
+                            let mut d = DescribedGroupMember::default()
+                                .with_member_id(sb(&m.member_id))
+                                .with_client_id(sb(&m.client_id))
+                                .with_client_host(sb(&m.client_host));
+                            if version >= 4 {
+                                d = d.with_group_instance_id(m.instance_id.as_deref().map(sb));
+                            }
+                            d
+                        })
+                        .collect();
+                    return out
+                        .with_group_state(sb(cg.state().as_str()))
+                        .with_protocol_type(sb("consumer"))
+                        .with_protocol_data(sb(&cg.assignor))
+                        .with_members(members);
                 }
                 let Some(group) = self.groups.get(&id.0.to_string()) else {
                     let out = out.with_group_state(sb(GroupState::Dead.as_str()));
@@ -1808,6 +1928,23 @@ impl GroupCoordinator {
                 code(ResponseError::CoordinatorLoadInProgress)
             } else if group_id.is_empty() {
                 code(ResponseError::InvalidGroupId)
+            } else if let Some(cg) = self.consumer_groups.get(&group_id) {
+                if cg.members.is_empty() {
+                    let partition = self.partition_for(&group_id);
+                    for (topic, p) in self.offsets.remove_group(&group_id) {
+                        fx.records.push((
+                            partition,
+                            records::offset_commit_key(&group_id, &topic, p),
+                            None,
+                        ));
+                    }
+                    fx.records
+                        .push((partition, records::group_metadata_key(&group_id), None));
+                    self.consumer_groups.remove(&group_id);
+                    NONE
+                } else {
+                    code(ResponseError::NonEmptyGroup)
+                }
             } else {
                 match self.groups.get(&group_id).map(|g| g.state) {
                     None | Some(GroupState::Dead) => code(ResponseError::GroupIdNotFound),

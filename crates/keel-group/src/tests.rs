@@ -109,6 +109,7 @@ impl H {
                 Response::OffsetCommit(x) => x.encode(&mut buf, v),
                 Response::OffsetDelete(x) => x.encode(&mut buf, v),
                 Response::DeleteGroups(x) => x.encode(&mut buf, v),
+                Response::ConsumerGroupHeartbeat(x) => x.encode(&mut buf, v),
             };
             encoded.unwrap_or_else(|e| panic!("{r:?} does not encode at v{v}: {e}"));
             assert!(

@@ -45,6 +45,8 @@ pub struct Broker {
     pub fetch_sessions: FetchSessionCache,
     /// `(next id to hand out, end of the reserved block)`.
     producer_ids: Mutex<(i64, i64)>,
+    /// Whether `__consumer_offsets` exists, is hosted and has been loaded.
+    offsets_topic_ready: Mutex<bool>,
 }
 
 impl Broker {
@@ -103,7 +105,9 @@ impl Broker {
             }),
         );
         groups.load().map_err(BrokerError::Groups)?;
+        let offsets_topic_ready = image.topic_by_name(OFFSETS_TOPIC).is_some();
         Ok(Arc::new(Self {
+            offsets_topic_ready: Mutex::new(offsets_topic_ready),
             groups,
             fetch_sessions: FetchSessionCache::new(config.fetch_session_cache_slots),
             config,
@@ -145,39 +149,41 @@ impl Broker {
     }
 
     /// Creates `__consumer_offsets` on first use, as Kafka does, and loads
-    /// the (empty) group state from it.
+    /// the group state from it. Only after this returns may a client be told
+    /// that this broker is its coordinator: concurrent callers wait here until
+    /// every partition is open, instead of finding the topic in the metadata
+    /// before its partitions exist.
     pub fn ensure_offsets_topic(&self) -> Result<(), CreateError> {
-        if self.image().topic_by_name(OFFSETS_TOPIC).is_some() {
+        let mut ready = self.offsets_topic_ready.lock();
+        if *ready {
             return Ok(());
         }
-        let brokers = self.image().brokers.len().max(1) as i16;
-        let replication_factor = self.config.offsets_topic_replication_factor.min(brokers);
-        let topic = NewTopic {
-            name: OFFSETS_TOPIC.to_string(),
-            num_partitions: self.config.group.offsets_topic_partitions,
-            replication_factor,
-            assignments: Default::default(),
-            // Kafka compacts this topic. Until the log cleaner exists,
-            // nothing may be deleted by retention, or committed offsets
-            // would be lost; the topic grows until compaction lands.
-            configs: vec![
-                ("retention.ms".into(), "-1".into()),
-                (
-                    "segment.bytes".into(),
-                    OFFSETS_TOPIC_SEGMENT_BYTES.to_string(),
-                ),
-            ],
-        };
-        match self.create_topic(&topic, false) {
-            Ok(_) => {
-                tracing::info!(partitions = topic.num_partitions, "created {OFFSETS_TOPIC}");
-                self.groups
-                    .load()
-                    .map_err(|e| CreateError::Broker(BrokerError::Groups(e)))
-            }
-            Err(CreateError::Controller(ControllerError::TopicAlreadyExists(_))) => Ok(()),
-            Err(e) => Err(e),
+        if self.image().topic_by_name(OFFSETS_TOPIC).is_none() {
+            let brokers = self.image().brokers.len().max(1) as i16;
+            let topic = NewTopic {
+                name: OFFSETS_TOPIC.to_string(),
+                num_partitions: self.config.group.offsets_topic_partitions,
+                replication_factor: self.config.offsets_topic_replication_factor.min(brokers),
+                assignments: Default::default(),
+                // Kafka compacts this topic. Until the log cleaner exists,
+                // nothing may be deleted by retention, or committed offsets
+                // would be lost; the topic grows until compaction lands.
+                configs: vec![
+                    ("retention.ms".into(), "-1".into()),
+                    (
+                        "segment.bytes".into(),
+                        OFFSETS_TOPIC_SEGMENT_BYTES.to_string(),
+                    ),
+                ],
+            };
+            self.create_topic(&topic, false)?;
+            tracing::info!(partitions = topic.num_partitions, "created {OFFSETS_TOPIC}");
         }
+        self.groups
+            .load()
+            .map_err(|e| CreateError::Broker(BrokerError::Groups(e)))?;
+        *ready = true;
+        Ok(())
     }
 
     pub fn delete_topic(&self, topic_id: Uuid) -> Result<(), CreateError> {
@@ -287,4 +293,15 @@ fn new_cluster_id() -> String {
     (0..22)
         .map(|i| ALPHABET[((bits >> (i * 6)) & 63) as usize] as char)
         .collect()
+}
+
+/// The topics as the consumer groups' assignors see them: one snapshot of
+/// the metadata image per ConsumerGroupHeartbeat.
+pub struct ImageTopics(pub Arc<MetadataImage>);
+
+impl keel_group::TopicMetadata for ImageTopics {
+    fn partitions(&self, topic: &str) -> Option<(Uuid, i32)> {
+        let t = self.0.topic_by_name(topic)?;
+        Some((t.topic_id, t.partitions.len() as i32))
+    }
 }

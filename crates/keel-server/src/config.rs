@@ -201,6 +201,20 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
         "Largest session timeout a member may ask for.",
     ),
     def(
+        "group.consumer.heartbeat.interval.ms",
+        "5000",
+        Int,
+        AtLeast(1),
+        "How often KIP-848 consumer group members heartbeat.",
+    ),
+    def(
+        "group.consumer.session.timeout.ms",
+        "45000",
+        Int,
+        AtLeast(1),
+        "How long a KIP-848 consumer group member may go without a heartbeat.",
+    ),
+    def(
         "group.max.size",
         "2147483647",
         Int,
@@ -408,6 +422,14 @@ impl BrokerConfig {
                 offset_metadata_max_bytes: parse_num(
                     "offset.metadata.max.bytes",
                     &get("offset.metadata.max.bytes"),
+                )?,
+                consumer_heartbeat_interval_ms: parse_num(
+                    "group.consumer.heartbeat.interval.ms",
+                    &get("group.consumer.heartbeat.interval.ms"),
+                )?,
+                consumer_session_timeout_ms: parse_num(
+                    "group.consumer.session.timeout.ms",
+                    &get("group.consumer.session.timeout.ms"),
                 )?,
             },
             explicit,

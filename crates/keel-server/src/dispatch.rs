@@ -34,6 +34,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::DeleteGroups, 0, 2),
+    // KIP-848 consumer groups (v1: KIP-1082 client-generated member ids).
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<VersionRange> {
@@ -142,6 +145,19 @@ pub async fn dispatch(
         }
         RequestKind::DeleteGroups(r) => {
             ResponseKind::DeleteGroups(broker.groups.delete_groups(r, v).await)
+        }
+        RequestKind::ConsumerGroupHeartbeat(r) => {
+            let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+            let topics = crate::broker::ImageTopics(broker.image());
+            ResponseKind::ConsumerGroupHeartbeat(
+                broker
+                    .groups
+                    .consumer_group_heartbeat(r, v, client_id, client_host, &topics)
+                    .await,
+            )
+        }
+        RequestKind::ConsumerGroupDescribe(r) => {
+            ResponseKind::ConsumerGroupDescribe(broker.groups.consumer_group_describe(r, v))
         }
         other => {
             // Unreachable while SUPPORTED and this match agree; a mismatch

@@ -186,6 +186,21 @@ fn request(api: ApiKey, version: i16, topic_id: Uuid) -> RequestKind {
         ApiKey::DeleteGroups => RequestKind::DeleteGroups(
             DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("g0"))]),
         ),
+        // A KIP-848 member joins its own group on topic `t` (member id
+        // from the client for v1, KIP-1082; from the coordinator for v0).
+        ApiKey::ConsumerGroupHeartbeat => RequestKind::ConsumerGroupHeartbeat(
+            ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(GroupId(s(&format!("cg{version}"))))
+                .with_member_id(s(if version >= 1 { "member-1" } else { "" }))
+                .with_member_epoch(0)
+                .with_rebalance_timeout_ms(30_000)
+                .with_subscribed_topic_names(Some(vec![TopicName(s("t"))]))
+                .with_server_assignor(Some(s("uniform")))
+                .with_topic_partitions(Some(vec![])),
+        ),
+        ApiKey::ConsumerGroupDescribe => RequestKind::ConsumerGroupDescribe(
+            ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(s("cg1"))]),
+        ),
         ApiKey::InitProducerId => RequestKind::InitProducerId(
             InitProducerIdRequest::default().with_transactional_id(None),
         ),
@@ -317,6 +332,15 @@ fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind) {
         ResponseKind::ListGroups(r) => vec![r.error_code],
         ResponseKind::DescribeGroups(r) => r.groups.iter().map(|g| g.error_code).collect(),
         ResponseKind::DeleteGroups(r) => r.results.iter().map(|g| g.error_code).collect(),
+        ResponseKind::ConsumerGroupHeartbeat(r) => {
+            assert!(r.member_epoch >= 1, "joined: {r:?}");
+            assert!(r.assignment.is_some(), "a join gets its assignment: {r:?}");
+            vec![r.error_code]
+        }
+        ResponseKind::ConsumerGroupDescribe(r) => {
+            assert_eq!(r.groups[0].members.len(), 1, "{r:?}");
+            r.groups.iter().map(|g| g.error_code).collect()
+        }
         other => panic!("add the error codes of {other:?} to this test"),
     };
     let allowed = expected_errors(api);
