@@ -48,6 +48,10 @@ const CLIENT_ID: &str = "keel-cli";
 /// can refuse to auto-create topics, CreateTopics v4 the first that accepts
 /// -1 for "the broker's default" partitions and replication factor, and
 /// DeleteTopics v6 adds only deletion by topic id, which keel does not offer.
+/// The group APIs start where the request has one shape (Kafka 3.0 and
+/// later): FindCoordinator v4 batches keys, ListGroups v4 filters by state,
+/// OffsetFetch v8 batches groups; OffsetCommit and OffsetFetch stop at v9,
+/// the last that names topics rather than identifying them by id.
 const CLIENT_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 3, 3),
     (ApiKey::Metadata, 4, 13),
@@ -57,6 +61,12 @@ const CLIENT_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListOffsets, 1, 10),
     (ApiKey::Produce, 3, 13),
     (ApiKey::Fetch, 4, 18),
+    (ApiKey::FindCoordinator, 4, 6),
+    (ApiKey::ListGroups, 4, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetFetch, 8, 9),
+    (ApiKey::OffsetCommit, 2, 9),
 ];
 
 /// `--bootstrap-server`, shared by every command that talks to a broker.

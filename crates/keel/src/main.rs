@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod lag;
 mod settings;
 
 use anyhow::Result;
@@ -30,6 +31,9 @@ enum Command {
     Produce(commands::produce::ProduceArgs),
     /// Consume records from a partition, printing one per line.
     Consume(commands::consume::ConsumeArgs),
+    /// List, describe and delete consumer groups and reset their offsets.
+    #[command(subcommand)]
+    Group(commands::group::GroupCommand),
 }
 
 fn main() -> Result<()> {
@@ -50,6 +54,7 @@ fn main() -> Result<()> {
             Command::Topic(cmd) => commands::topic::run(cmd).await,
             Command::Produce(args) => commands::produce::run(args).await,
             Command::Consume(args) => commands::consume::run(args).await,
+            Command::Group(cmd) => commands::group::run(cmd).await,
         }
     })
 }

@@ -1,4 +1,5 @@
 pub mod consume;
+pub mod group;
 pub mod produce;
 pub mod server;
 pub mod topic;
