@@ -42,6 +42,7 @@ trap 'exit 130' INT TERM
 "$keel_bin" server \
     --override "log.dirs=$work/data" \
     --override "listeners=PLAINTEXT://127.0.0.1:0" \
+    --override "group.initial.rebalance.delay.ms=0" \
     >"$work/stdout" 2>"$work/broker.log" &
 broker_pid=$!
 
@@ -61,11 +62,14 @@ if [[ -z "$bootstrap" ]]; then
     exit 1
 fi
 export KEEL_BOOTSTRAP=$bootstrap
+export KEEL_BIN="$(cd "$(dirname "$keel_bin")" && pwd)/$(basename "$keel_bin")"
 echo "broker $keel_bin listening on $bootstrap (data in $work/data)"
 
 passed=0
 failed=0
-for test in "$here"/kcat_test.sh "$here"/confluent_kafka_test.py "$here"/kafka_python_test.py; do
+for test in "$here"/kcat_test.sh "$here"/confluent_kafka_test.py "$here"/kafka_python_test.py \
+    "$here"/kcat_group_test.sh "$here"/confluent_kafka_group_test.py \
+    "$here"/kafka_python_group_test.py "$here"/aiokafka_group_test.py; do
     name=$(basename "$test")
     case "$test" in
         *.py) runner=(python3 "$test") ;;
