@@ -27,18 +27,10 @@ fn first_segment(broker: &TestBroker, topic: &str) -> std::path::PathBuf {
         .join("00000000000000000000.log")
 }
 
-/// How the compressed batches reach the broker.
-enum Via {
-    /// librdkafka compresses them.
-    Rdkafka,
-    /// Hand-built with `kafka-protocol`'s encoder, 100 records a batch.
-    RawProduce(kafka_protocol::records::Compression),
-}
-
 /// Produces 300 keyed records with `codec`, reads them back, and checks the
 /// segment holds them in batches compressed with that codec: the broker
 /// stores batches as they came.
-async fn codec_round_trip(codec: &str, codec_id: i16, via: Via) {
+async fn codec_round_trip(codec: &str, codec_id: i16) {
     let broker = TestBroker::start();
     let bootstrap = broker.bootstrap();
     let topic = unique_topic(&format!("codec-{codec}"));
@@ -51,48 +43,25 @@ async fn codec_round_trip(codec: &str, codec_id: i16, via: Via) {
             )
         })
         .collect();
-    match via {
-        Via::Rdkafka => {
-            let producer = producer(
-                &bootstrap,
-                &[
-                    ("compression.codec", codec),
-                    ("linger.ms", "50"),
-                    ("batch.num.messages", "100"),
-                ],
-            );
-            let deliveries: Vec<_> = expected
-                .iter()
-                .map(|(k, v)| {
-                    producer
-                        .send_result(FutureRecord::to(&topic).partition(0).key(k).payload(v))
-                        .map_err(|(e, _)| e)
-                        .expect("queueing a record")
-                })
-                .collect();
-            for d in deliveries {
-                d.await.expect("delivery future").expect("record delivered");
-            }
-        }
-        Via::RawProduce(compression) => {
-            let mut conn = RawConn::connect(broker.addr()).unwrap();
-            for (n, chunk) in expected.chunks(100).enumerate() {
-                let records: Vec<KeyValue<'_>> = chunk
-                    .iter()
-                    .map(|(k, v)| (Some(k.as_bytes()), Some(v.as_bytes())))
-                    .collect();
-                let batch = encode_batch_with(&records, compression);
-                let response = conn
-                    .request(9, &produce_request(&topic, batch))
-                    .expect("Produce v9");
-                let p = &response.responses[0].partition_responses[0];
-                assert_eq!(
-                    (p.error_code, p.base_offset),
-                    (0, n as i64 * 100),
-                    "batch {n}"
-                );
-            }
-        }
+    let producer = producer(
+        &bootstrap,
+        &[
+            ("compression.codec", codec),
+            ("linger.ms", "50"),
+            ("batch.num.messages", "100"),
+        ],
+    );
+    let deliveries: Vec<_> = expected
+        .iter()
+        .map(|(k, v)| {
+            producer
+                .send_result(FutureRecord::to(&topic).partition(0).key(k).payload(v))
+                .map_err(|(e, _)| e)
+                .expect("queueing a record")
+        })
+        .collect();
+    for d in deliveries {
+        d.await.expect("delivery future").expect("record delivered");
     }
 
     let records = consume_all(&bootstrap, &topic, 0);
@@ -118,31 +87,22 @@ async fn codec_round_trip(codec: &str, codec_id: i16, via: Via) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_round_trip() {
-    codec_round_trip("gzip", 1, Via::Rdkafka).await;
+    codec_round_trip("gzip", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snappy_round_trip() {
-    codec_round_trip("snappy", 2, Via::Rdkafka).await;
+    codec_round_trip("snappy", 2).await;
 }
 
-/// librdkafka sends lz4 only to brokers it believes are >= 0.8.2, which it
-/// infers from FindCoordinator being advertised; until consumer groups land,
-/// it silently sends Keel uncompressed batches. So the lz4 batches are built
-/// by hand here, and librdkafka still decompresses them on the way back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lz4_round_trip() {
-    codec_round_trip(
-        "lz4",
-        3,
-        Via::RawProduce(kafka_protocol::records::Compression::Lz4),
-    )
-    .await;
+    codec_round_trip("lz4", 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zstd_round_trip() {
-    codec_round_trip("zstd", 4, Via::Rdkafka).await;
+    codec_round_trip("zstd", 4).await;
 }
 
 type Hdrs = Vec<(String, Option<Vec<u8>>)>;
