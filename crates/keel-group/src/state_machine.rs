@@ -783,6 +783,21 @@ impl GroupCoordinator {
         self.maybe_complete_join(group_id, now_ms, fx);
     }
 
+    /// Drops a deleted group's offsets and writes the tombstones that delete
+    /// it and them from `__consumer_offsets`.
+    fn tombstone_group(&mut self, group_id: &str, fx: &mut Effects) {
+        let partition = self.partition_for(group_id);
+        for (topic, p) in self.offsets.remove_group(group_id) {
+            fx.records.push((
+                partition,
+                records::offset_commit_key(group_id, &topic, p),
+                None,
+            ));
+        }
+        fx.records
+            .push((partition, records::group_metadata_key(group_id), None));
+    }
+
     /// Completes the join phase once everyone is in (never during the
     /// initial delay, which only its timer ends).
     fn maybe_complete_join(&mut self, group_id: &str, now_ms: i64, fx: &mut Effects) {
@@ -1930,17 +1945,8 @@ impl GroupCoordinator {
                 code(ResponseError::InvalidGroupId)
             } else if let Some(cg) = self.consumer_groups.get(&group_id) {
                 if cg.members.is_empty() {
-                    let partition = self.partition_for(&group_id);
-                    for (topic, p) in self.offsets.remove_group(&group_id) {
-                        fx.records.push((
-                            partition,
-                            records::offset_commit_key(&group_id, &topic, p),
-                            None,
-                        ));
-                    }
-                    fx.records
-                        .push((partition, records::group_metadata_key(&group_id), None));
                     self.consumer_groups.remove(&group_id);
+                    self.tombstone_group(&group_id, &mut fx);
                     NONE
                 } else {
                     code(ResponseError::NonEmptyGroup)
@@ -1949,17 +1955,8 @@ impl GroupCoordinator {
                 match self.groups.get(&group_id).map(|g| g.state) {
                     None | Some(GroupState::Dead) => code(ResponseError::GroupIdNotFound),
                     Some(GroupState::Empty) => {
-                        let partition = self.partition_for(&group_id);
-                        for (topic, p) in self.offsets.remove_group(&group_id) {
-                            fx.records.push((
-                                partition,
-                                records::offset_commit_key(&group_id, &topic, p),
-                                None,
-                            ));
-                        }
-                        fx.records
-                            .push((partition, records::group_metadata_key(&group_id), None));
                         self.groups.remove(&group_id);
+                        self.tombstone_group(&group_id, &mut fx);
                         NONE
                     }
                     Some(_) => code(ResponseError::NonEmptyGroup),
