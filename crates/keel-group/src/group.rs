@@ -1,5 +1,5 @@
 //! A classic group: its state, generation, members and the bookkeeping of a
-//! rebalance in progress. Transitions are driven by `state_machine.rs`.
+//! rebalance in progress. Transitions are driven by `state_machine/`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -4,7 +4,7 @@
 //! the group admin APIs, persisted as Kafka's `__consumer_offsets` records.
 //!
 //! Code map:
-//! - `state_machine.rs` (`GroupCoordinator`): every decision, deterministic
+//! - `state_machine/` (`GroupCoordinator`): every decision, deterministic
 //!   and synchronous; time is an argument, effects are data.
 //! - `group.rs`, `member.rs`, `offsets.rs`: the state it decides over.
 //! - `consumer_group.rs`: KIP-848 "consumer" groups (ConsumerGroupHeartbeat,

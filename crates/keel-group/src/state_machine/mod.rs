@@ -1,0 +1,492 @@
+//! The classic group coordinator as a deterministic state machine (Kafka's
+//! `CoordinatorShard` shape): requests and timers go in with the time as an
+//! argument, `Effects` come out as data. Nothing here sleeps, spawns or does
+//! I/O; `service.rs` appends the records, releases the responses and arms the
+//! timers.
+//!
+//! Responses that wait (JoinGroup until the join phase ends, SyncGroup until
+//! the leader's assignment) are parked under the caller's `RequestToken` and
+//! come out in the `Effects` of a later call.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ConsumerGroupHeartbeatResponse, DeleteGroupsResponse, HeartbeatResponse, JoinGroupResponse,
+    LeaveGroupResponse, OffsetCommitResponse, OffsetDeleteResponse, SyncGroupResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use crate::consumer_group::ConsumerGroup;
+use crate::group::{Group, GroupState};
+use crate::offsets::Offsets;
+use crate::records::{self, Record, RecordError};
+use crate::GroupConfig;
+
+mod admin;
+mod join;
+mod offsets;
+mod sync_heartbeat_leave;
+
+/// How often the coordinator looks for offsets past retention
+/// (Kafka's `offsets.retention.check.interval.ms` default).
+pub const OFFSETS_RETENTION_CHECK_INTERVAL_MS: i64 = 600_000;
+
+/// Identifies one request whose response may be released later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestToken(pub u64);
+
+/// A timer the coordinator wants to fire at a deadline. Deadlines live in the
+/// state machine; a timer that fires early or for a stale state is ignored
+/// (or re-armed), so the driver never needs to cancel one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerKey {
+    /// The initial rebalance delay or the rebalance timeout of a group in
+    /// PreparingRebalance.
+    Join { group_id: String },
+    /// The session timeout of a member, or the deadline of a member id
+    /// handed out with MEMBER_ID_REQUIRED.
+    Session { group_id: String, member_id: String },
+    /// Members that completed the join but have not synced within the
+    /// rebalance timeout.
+    PendingSync { group_id: String },
+    /// The periodic scan for offsets past retention.
+    OffsetsExpiration,
+    /// The session timeout of a KIP-848 consumer group member.
+    ConsumerSession { group_id: String, member_id: String },
+    /// The rebalance timeout of a consumer group member asked to revoke.
+    ConsumerRebalance { group_id: String, member_id: String },
+}
+
+/// A response the service hands to the request that holds its token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    JoinGroup(JoinGroupResponse),
+    SyncGroup(SyncGroupResponse),
+    Heartbeat(HeartbeatResponse),
+    LeaveGroup(LeaveGroupResponse),
+    OffsetCommit(OffsetCommitResponse),
+    OffsetDelete(OffsetDeleteResponse),
+    DeleteGroups(DeleteGroupsResponse),
+    ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse),
+}
+
+impl Response {
+    /// The same response, failed with `code` (used when the records it
+    /// depends on could not be appended).
+    pub fn fail(self, code: i16) -> Response {
+        match self {
+            Response::JoinGroup(r) => Response::JoinGroup(r.with_error_code(code)),
+            Response::SyncGroup(r) => Response::SyncGroup(
+                r.with_error_code(code)
+                    .with_assignment(Bytes::new())
+                    .with_protocol_type(None)
+                    .with_protocol_name(None),
+            ),
+            Response::Heartbeat(r) => Response::Heartbeat(r.with_error_code(code)),
+            Response::LeaveGroup(r) => Response::LeaveGroup(r.with_error_code(code)),
+            Response::OffsetCommit(mut r) => {
+                for t in &mut r.topics {
+                    for p in &mut t.partitions {
+                        p.error_code = code;
+                    }
+                }
+                Response::OffsetCommit(r)
+            }
+            Response::OffsetDelete(r) => {
+                Response::OffsetDelete(r.with_error_code(code).with_topics(Vec::new()))
+            }
+            Response::DeleteGroups(mut r) => {
+                for g in &mut r.results {
+                    g.error_code = code;
+                }
+                Response::DeleteGroups(r)
+            }
+            Response::ConsumerGroupHeartbeat(r) => Response::ConsumerGroupHeartbeat(
+                ConsumerGroupHeartbeatResponse::default()
+                    .with_error_code(code)
+                    .with_member_id(r.member_id),
+            ),
+        }
+    }
+}
+
+/// One record for `__consumer_offsets`: partition, key, value (`None` = tombstone).
+pub type OutRecord = (i32, Vec<u8>, Option<Vec<u8>>);
+
+/// What a call asks its driver to do, in this order: append `records`, then
+/// release `responses`, then arm `timers`.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub records: Vec<OutRecord>,
+    pub responses: Vec<(RequestToken, Response)>,
+    pub timers: Vec<(TimerKey, i64)>,
+}
+
+impl Effects {
+    pub(crate) fn respond(&mut self, token: RequestToken, response: Response) {
+        self.responses.push((token, response));
+    }
+
+    pub(crate) fn timer(&mut self, key: TimerKey, deadline_ms: i64) {
+        self.timers.push((key, deadline_ms));
+    }
+}
+
+/// What the request header says about the client, and the id material a
+/// new member gets (passed in so the state machine stays deterministic).
+#[derive(Debug, Clone)]
+pub struct JoinContext {
+    pub client_id: String,
+    pub client_host: String,
+    pub member_uuid: Uuid,
+}
+
+const NONE: i16 = 0;
+
+fn code(e: ResponseError) -> i16 {
+    e.code()
+}
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+/// The classic group coordinator of every `__consumer_offsets` partition
+/// this node leads (all of them: Keel is single-node for now).
+#[derive(Debug)]
+pub struct GroupCoordinator {
+    pub(crate) config: GroupConfig,
+    pub(crate) groups: BTreeMap<String, Group>,
+    /// KIP-848 consumer groups (`consumer_group.rs`); a group id is in at
+    /// most one of `groups` and `consumer_groups`.
+    pub(crate) consumer_groups: BTreeMap<String, ConsumerGroup>,
+    offsets: Offsets,
+    /// False until `complete_load`: requests get COORDINATOR_LOAD_IN_PROGRESS.
+    pub(crate) loaded: bool,
+}
+
+impl GroupCoordinator {
+    pub fn new(config: GroupConfig) -> Self {
+        assert!(config.offsets_topic_partitions > 0);
+        assert!(config.group_min_session_timeout_ms <= config.group_max_session_timeout_ms);
+        assert!(config.group_initial_rebalance_delay_ms >= 0);
+        GroupCoordinator {
+            config,
+            groups: BTreeMap::new(),
+            consumer_groups: BTreeMap::new(),
+            offsets: Offsets::default(),
+            loaded: false,
+        }
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    pub fn partition_for(&self, group_id: &str) -> i32 {
+        records::partition_for(group_id, self.config.offsets_topic_partitions)
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
+    pub fn group(&self, group_id: &str) -> Option<&Group> {
+        self.groups.get(group_id)
+    }
+
+    pub fn offsets(&self) -> &Offsets {
+        &self.offsets
+    }
+
+    // ------------------------------------------------------------ loading
+
+    /// Applies one `__consumer_offsets` record. Keys of other coordinators
+    /// (KIP-848, share groups) are skipped.
+    pub fn replay(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), RecordError> {
+        match records::decode(key, value)? {
+            Record::OffsetCommit {
+                group_id,
+                topic,
+                partition,
+                value,
+            } => match value {
+                Some(v) => {
+                    let ts = v.commit_timestamp_ms;
+                    self.groups
+                        .entry(group_id.clone())
+                        .or_insert_with(|| Group::new(group_id.clone(), ts));
+                    self.offsets.put(&group_id, &topic, partition, v);
+                }
+                None => {
+                    self.offsets.remove(&group_id, &topic, partition);
+                }
+            },
+            Record::GroupMetadata { group_id, value } => match value {
+                Some(v) => {
+                    let group = Group::from_record(group_id.clone(), &v);
+                    self.groups.insert(group_id, group);
+                }
+                None => {
+                    self.groups.remove(&group_id);
+                    self.offsets.remove_group(&group_id);
+                }
+            },
+            Record::Other { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Ends loading: requests are served from now on, every replayed member
+    /// gets a full session to heartbeat, and the retention scan starts.
+    pub fn complete_load(&mut self, now_ms: i64) -> Effects {
+        let mut fx = Effects::default();
+        self.loaded = true;
+        for group in self.groups.values_mut() {
+            for m in group.members.values_mut() {
+                m.session_deadline_ms = now_ms + i64::from(m.session_timeout_ms);
+                fx.timer(
+                    TimerKey::Session {
+                        group_id: group.group_id.clone(),
+                        member_id: m.member_id.clone(),
+                    },
+                    m.session_deadline_ms,
+                );
+            }
+        }
+        self.consumer_timers(&mut fx);
+        fx.timer(
+            TimerKey::OffsetsExpiration,
+            now_ms + OFFSETS_RETENTION_CHECK_INTERVAL_MS,
+        );
+        fx
+    }
+
+    // ------------------------------------------------------------ shared
+
+    /// Drops a deleted group's offsets and writes the tombstones that delete
+    /// it and them from `__consumer_offsets`.
+    fn tombstone_group(&mut self, group_id: &str, fx: &mut Effects) {
+        let partition = self.partition_for(group_id);
+        for (topic, p) in self.offsets.remove_group(group_id) {
+            fx.records.push((
+                partition,
+                records::offset_commit_key(group_id, &topic, p),
+                None,
+            ));
+        }
+        fx.records
+            .push((partition, records::group_metadata_key(group_id), None));
+    }
+
+    /// Removes a member, answers its parked requests with UNKNOWN_MEMBER_ID
+    /// and lets the group rebalance without it.
+    fn remove_member(&mut self, group_id: &str, member_id: &str, now_ms: i64, fx: &mut Effects) {
+        let group = self.groups.get_mut(group_id).expect("group exists");
+        let Some(member) = group.remove_member(member_id) else {
+            return;
+        };
+        if let Some(p) = member.awaiting_join {
+            fx.respond(
+                p.token,
+                Response::JoinGroup(join_error(
+                    p.version,
+                    code(ResponseError::UnknownMemberId),
+                    member_id,
+                )),
+            );
+        }
+        if let Some(p) = member.awaiting_sync {
+            fx.respond(
+                p.token,
+                Response::SyncGroup(sync_error(code(ResponseError::UnknownMemberId))),
+            );
+        }
+        match group.state {
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                self.prepare_rebalance(group_id, now_ms, fx)
+            }
+            GroupState::PreparingRebalance => self.maybe_complete_join(group_id, now_ms, fx),
+            GroupState::Empty | GroupState::Dead => {}
+        }
+    }
+
+    // ------------------------------------------------------------ timers
+
+    /// Fires a timer. Timers whose deadline moved or whose state passed are
+    /// re-armed or ignored.
+    pub fn on_timer(&mut self, key: &TimerKey, now_ms: i64) -> Effects {
+        let mut fx = Effects::default();
+        if !self.loaded {
+            return fx;
+        }
+        match key {
+            TimerKey::Join { group_id } => self.on_join_timer(group_id, now_ms, &mut fx),
+            TimerKey::Session {
+                group_id,
+                member_id,
+            } => self.on_session_timer(group_id, member_id, now_ms, &mut fx),
+            TimerKey::PendingSync { group_id } => {
+                self.on_pending_sync_timer(group_id, now_ms, &mut fx)
+            }
+            TimerKey::OffsetsExpiration => {
+                self.expire_offsets(now_ms, &mut fx);
+                fx.timer(
+                    TimerKey::OffsetsExpiration,
+                    now_ms + OFFSETS_RETENTION_CHECK_INTERVAL_MS,
+                );
+            }
+            TimerKey::ConsumerSession {
+                group_id,
+                member_id,
+            } => self.on_consumer_timer(group_id, member_id, false, now_ms, &mut fx),
+            TimerKey::ConsumerRebalance {
+                group_id,
+                member_id,
+            } => self.on_consumer_timer(group_id, member_id, true, now_ms, &mut fx),
+        }
+        fx
+    }
+
+    fn on_join_timer(&mut self, group_id: &str, now_ms: i64, fx: &mut Effects) {
+        let initial_delay_ms = i64::from(self.config.group_initial_rebalance_delay_ms);
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return;
+        };
+        let Some(deadline) = group.join_deadline_ms else {
+            return;
+        };
+        if group.state != GroupState::PreparingRebalance {
+            return;
+        }
+        if deadline > now_ms {
+            fx.timer(
+                TimerKey::Join {
+                    group_id: group_id.to_owned(),
+                },
+                deadline,
+            );
+            return;
+        }
+        if let Some(delay) = &mut group.initial_delay {
+            if delay.new_member_added && delay.remaining_ms > 0 {
+                // Members keep arriving: wait a little longer, within the
+                // rebalance timeout.
+                let extension = initial_delay_ms.min(delay.remaining_ms);
+                delay.remaining_ms = (delay.remaining_ms - initial_delay_ms).max(0);
+                delay.new_member_added = false;
+                let deadline = now_ms + extension;
+                group.join_deadline_ms = Some(deadline);
+                fx.timer(
+                    TimerKey::Join {
+                        group_id: group_id.to_owned(),
+                    },
+                    deadline,
+                );
+                return;
+            }
+        }
+        self.complete_join(group_id, now_ms, fx);
+    }
+
+    fn on_session_timer(&mut self, group_id: &str, member_id: &str, now_ms: i64, fx: &mut Effects) {
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return;
+        };
+        let key = || TimerKey::Session {
+            group_id: group_id.to_owned(),
+            member_id: member_id.to_owned(),
+        };
+        if let Some(&deadline) = group.pending_members.get(member_id) {
+            if deadline > now_ms {
+                fx.timer(key(), deadline);
+            } else {
+                group.pending_members.remove(member_id);
+                self.maybe_complete_join(group_id, now_ms, fx);
+            }
+            return;
+        }
+        let Some(member) = group.members.get_mut(member_id) else {
+            return;
+        };
+        if member.session_deadline_ms > now_ms {
+            fx.timer(key(), member.session_deadline_ms);
+            return;
+        }
+        if member.awaiting_join.is_some() || member.awaiting_sync.is_some() {
+            // A member with a parked request is alive; the rebalance and
+            // pending-sync timeouts bound its wait instead.
+            member.session_deadline_ms = now_ms + i64::from(member.session_timeout_ms);
+            fx.timer(key(), member.session_deadline_ms);
+            return;
+        }
+        tracing::info!(group_id, member_id, "member session expired");
+        self.remove_member(group_id, member_id, now_ms, fx);
+    }
+
+    fn on_pending_sync_timer(&mut self, group_id: &str, now_ms: i64, fx: &mut Effects) {
+        let Some(group) = self.groups.get(group_id) else {
+            return;
+        };
+        let Some(deadline) = group.pending_sync_deadline_ms else {
+            return;
+        };
+        if deadline > now_ms {
+            fx.timer(
+                TimerKey::PendingSync {
+                    group_id: group_id.to_owned(),
+                },
+                deadline,
+            );
+            return;
+        }
+        if !matches!(
+            group.state,
+            GroupState::CompletingRebalance | GroupState::Stable
+        ) {
+            return;
+        }
+        let late: Vec<String> = group.pending_sync.iter().cloned().collect();
+        self.groups
+            .get_mut(group_id)
+            .expect("group")
+            .pending_sync_deadline_ms = None;
+        for member_id in late {
+            tracing::info!(group_id, member_id, "member did not sync in time");
+            self.remove_member(group_id, &member_id, now_ms, fx);
+        }
+    }
+}
+
+/// Kafka's `ClassicGroup.validateMember`.
+fn validate_member(
+    group: &Group,
+    member_id: &str,
+    instance: Option<&str>,
+) -> Result<(), ResponseError> {
+    match instance {
+        Some(instance) => match group.static_members.get(instance) {
+            None => Err(ResponseError::UnknownMemberId),
+            Some(current) if current != member_id => Err(ResponseError::FencedInstanceId),
+            Some(_) => Ok(()),
+        },
+        None if group.members.contains_key(member_id) => Ok(()),
+        None => Err(ResponseError::UnknownMemberId),
+    }
+}
+
+pub(crate) fn join_error(version: i16, error: i16, member_id: &str) -> JoinGroupResponse {
+    JoinGroupResponse::default()
+        .with_error_code(error)
+        .with_generation_id(-1)
+        .with_protocol_name(if version >= 7 { None } else { Some(sb("")) })
+        .with_leader(sb(""))
+        .with_member_id(sb(member_id))
+}
+
+fn sync_error(error: i16) -> SyncGroupResponse {
+    SyncGroupResponse::default().with_error_code(error)
+}

@@ -1,0 +1,477 @@
+//! OffsetCommit, OffsetFetch, OffsetDelete and offset expiry.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, TopicName,
+};
+use uuid::Uuid;
+
+use crate::group::{Group, GroupState};
+use crate::records::{self, OffsetCommitValue};
+
+use super::{code, sb, validate_member, Effects, GroupCoordinator, RequestToken, Response, NONE};
+
+impl GroupCoordinator {
+    pub(super) fn expire_offsets(&mut self, now_ms: i64, fx: &mut Effects) {
+        let retention_ms = self.config.offsets_retention_ms;
+        let candidates: Vec<String> = self
+            .groups
+            .keys()
+            .chain(self.consumer_groups.keys())
+            .chain(self.offsets.group_ids())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for group_id in candidates {
+            let partition = self.partition_for(&group_id);
+            if let Some(cg) = self.consumer_groups.get(&group_id) {
+                // Offsets of a consumer group expire only while it is empty,
+                // counted from when it became empty.
+                if !cg.members.is_empty()
+                    || now_ms.saturating_sub(cg.state_timestamp_ms) < retention_ms
+                {
+                    continue;
+                }
+                for (topic, p) in self.offsets.remove_group(&group_id) {
+                    fx.records.push((
+                        partition,
+                        records::offset_commit_key(&group_id, &topic, p),
+                        None,
+                    ));
+                }
+                self.consumer_groups.remove(&group_id);
+                continue;
+            }
+            let expired =
+                self.offsets
+                    .expired(self.groups.get(&group_id), &group_id, retention_ms, now_ms);
+            for (topic, p) in expired {
+                self.offsets.remove(&group_id, &topic, p);
+                fx.records.push((
+                    partition,
+                    records::offset_commit_key(&group_id, &topic, p),
+                    None,
+                ));
+            }
+            let empty = self
+                .groups
+                .get(&group_id)
+                .is_some_and(|g| g.state == GroupState::Empty && g.members.is_empty());
+            if empty && !self.offsets.has_offsets(&group_id) {
+                self.groups.remove(&group_id);
+                fx.records
+                    .push((partition, records::group_metadata_key(&group_id), None));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ offsets
+
+    pub fn offset_commit(
+        &mut self,
+        token: RequestToken,
+        req: &OffsetCommitRequest,
+        version: i16,
+        now_ms: i64,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        let group_id = req.group_id.0.to_string();
+        let partition = self.partition_for(&group_id);
+        let group_error = self.validate_offset_commit(&group_id, req, now_ms);
+        let mut topics = Vec::with_capacity(req.topics.len());
+        for t in &req.topics {
+            let topic = t.name.0.to_string();
+            let mut partitions = Vec::with_capacity(t.partitions.len());
+            for p in &t.partitions {
+                let metadata = p.committed_metadata.as_deref().unwrap_or("");
+                let error = if group_error != NONE {
+                    group_error
+                } else if topic.is_empty() {
+                    // v10 names topics by id; the handler resolves ids to names.
+                    code(ResponseError::UnknownTopicId)
+                } else if metadata.len() > self.config.offset_metadata_max_bytes {
+                    code(ResponseError::OffsetMetadataTooLarge)
+                } else {
+                    let value = OffsetCommitValue {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: metadata.to_owned(),
+                        commit_timestamp_ms: now_ms,
+                    };
+                    fx.records.push((
+                        partition,
+                        records::offset_commit_key(&group_id, &topic, p.partition_index),
+                        Some(value.encode()),
+                    ));
+                    self.offsets
+                        .put(&group_id, &topic, p.partition_index, value);
+                    NONE
+                };
+                partitions.push(
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(error),
+                );
+            }
+            let mut out = OffsetCommitResponseTopic::default().with_partitions(partitions);
+            if version <= 9 {
+                out = out.with_name(t.name.clone());
+            }
+            if version >= 10 {
+                out = out.with_topic_id(t.topic_id);
+            }
+            topics.push(out);
+        }
+        fx.respond(
+            token,
+            Response::OffsetCommit(OffsetCommitResponse::default().with_topics(topics)),
+        );
+        fx
+    }
+
+    fn validate_offset_commit(
+        &mut self,
+        group_id: &str,
+        req: &OffsetCommitRequest,
+        now_ms: i64,
+    ) -> i16 {
+        if !self.loaded {
+            return code(ResponseError::CoordinatorLoadInProgress);
+        }
+        if group_id.is_empty() {
+            return code(ResponseError::InvalidGroupId);
+        }
+        if let Some(error) = self.validate_consumer_offset_commit(
+            group_id,
+            &req.member_id,
+            req.generation_id_or_member_epoch,
+        ) {
+            return error;
+        }
+        let generation = req.generation_id_or_member_epoch;
+        let member_id = req.member_id.to_string();
+        let instance = req.group_instance_id.as_deref();
+        let group = match self.groups.get(group_id) {
+            Some(g) => g,
+            None if generation < 0 => {
+                // A simple consumer (or the admin client): the group exists
+                // from now on, Empty, to hold its offsets.
+                self.groups
+                    .insert(group_id.to_owned(), Group::new(group_id.to_owned(), now_ms));
+                return NONE;
+            }
+            None => return code(ResponseError::IllegalGeneration),
+        };
+        if group.state == GroupState::Dead {
+            return code(ResponseError::CoordinatorNotAvailable);
+        }
+        if generation < 0 && group.state == GroupState::Empty {
+            return NONE;
+        }
+        if generation >= 0 || !member_id.is_empty() || instance.is_some() {
+            if let Err(e) = validate_member(group, &member_id, instance) {
+                return code(e);
+            }
+            if generation != group.generation_id {
+                return code(ResponseError::IllegalGeneration);
+            }
+        } else if group.state != GroupState::Empty {
+            return code(ResponseError::UnknownMemberId);
+        }
+        if group.state == GroupState::CompletingRebalance {
+            return code(ResponseError::RebalanceInProgress);
+        }
+        NONE
+    }
+
+    /// OffsetFetch, v1-7 for one group and v8+ for a batch of groups.
+    pub fn offset_fetch(&self, req: &OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        if version <= 7 {
+            let group_id = req.group_id.0.to_string();
+            if !self.loaded {
+                let error = code(ResponseError::CoordinatorLoadInProgress);
+                let mut response = OffsetFetchResponse::default();
+                if version >= 2 {
+                    response = response.with_error_code(error);
+                } else {
+                    // v1 has no top-level error: put it on every partition.
+                    response = response.with_topics(
+                        req.topics
+                            .iter()
+                            .flatten()
+                            .map(|t| {
+                                OffsetFetchResponseTopic::default()
+                                    .with_name(t.name.clone())
+                                    .with_partitions(
+                                        t.partition_indexes
+                                            .iter()
+                                            .map(|&p| {
+                                                OffsetFetchResponsePartition::default()
+                                                    .with_partition_index(p)
+                                                    .with_committed_offset(-1)
+                                                    .with_error_code(error)
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect(),
+                    );
+                }
+                return response;
+            }
+            let requested: Option<Vec<(String, Vec<i32>)>> = req.topics.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                    .collect()
+            });
+            let topics = self
+                .fetch_group_offsets(&group_id, requested)
+                .into_iter()
+                .map(|(topic, parts)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(sb(&topic)))
+                        .with_partitions(
+                            parts
+                                .into_iter()
+                                .map(|(p, v)| {
+                                    OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(v.offset)
+                                        .with_committed_leader_epoch(v.leader_epoch)
+                                        .with_metadata(Some(sb(&v.metadata)))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            return OffsetFetchResponse::default().with_topics(topics);
+        }
+        let groups = req
+            .groups
+            .iter()
+            .map(|g| {
+                let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+                if !self.loaded {
+                    return out.with_error_code(code(ResponseError::CoordinatorLoadInProgress));
+                }
+                if version >= 9 {
+                    if let Some(e) = self.validate_consumer_offset_fetch(
+                        &g.group_id.0,
+                        g.member_id.as_deref(),
+                        g.member_epoch,
+                    ) {
+                        return out.with_error_code(code(e));
+                    }
+                }
+                let ids: BTreeMap<String, Uuid> = g
+                    .topics
+                    .iter()
+                    .flatten()
+                    .map(|t| (t.name.0.to_string(), t.topic_id))
+                    .collect();
+                let requested: Option<Vec<(String, Vec<i32>)>> = g.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                        .collect()
+                });
+                let topics = self
+                    .fetch_group_offsets(&g.group_id.0, requested)
+                    .into_iter()
+                    .map(|(topic, parts)| {
+                        let unknown_id = topic.is_empty();
+                        let mut t = OffsetFetchResponseTopics::default()
+                            .with_name(TopicName(sb(&topic)))
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, v)| {
+                                        let r = OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(v.offset)
+                                            .with_committed_leader_epoch(v.leader_epoch)
+                                            .with_metadata(Some(sb(&v.metadata)));
+                                        if unknown_id {
+                                            r.with_error_code(code(ResponseError::UnknownTopicId))
+                                        } else {
+                                            r
+                                        }
+                                    })
+                                    .collect(),
+                            );
+                        if version >= 10 {
+                            t = t.with_topic_id(ids.get(&topic).copied().unwrap_or_default());
+                        }
+                        t
+                    })
+                    .collect();
+                out.with_topics(topics)
+            })
+            .collect();
+        OffsetFetchResponse::default().with_groups(groups)
+    }
+
+    /// The offsets of `requested` partitions (`None`: every committed one),
+    /// with `-1`, epoch `-1` and `""` for partitions without a commit.
+    fn fetch_group_offsets(
+        &self,
+        group_id: &str,
+        requested: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Vec<(String, Vec<(i32, OffsetCommitValue)>)> {
+        let missing = OffsetCommitValue {
+            offset: -1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: -1,
+        };
+        match requested {
+            Some(topics) => topics
+                .into_iter()
+                .map(|(topic, parts)| {
+                    let values = parts
+                        .into_iter()
+                        .map(|p| {
+                            let v = self
+                                .offsets
+                                .get(group_id, &topic, p)
+                                .cloned()
+                                .unwrap_or_else(|| missing.clone());
+                            (p, v)
+                        })
+                        .collect();
+                    (topic, values)
+                })
+                .collect(),
+            None => {
+                let mut out: Vec<(String, Vec<(i32, OffsetCommitValue)>)> = Vec::new();
+                for ((topic, p), v) in self.offsets.group(group_id).into_iter().flatten() {
+                    match out.last_mut() {
+                        Some((t, parts)) if t == topic => parts.push((*p, v.clone())),
+                        _ => out.push((topic.clone(), vec![(*p, v.clone())])),
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    pub fn offset_delete(
+        &mut self,
+        token: RequestToken,
+        req: &OffsetDeleteRequest,
+        _version: i16,
+        _now_ms: i64,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        let fail = |fx: &mut Effects, e: ResponseError| {
+            fx.respond(
+                token,
+                Response::OffsetDelete(OffsetDeleteResponse::default().with_error_code(code(e))),
+            );
+        };
+        if !self.loaded {
+            fail(&mut fx, ResponseError::CoordinatorLoadInProgress);
+            return fx;
+        }
+        let group_id = req.group_id.0.to_string();
+        let partition = self.partition_for(&group_id);
+        // `None` = subscriptions unknown: every topic counts as subscribed.
+        let subscribed = if let Some(cg) = self.consumer_groups.get(&group_id) {
+            // A KIP-848 group: its members' subscriptions are known.
+            (!cg.members.is_empty()).then(|| {
+                Some(
+                    cg.members
+                        .values()
+                        .flat_map(|m| m.subscribed.iter().cloned())
+                        .collect(),
+                )
+            })
+        } else {
+            let Some(group) = self.groups.get(&group_id) else {
+                fail(&mut fx, ResponseError::GroupIdNotFound);
+                return fx;
+            };
+            if group.state == GroupState::Dead {
+                fail(&mut fx, ResponseError::GroupIdNotFound);
+                return fx;
+            }
+            let active = group.state != GroupState::Empty;
+            if active && group.protocol_type.as_deref() != Some("consumer") {
+                fail(&mut fx, ResponseError::NonEmptyGroup);
+                return fx;
+            }
+            if active {
+                Some(group.subscribed_topics())
+            } else {
+                None
+            }
+        };
+        let mut topics = Vec::with_capacity(req.topics.len());
+        for t in &req.topics {
+            let topic = t.name.0.to_string();
+            let is_subscribed = match &subscribed {
+                None => false,
+                Some(None) => true,
+                Some(Some(set)) => set.contains(&topic),
+            };
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let error = if is_subscribed {
+                        code(ResponseError::GroupSubscribedToTopic)
+                    } else {
+                        if self
+                            .offsets
+                            .remove(&group_id, &topic, p.partition_index)
+                            .is_some()
+                        {
+                            fx.records.push((
+                                partition,
+                                records::offset_commit_key(&group_id, &topic, p.partition_index),
+                                None,
+                            ));
+                        }
+                        NONE
+                    };
+                    OffsetDeleteResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(error)
+                })
+                .collect();
+            topics.push(
+                OffsetDeleteResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(partitions),
+            );
+        }
+        fx.respond(
+            token,
+            Response::OffsetDelete(OffsetDeleteResponse::default().with_topics(topics)),
+        );
+        fx
+    }
+
+    /// `(topic, partition, offset)` for every committed offset of a group.
+    pub fn committed_offsets(&self, group_id: &str) -> Vec<(String, i32, i64)> {
+        self.offsets
+            .group(group_id)
+            .into_iter()
+            .flatten()
+            .map(|((t, p), v)| (t.clone(), *p, v.offset))
+            .collect()
+    }
+}
