@@ -26,6 +26,7 @@ use rand::{Rng, RngCore, SeedableRng};
 const CORRUPT_MESSAGE: i16 = 2;
 const UNSUPPORTED_VERSION: i16 = 35;
 const INVALID_RECORD: i16 = 87;
+const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
 
 /// How long the broker may take to close a connection it should close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,6 +106,45 @@ fn assert_closed(conn: &mut RawConn, what: &str) {
         conn.closed_within(CLOSE_TIMEOUT),
         "{what}: the broker kept the connection open"
     );
+}
+
+/// Re-seals a hand-edited batch, so only the edit (not the CRC) is wrong.
+fn reseal(batch: &mut BytesMut) {
+    let crc = crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[test]
+fn old_formats_and_malformed_records_get_kafkas_errors() {
+    let mut broker = TestBroker::start();
+    let topic = unique_topic("bad-format");
+    ensure_topic(&broker, &topic);
+    let mut conn = RawConn::connect(broker.addr()).unwrap();
+    let good = encode_batch(&[(Some(b"k"), Some(b"v")), (None, Some(b"w"))]);
+
+    // Message format v1 (magic 1): Kafka 4 no longer accepts it.
+    let mut old_magic = BytesMut::from(&good[..]);
+    old_magic[16] = 1;
+    assert_eq!(
+        produce(&mut conn, &topic, old_magic.freeze()).0,
+        UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        "magic 1"
+    );
+    // The header claims three records but the body holds two; the CRC is
+    // right, so only record validation can catch it.
+    let mut miscounted = BytesMut::from(&good[..]);
+    miscounted[57..61].copy_from_slice(&3i32.to_be_bytes());
+    miscounted[23..27].copy_from_slice(&2i32.to_be_bytes());
+    reseal(&mut miscounted);
+    assert_eq!(
+        produce(&mut conn, &topic, miscounted.freeze()).0,
+        INVALID_RECORD,
+        "record count beyond the records"
+    );
+
+    // Nothing was appended, and the connection still works.
+    assert_eq!(produce(&mut conn, &topic, good.clone()), (0, 0));
+    assert_serving(&mut broker);
 }
 
 /// Creates `topic` by Metadata auto-creation and waits for its leader.
@@ -267,8 +307,7 @@ fn arrays_declaring_2_pow_31_elements_are_refused() {
     let mut conn = RawConn::connect(broker.addr()).unwrap();
     let mut batch = BytesMut::from(&encode_batch(&[(None, Some(b"one"))])[..]);
     batch[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
-    let crc = crc32c(&batch[21..]);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    reseal(&mut batch);
     let (error, _) = produce(&mut conn, &topic, batch.freeze());
     assert!(
         error == CORRUPT_MESSAGE || error == INVALID_RECORD,
