@@ -7,10 +7,10 @@
 //! These groups share the `GroupCoordinator` (one group id namespace, one
 //! offsets store) with classic groups but none of their state.
 //!
-//! Persistence: membership is kept in memory only; committed offsets go
-//! through the usual `__consumer_offsets` offset records. After a restart a
-//! returning member (epoch > 0) gets UNKNOWN_MEMBER_ID and rejoins with
-//! epoch 0.
+//! Persistence (`consumer_persist.rs`): every change to a group is written
+//! as Kafka's `ConsumerGroup*` records; committed offsets go through the
+//! usual offset records. After a restart a returning member keeps its member
+//! id, epoch and assignment.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -153,7 +153,7 @@ impl ConsumerGroup {
     }
 
     /// The assignor most members ask for (ties: the first by name), or uniform.
-    fn preferred_assignor(&self) -> String {
+    pub(crate) fn preferred_assignor(&self) -> String {
         let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
         for m in self.members.values() {
             if let Some(a) = &m.server_assignor {
@@ -320,7 +320,11 @@ impl GroupCoordinator {
         now_ms: i64,
     ) -> Effects {
         let mut fx = Effects::default();
-        let response = match self.cg_heartbeat(req, version, ctx, topics, now_ms, &mut fx) {
+        let group_id = req.group_id.0.as_str();
+        let before = self.consumer_groups.get(group_id).cloned();
+        let result = self.cg_heartbeat(req, version, ctx, topics, now_ms, &mut fx);
+        self.emit_consumer_group_diff(group_id, before.as_ref(), &mut fx);
+        let response = match result {
             Ok(r) => r,
             Err((e, msg)) => {
                 tracing::debug!(error = ?e, message = ?msg, request = ?req, "ConsumerGroupHeartbeat refused");

@@ -35,6 +35,8 @@ struct H {
     topics: BTreeMap<String, (Uuid, i32)>,
     timers: HashMap<TimerKey, i64>,
     records: usize,
+    /// Every record written, in order: `__consumer_offsets` as replay sees it.
+    log: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// A client's view of itself: id, epoch, what it owns.
@@ -56,6 +58,7 @@ impl H {
             topics: BTreeMap::from([("t1".to_owned(), (T1, 6)), ("t2".to_owned(), (T2, 4))]),
             timers: HashMap::new(),
             records: 0,
+            log: Vec::new(),
         };
         h.absorb(&fx);
         h
@@ -63,6 +66,8 @@ impl H {
 
     fn absorb(&mut self, fx: &Effects) {
         self.records += fx.records.len();
+        self.log
+            .extend(fx.records.iter().map(|(_, k, v)| (k.clone(), v.clone())));
         for (k, d) in &fx.timers {
             self.timers.insert(k.clone(), *d);
         }
@@ -151,6 +156,19 @@ impl H {
                 assert_eq!(r.error_code, 0);
             }
         }
+    }
+
+    /// A broker restart: a fresh coordinator replays the log and completes
+    /// its load now; the old timers are gone.
+    fn restart(&mut self) {
+        let mut c = GroupCoordinator::new(GroupConfig::default());
+        for (k, v) in &self.log {
+            c.replay(k, v.as_deref()).unwrap();
+        }
+        let fx = c.complete_load(self.now);
+        self.c = c;
+        self.timers.clear();
+        self.absorb(&fx);
     }
 
     fn fire_due(&mut self) {
@@ -250,7 +268,7 @@ fn three_members_get_a_balanced_uniform_assignment() {
     assert_eq!(d.group_state.as_str(), "Stable");
     assert_eq!((d.group_epoch, d.assignment_epoch), (3, 3));
     assert_eq!(d.assignor_name.as_str(), "uniform");
-    assert_eq!(h.records, 0, "membership is not persisted");
+    assert!(h.records > 0, "membership is persisted");
 }
 
 #[test]
@@ -697,8 +715,9 @@ fn commit(h: &mut H, member: &str, epoch: i32, offset: i64) -> i16 {
 fn offsets_commit_and_fetch_with_member_epochs() {
     let mut h = H::new();
     let a = h.join("a");
+    let before = h.records;
     assert_eq!(commit(&mut h, "a", a.epoch, 10), 0);
-    assert_eq!(h.records, 1, "the offset record");
+    assert_eq!(h.records, before + 1, "the offset record");
     assert_eq!(
         commit(&mut h, "a", a.epoch + 1, 11),
         ResponseError::StaleMemberEpoch.code()
@@ -935,4 +954,192 @@ fn a_static_member_returning_in_time_keeps_its_assignment() {
         h.fire_due();
     }
     assert_eq!(count(&all[0].owned), 6);
+}
+
+/// Everything replay must restore of a member (deadlines aside).
+fn member_states(h: &H) -> Vec<(String, i32, i32, MemberState, Assignment, Assignment)> {
+    h.c.consumer_group("g")
+        .unwrap()
+        .members
+        .values()
+        .map(|m| {
+            (
+                m.member_id.clone(),
+                m.member_epoch,
+                m.previous_member_epoch,
+                m.state,
+                m.assigned.clone(),
+                m.revoking.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn replay_after_heartbeats_rebuilds_an_identical_group() {
+    let mut h = H::new();
+    let mut all = vec![
+        h.join("a"),
+        h.join_with("b", &["t1", "t2"], Some("range")).0,
+    ];
+    h.settle(&mut all);
+    all.push(h.join_with("c", &["t2"], None).0);
+    h.settle(&mut all);
+    // A member leaves and another arrives; only some heartbeat afterwards,
+    // so the group is caught mid-reconciliation.
+    let req = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(s("c"))
+        .with_member_epoch(-1);
+    assert_eq!(h.hb_raw(req, 1).error_code, 0);
+    all.pop();
+    let mut d = h.join_with("d", &["t1", "t2"], Some("range")).0;
+    h.hb(&mut all[0]);
+    h.hb(&mut d);
+    let states = member_states(&h);
+    assert!(
+        states.iter().any(|m| m.3 != MemberState::Stable),
+        "mid-reconciliation: {states:?}"
+    );
+    let described = h.describe();
+    assert_eq!(described.members.len(), 3);
+    let group = h.c.consumer_group("g").unwrap().clone();
+
+    h.restart();
+    assert_eq!(h.describe(), described);
+    assert_eq!(member_states(&h), states);
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(g.target, group.target);
+    assert_eq!(g.topics, group.topics);
+    assert_eq!(
+        (g.group_epoch, g.assignment_epoch),
+        (group.group_epoch, group.assignment_epoch)
+    );
+    for m in g.members.values() {
+        let old = &group.members[&m.member_id];
+        assert_eq!(
+            (&m.client_id, &m.client_host, &m.subscribed),
+            (&old.client_id, &old.client_host, &old.subscribed)
+        );
+        assert_eq!(
+            (&m.server_assignor, m.rebalance_timeout_ms),
+            (&old.server_assignor, old.rebalance_timeout_ms)
+        );
+    }
+    // The left member's records were tombstoned: it is not back.
+    assert!(!g.members.contains_key("c"));
+
+    // The rebuilt group finishes reconciling as the original would have.
+    all.push(d);
+    h.settle(&mut all);
+    assert_no_double_ownership(&all);
+    assert_eq!(all_owned(&all).len(), 10);
+    assert_eq!(h.describe().group_state.as_str(), "Stable");
+    // And a second restart from the longer log agrees again.
+    let described = h.describe();
+    h.restart();
+    assert_eq!(h.describe(), described);
+}
+
+#[test]
+fn a_restored_member_heartbeats_with_its_old_epoch() {
+    let mut h = H::new();
+    let mut all = vec![h.join("a"), h.join("b")];
+    h.settle(&mut all);
+    let epochs: Vec<i32> = all.iter().map(|c| c.epoch).collect();
+    let owned: Vec<Assignment> = all.iter().map(|c| c.owned.clone()).collect();
+    let group_epoch = h.c.consumer_group("g").unwrap().group_epoch;
+    assert_eq!(commit(&mut h, "a", all[0].epoch, 42), 0);
+
+    h.now += 3_000;
+    h.restart();
+    let written = h.records;
+    for (i, c) in all.iter_mut().enumerate() {
+        let r = h.hb(c);
+        assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+        assert_eq!(
+            r.member_id.as_ref().map(|m| m.to_string()),
+            Some(c.id.clone())
+        );
+        assert_eq!(c.epoch, epochs[i]);
+        assert_eq!(c.owned, owned[i]);
+    }
+    assert_eq!(h.records, written, "nothing changed, nothing written");
+    assert_eq!(h.c.consumer_group("g").unwrap().group_epoch, group_epoch);
+    assert_eq!(h.describe().group_state.as_str(), "Stable");
+    // Offsets commit with the old epoch too.
+    assert_eq!(commit(&mut h, "a", epochs[0], 43), 0);
+    assert_eq!(h.c.committed_offsets("g"), vec![("t1".to_string(), 0, 43)]);
+}
+
+#[test]
+fn a_restored_member_that_never_returns_is_removed_after_its_session() {
+    let mut h = H::new();
+    let mut all = vec![h.join("a"), h.join("b")];
+    h.settle(&mut all);
+    h.restart();
+    let session = i64::from(GroupConfig::default().consumer_session_timeout_ms);
+    assert_eq!(
+        h.timers.get(&TimerKey::ConsumerSession {
+            group_id: "g".into(),
+            member_id: "b".into(),
+        }),
+        Some(&(h.now + session)),
+        "restored members' session timers are armed"
+    );
+    // a comes back, b never does.
+    for _ in 0..10 {
+        h.now += 5_000;
+        assert_eq!(h.hb(&mut all[0]).error_code, 0);
+        h.fire_due();
+    }
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(g.members.keys().collect::<Vec<_>>(), vec!["a"]);
+    h.hb(&mut all[0]);
+    assert_eq!(count(&all[0].owned), 6);
+    assert_eq!(
+        h.hb(&mut all[1]).error_code,
+        ResponseError::UnknownMemberId.code()
+    );
+    // Its removal was written: after another restart it stays gone.
+    let member_key = crate::records::consumer_group_member_metadata_key("g", "b");
+    assert!(h.log.contains(&(member_key, None)));
+    h.restart();
+    assert!(!h.c.consumer_group("g").unwrap().members.contains_key("b"));
+    assert_eq!(
+        count(&h.c.consumer_group("g").unwrap().members["a"].assigned),
+        6
+    );
+}
+
+#[test]
+fn a_deleted_consumer_group_stays_deleted_after_replay() {
+    let mut h = H::new();
+    let a = h.join("a");
+    assert_eq!(commit(&mut h, "a", a.epoch, 7), 0);
+    let req = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(s("a"))
+        .with_member_epoch(-1);
+    assert_eq!(h.hb_raw(req, 1).error_code, 0);
+    // Restart while empty: the group is there, empty, with its offsets.
+    h.restart();
+    assert_eq!(h.describe().group_state.as_str(), "Empty");
+    assert!(h.c.group("g").is_none(), "not a classic group");
+    h.token += 1;
+    let fx = h.c.delete_groups(
+        RequestToken(h.token),
+        &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("g"))]),
+        2,
+        h.now,
+    );
+    h.absorb(&fx);
+    let tombstones = fx.records.iter().filter(|(_, _, v)| v.is_none()).count();
+    // Group, partition and target metadata, and the offset (the member was
+    // tombstoned when it left), and the classic group key.
+    assert_eq!(tombstones, 5, "{:?}", fx.records);
+    h.restart();
+    assert!(h.c.consumer_group("g").is_none());
+    assert!(h.c.group("g").is_none());
+    assert!(h.c.committed_offsets("g").is_empty());
 }

@@ -10,8 +10,9 @@
 //! - `consumer_group.rs`: KIP-848 "consumer" groups (ConsumerGroupHeartbeat,
 //!   ConsumerGroupDescribe, member epochs, reconciliation), decided by the
 //!   same `GroupCoordinator` in the same group id namespace; `assignor.rs`:
-//!   their server-side assignors (uniform, range). Their membership lives in
-//!   memory only; their offsets are ordinary offset records.
+//!   their server-side assignors (uniform, range); `consumer_persist.rs`:
+//!   their membership as Kafka's `ConsumerGroup*` records, written on every
+//!   change and replayed on load.
 //! - `records.rs`: the `__consumer_offsets` key and value formats.
 //! - `service.rs` (`GroupService`): **API Boundary.** The async entry the
 //!   broker's handlers call; it owns the mutex, the timers and the log.
@@ -22,6 +23,7 @@
 
 pub mod assignor;
 pub mod consumer_group;
+mod consumer_persist;
 mod group;
 mod member;
 mod offsets;

@@ -12,6 +12,9 @@
 
 use bytes::Bytes;
 
+mod consumer;
+pub use consumer::*;
+
 /// Key version of `OffsetCommitKey` that Keel writes (0 and 1 are the same layout).
 pub const OFFSET_COMMIT_KEY_VERSION: i16 = 1;
 /// Key version of `GroupMetadataKey`.
@@ -38,6 +41,8 @@ pub enum RecordError {
     UnsupportedVersion { kind: &'static str, version: i16 },
     #[error("{0} trailing bytes after the record")]
     TrailingBytes(usize),
+    #[error("invalid record: {0}")]
+    Invalid(&'static str),
 }
 
 /// The key of a `__consumer_offsets` record.
@@ -51,8 +56,9 @@ pub enum RecordKey {
     GroupMetadata {
         group_id: String,
     },
-    /// A key version this coordinator does not handle (KIP-848 and share
-    /// group records, versions 3 and up). Replay skips it.
+    /// A key version 3 and up: KIP-848 consumer group records (which
+    /// `decode` reads through `decode_consumer_group_record`) and share
+    /// group records, which replay skips.
     Other {
         version: i16,
     },
@@ -106,6 +112,8 @@ pub enum Record {
         group_id: String,
         value: Option<GroupMetadataValue>,
     },
+    /// A KIP-848 consumer group record (key versions 3 to 8).
+    ConsumerGroup(ConsumerGroupRecord),
     Other {
         key_version: i16,
     },
@@ -289,7 +297,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a key.
+/// Decodes a classic key (offset commit, group metadata); newer key
+/// versions come back as `RecordKey::Other`.
 pub fn decode_key(key: &[u8]) -> Result<RecordKey, RecordError> {
     let mut r = Reader::new(key);
     let version = r.i16()?;
@@ -426,6 +435,9 @@ pub fn decode_group_metadata_value(value: &[u8]) -> Result<GroupMetadataValue, R
 
 /// Decodes one record of `__consumer_offsets`.
 pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Record, RecordError> {
+    if let Some(record) = decode_consumer_group_record(key, value)? {
+        return Ok(Record::ConsumerGroup(record));
+    }
     Ok(match decode_key(key)? {
         RecordKey::OffsetCommit {
             group_id,

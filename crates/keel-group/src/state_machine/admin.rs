@@ -159,7 +159,7 @@ impl GroupCoordinator {
                 code(ResponseError::InvalidGroupId)
             } else if let Some(cg) = self.consumer_groups.get(&group_id) {
                 if cg.members.is_empty() {
-                    self.consumer_groups.remove(&group_id);
+                    self.remove_consumer_group(&group_id, &mut fx);
                     self.tombstone_group(&group_id, &mut fx);
                     NONE
                 } else {

@@ -57,7 +57,7 @@ impl GroupCoordinator {
                 );
                 return fx;
             }
-            self.consumer_groups.remove(&group_id);
+            self.remove_consumer_group(&group_id, &mut fx);
         }
         if req.session_timeout_ms < self.config.group_min_session_timeout_ms
             || req.session_timeout_ms > self.config.group_max_session_timeout_ms

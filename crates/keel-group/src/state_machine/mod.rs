@@ -205,7 +205,7 @@ impl GroupCoordinator {
     // ------------------------------------------------------------ loading
 
     /// Applies one `__consumer_offsets` record. Keys of other coordinators
-    /// (KIP-848, share groups) are skipped.
+    /// (share groups) are skipped.
     pub fn replay(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), RecordError> {
         match records::decode(key, value)? {
             Record::OffsetCommit {
@@ -216,9 +216,11 @@ impl GroupCoordinator {
             } => match value {
                 Some(v) => {
                     let ts = v.commit_timestamp_ms;
-                    self.groups
-                        .entry(group_id.clone())
-                        .or_insert_with(|| Group::new(group_id.clone(), ts));
+                    if !self.consumer_groups.contains_key(&group_id) {
+                        self.groups
+                            .entry(group_id.clone())
+                            .or_insert_with(|| Group::new(group_id.clone(), ts));
+                    }
                     self.offsets.put(&group_id, &topic, partition, v);
                 }
                 None => {
@@ -235,6 +237,7 @@ impl GroupCoordinator {
                     self.offsets.remove_group(&group_id);
                 }
             },
+            Record::ConsumerGroup(record) => self.replay_consumer_group(record),
             Record::Other { .. } => {}
         }
         Ok(())
@@ -257,7 +260,7 @@ impl GroupCoordinator {
                 );
             }
         }
-        self.consumer_timers(&mut fx);
+        self.complete_consumer_load(now_ms, &mut fx);
         fx.timer(
             TimerKey::OffsetsExpiration,
             now_ms + OFFSETS_RETENTION_CHECK_INTERVAL_MS,
@@ -342,11 +345,16 @@ impl GroupCoordinator {
             TimerKey::ConsumerSession {
                 group_id,
                 member_id,
-            } => self.on_consumer_timer(group_id, member_id, false, now_ms, &mut fx),
-            TimerKey::ConsumerRebalance {
+            }
+            | TimerKey::ConsumerRebalance {
                 group_id,
                 member_id,
-            } => self.on_consumer_timer(group_id, member_id, true, now_ms, &mut fx),
+            } => {
+                let revocation = matches!(key, TimerKey::ConsumerRebalance { .. });
+                let before = self.consumer_groups.get(group_id).cloned();
+                self.on_consumer_timer(group_id, member_id, revocation, now_ms, &mut fx);
+                self.emit_consumer_group_diff(group_id, before.as_ref(), &mut fx);
+            }
         }
         fx
     }

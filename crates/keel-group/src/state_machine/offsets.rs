@@ -53,7 +53,7 @@ impl GroupCoordinator {
                         None,
                     ));
                 }
-                self.consumer_groups.remove(&group_id);
+                self.remove_consumer_group(&group_id, fx);
                 continue;
             }
             let expired =

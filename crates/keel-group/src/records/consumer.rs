@@ -1,0 +1,788 @@
+//! The KIP-848 consumer group records (Kafka's `ConsumerGroup*Key` and
+//! `ConsumerGroup*Value` schemas, key versions 3 to 8).
+//!
+//! Keys are not flexible: an `int16` version and `int16`-length strings, as
+//! for the classic records. Values are flexible version 0: compact strings
+//! and arrays (unsigned varint length + 1, 0 for null), 16-byte UUIDs, and
+//! an empty tagged-field section after every struct. Tagged fields written
+//! by others are skipped on decode.
+
+use uuid::Uuid;
+
+use super::{put_i16, put_i32, put_string, Reader, RecordError};
+
+/// `ConsumerGroupMetadataKey`.
+pub const CONSUMER_GROUP_METADATA_KEY_VERSION: i16 = 3;
+/// `ConsumerGroupPartitionMetadataKey`.
+pub const CONSUMER_GROUP_PARTITION_METADATA_KEY_VERSION: i16 = 4;
+/// `ConsumerGroupMemberMetadataKey`.
+pub const CONSUMER_GROUP_MEMBER_METADATA_KEY_VERSION: i16 = 5;
+/// `ConsumerGroupTargetAssignmentMetadataKey`.
+pub const CONSUMER_GROUP_TARGET_ASSIGNMENT_METADATA_KEY_VERSION: i16 = 6;
+/// `ConsumerGroupTargetAssignmentMemberKey`.
+pub const CONSUMER_GROUP_TARGET_ASSIGNMENT_MEMBER_KEY_VERSION: i16 = 7;
+/// `ConsumerGroupCurrentMemberAssignmentKey`.
+pub const CONSUMER_GROUP_CURRENT_MEMBER_ASSIGNMENT_KEY_VERSION: i16 = 8;
+
+/// Partitions by topic id, in the schemas' `TopicPartitions` shape.
+pub type TopicPartitions = Vec<(Uuid, Vec<i32>)>;
+
+/// `ConsumerGroupMetadataValue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadataValue {
+    pub epoch: i32,
+}
+
+/// One topic of `ConsumerGroupPartitionMetadataValue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMetadataTopic {
+    pub topic_id: Uuid,
+    pub topic_name: String,
+    pub num_partitions: i32,
+}
+
+/// `ConsumerGroupPartitionMetadataValue`: the subscribed topics as the
+/// last target assignment saw them (partition racks are not kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupPartitionMetadataValue {
+    pub topics: Vec<PartitionMetadataTopic>,
+}
+
+/// `ConsumerGroupMemberMetadataValue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMemberMetadataValue {
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub subscribed_topic_names: Vec<String>,
+    pub subscribed_topic_regex: Option<String>,
+    pub rebalance_timeout_ms: i32,
+    pub server_assignor: Option<String>,
+}
+
+/// `ConsumerGroupTargetAssignmentMetadataValue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupTargetAssignmentMetadataValue {
+    pub assignment_epoch: i32,
+}
+
+/// `ConsumerGroupTargetAssignmentMemberValue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupTargetAssignmentMemberValue {
+    pub topic_partitions: TopicPartitions,
+}
+
+/// `ConsumerGroupCurrentMemberAssignmentValue`. `state` is Kafka's
+/// `MemberState` byte: 0 unrevoked, 1 unreleased, 2 stable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupCurrentMemberAssignmentValue {
+    pub member_epoch: i32,
+    pub previous_member_epoch: i32,
+    pub state: i8,
+    pub assigned_partitions: TopicPartitions,
+    pub partitions_pending_revocation: TopicPartitions,
+}
+
+/// A decoded consumer group record; `value` is `None` for a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerGroupRecord {
+    Metadata {
+        group_id: String,
+        value: Option<ConsumerGroupMetadataValue>,
+    },
+    PartitionMetadata {
+        group_id: String,
+        value: Option<ConsumerGroupPartitionMetadataValue>,
+    },
+    MemberMetadata {
+        group_id: String,
+        member_id: String,
+        value: Option<ConsumerGroupMemberMetadataValue>,
+    },
+    TargetAssignmentMetadata {
+        group_id: String,
+        value: Option<ConsumerGroupTargetAssignmentMetadataValue>,
+    },
+    TargetAssignmentMember {
+        group_id: String,
+        member_id: String,
+        value: Option<ConsumerGroupTargetAssignmentMemberValue>,
+    },
+    CurrentMemberAssignment {
+        group_id: String,
+        member_id: String,
+        value: Option<ConsumerGroupCurrentMemberAssignmentValue>,
+    },
+}
+
+impl ConsumerGroupRecord {
+    pub fn group_id(&self) -> &str {
+        match self {
+            ConsumerGroupRecord::Metadata { group_id, .. }
+            | ConsumerGroupRecord::PartitionMetadata { group_id, .. }
+            | ConsumerGroupRecord::MemberMetadata { group_id, .. }
+            | ConsumerGroupRecord::TargetAssignmentMetadata { group_id, .. }
+            | ConsumerGroupRecord::TargetAssignmentMember { group_id, .. }
+            | ConsumerGroupRecord::CurrentMemberAssignment { group_id, .. } => group_id,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- keys
+
+fn group_key(version: i16, group_id: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(4 + group_id.len());
+    put_i16(&mut buf, version);
+    put_string(&mut buf, group_id);
+    buf
+}
+
+fn member_key(version: i16, group_id: &str, member_id: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(6 + group_id.len() + member_id.len());
+    put_i16(&mut buf, version);
+    put_string(&mut buf, group_id);
+    put_string(&mut buf, member_id);
+    buf
+}
+
+pub fn consumer_group_metadata_key(group_id: &str) -> Vec<u8> {
+    group_key(CONSUMER_GROUP_METADATA_KEY_VERSION, group_id)
+}
+
+pub fn consumer_group_partition_metadata_key(group_id: &str) -> Vec<u8> {
+    group_key(CONSUMER_GROUP_PARTITION_METADATA_KEY_VERSION, group_id)
+}
+
+pub fn consumer_group_member_metadata_key(group_id: &str, member_id: &str) -> Vec<u8> {
+    member_key(
+        CONSUMER_GROUP_MEMBER_METADATA_KEY_VERSION,
+        group_id,
+        member_id,
+    )
+}
+
+pub fn consumer_group_target_assignment_metadata_key(group_id: &str) -> Vec<u8> {
+    group_key(
+        CONSUMER_GROUP_TARGET_ASSIGNMENT_METADATA_KEY_VERSION,
+        group_id,
+    )
+}
+
+pub fn consumer_group_target_assignment_member_key(group_id: &str, member_id: &str) -> Vec<u8> {
+    member_key(
+        CONSUMER_GROUP_TARGET_ASSIGNMENT_MEMBER_KEY_VERSION,
+        group_id,
+        member_id,
+    )
+}
+
+pub fn consumer_group_current_member_assignment_key(group_id: &str, member_id: &str) -> Vec<u8> {
+    member_key(
+        CONSUMER_GROUP_CURRENT_MEMBER_ASSIGNMENT_KEY_VERSION,
+        group_id,
+        member_id,
+    )
+}
+
+// ---------------------------------------------------------------- flexible encoding
+
+fn put_uvarint(buf: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        buf.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn put_compact_len(buf: &mut Vec<u8>, len: usize) {
+    let len = u32::try_from(len)
+        .ok()
+        .and_then(|n| n.checked_add(1))
+        .expect("compact length overflows u32");
+    put_uvarint(buf, len);
+}
+
+fn put_compact_string(buf: &mut Vec<u8>, s: &str) {
+    put_compact_len(buf, s.len());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_compact_nullable_string(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => put_uvarint(buf, 0),
+        Some(s) => put_compact_string(buf, s),
+    }
+}
+
+fn put_uuid(buf: &mut Vec<u8>, id: &Uuid) {
+    buf.extend_from_slice(id.as_bytes());
+}
+
+/// An empty tagged-field section.
+fn put_no_tags(buf: &mut Vec<u8>) {
+    put_uvarint(buf, 0);
+}
+
+fn put_topic_partitions(buf: &mut Vec<u8>, tps: &TopicPartitions) {
+    put_compact_len(buf, tps.len());
+    for (topic, partitions) in tps {
+        put_uuid(buf, topic);
+        put_compact_len(buf, partitions.len());
+        for &p in partitions {
+            put_i32(buf, p);
+        }
+        put_no_tags(buf);
+    }
+}
+
+fn value_header(buf: &mut Vec<u8>) {
+    // Every value schema here has a single version, 0.
+    put_i16(buf, 0);
+}
+
+impl ConsumerGroupMetadataValue {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(7);
+        value_header(&mut buf);
+        put_i32(&mut buf, self.epoch);
+        put_no_tags(&mut buf);
+        buf
+    }
+}
+
+impl ConsumerGroupPartitionMetadataValue {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(8 + 32 * self.topics.len());
+        value_header(&mut buf);
+        put_compact_len(&mut buf, self.topics.len());
+        for t in &self.topics {
+            put_uuid(&mut buf, &t.topic_id);
+            put_compact_string(&mut buf, &t.topic_name);
+            put_i32(&mut buf, t.num_partitions);
+            put_compact_len(&mut buf, 0); // PartitionMetadata (racks): not kept.
+            put_no_tags(&mut buf);
+        }
+        put_no_tags(&mut buf);
+        buf
+    }
+}
+
+impl ConsumerGroupMemberMetadataValue {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(64);
+        value_header(&mut buf);
+        put_compact_nullable_string(&mut buf, self.instance_id.as_deref());
+        put_compact_nullable_string(&mut buf, self.rack_id.as_deref());
+        put_compact_string(&mut buf, &self.client_id);
+        put_compact_string(&mut buf, &self.client_host);
+        put_compact_len(&mut buf, self.subscribed_topic_names.len());
+        for t in &self.subscribed_topic_names {
+            put_compact_string(&mut buf, t);
+        }
+        put_compact_nullable_string(&mut buf, self.subscribed_topic_regex.as_deref());
+        put_i32(&mut buf, self.rebalance_timeout_ms);
+        put_compact_nullable_string(&mut buf, self.server_assignor.as_deref());
+        put_no_tags(&mut buf);
+        buf
+    }
+}
+
+impl ConsumerGroupTargetAssignmentMetadataValue {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(7);
+        value_header(&mut buf);
+        put_i32(&mut buf, self.assignment_epoch);
+        put_no_tags(&mut buf);
+        buf
+    }
+}
+
+impl ConsumerGroupTargetAssignmentMemberValue {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16);
+        value_header(&mut buf);
+        put_topic_partitions(&mut buf, &self.topic_partitions);
+        put_no_tags(&mut buf);
+        buf
+    }
+}
+
+impl ConsumerGroupCurrentMemberAssignmentValue {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(32);
+        value_header(&mut buf);
+        put_i32(&mut buf, self.member_epoch);
+        put_i32(&mut buf, self.previous_member_epoch);
+        buf.push(self.state as u8);
+        put_topic_partitions(&mut buf, &self.assigned_partitions);
+        put_topic_partitions(&mut buf, &self.partitions_pending_revocation);
+        put_no_tags(&mut buf);
+        buf
+    }
+}
+
+// ---------------------------------------------------------------- flexible decoding
+
+impl Reader<'_> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn i8(&mut self) -> Result<i8, RecordError> {
+        Ok(self.take(1)?[0] as i8)
+    }
+
+    fn uvarint(&mut self) -> Result<u32, RecordError> {
+        let mut out: u32 = 0;
+        for i in 0..5 {
+            let b = self.take(1)?[0];
+            if i == 4 && b > 0x0f {
+                return Err(RecordError::Invalid("varint longer than 32 bits"));
+            }
+            out |= u32::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(out);
+            }
+        }
+        Err(RecordError::Invalid("varint longer than 32 bits"))
+    }
+
+    /// A compact length: `None` for null. Counts beyond the bytes that remain
+    /// are refused before anything is allocated for them.
+    fn compact_len(&mut self) -> Result<Option<usize>, RecordError> {
+        let n = self.uvarint()?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let len = (n - 1) as usize;
+        if len > self.remaining() {
+            return Err(RecordError::Truncated {
+                position: self.pos,
+                needed: len,
+                remaining: self.remaining(),
+            });
+        }
+        Ok(Some(len))
+    }
+
+    fn compact_array_len(&mut self) -> Result<usize, RecordError> {
+        self.compact_len()?
+            .ok_or(RecordError::Invalid("null array in a non-nullable field"))
+    }
+
+    fn compact_nullable_string(&mut self) -> Result<Option<String>, RecordError> {
+        let Some(len) = self.compact_len()? else {
+            return Ok(None);
+        };
+        let b = self.take(len)?;
+        let s = std::str::from_utf8(b).map_err(|_| RecordError::NotUtf8)?;
+        Ok(Some(s.to_owned()))
+    }
+
+    fn compact_string(&mut self) -> Result<String, RecordError> {
+        self.compact_nullable_string()?
+            .ok_or(RecordError::Invalid("null string in a non-nullable field"))
+    }
+
+    fn uuid(&mut self) -> Result<Uuid, RecordError> {
+        let b = self.take(16)?;
+        let mut a = [0u8; 16];
+        a.copy_from_slice(b);
+        Ok(Uuid::from_bytes(a))
+    }
+
+    /// Skips a tagged-field section (unknown tags are ignored).
+    fn tags(&mut self) -> Result<(), RecordError> {
+        let count = self.uvarint()?;
+        for _ in 0..count {
+            let _tag = self.uvarint()?;
+            let size = self.uvarint()? as usize;
+            self.take(size)?;
+        }
+        Ok(())
+    }
+
+    fn topic_partitions(&mut self) -> Result<TopicPartitions, RecordError> {
+        let n = self.compact_array_len()?;
+        let mut out = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let topic = self.uuid()?;
+            let count = self.compact_array_len()?;
+            let mut partitions = Vec::with_capacity(count.min(1024));
+            for _ in 0..count {
+                partitions.push(self.i32()?);
+            }
+            self.tags()?;
+            out.push((topic, partitions));
+        }
+        Ok(out)
+    }
+
+    fn value_version(&mut self, kind: &'static str) -> Result<(), RecordError> {
+        match self.i16()? {
+            0 => Ok(()),
+            version => Err(RecordError::UnsupportedVersion { kind, version }),
+        }
+    }
+}
+
+fn decode_metadata_value(value: &[u8]) -> Result<ConsumerGroupMetadataValue, RecordError> {
+    let mut r = Reader::new(value);
+    r.value_version("ConsumerGroupMetadataValue")?;
+    let out = ConsumerGroupMetadataValue { epoch: r.i32()? };
+    r.tags()?;
+    r.finish()?;
+    Ok(out)
+}
+
+fn decode_partition_metadata_value(
+    value: &[u8],
+) -> Result<ConsumerGroupPartitionMetadataValue, RecordError> {
+    let mut r = Reader::new(value);
+    r.value_version("ConsumerGroupPartitionMetadataValue")?;
+    let n = r.compact_array_len()?;
+    let mut topics = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let topic_id = r.uuid()?;
+        let topic_name = r.compact_string()?;
+        let num_partitions = r.i32()?;
+        let racks = r.compact_array_len()?;
+        for _ in 0..racks {
+            let _partition = r.i32()?;
+            let rack_count = r.compact_array_len()?;
+            for _ in 0..rack_count {
+                r.compact_string()?;
+            }
+            r.tags()?;
+        }
+        r.tags()?;
+        topics.push(PartitionMetadataTopic {
+            topic_id,
+            topic_name,
+            num_partitions,
+        });
+    }
+    r.tags()?;
+    r.finish()?;
+    Ok(ConsumerGroupPartitionMetadataValue { topics })
+}
+
+fn decode_member_metadata_value(
+    value: &[u8],
+) -> Result<ConsumerGroupMemberMetadataValue, RecordError> {
+    let mut r = Reader::new(value);
+    r.value_version("ConsumerGroupMemberMetadataValue")?;
+    let instance_id = r.compact_nullable_string()?;
+    let rack_id = r.compact_nullable_string()?;
+    let client_id = r.compact_string()?;
+    let client_host = r.compact_string()?;
+    let n = r.compact_array_len()?;
+    let mut subscribed_topic_names = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        subscribed_topic_names.push(r.compact_string()?);
+    }
+    let subscribed_topic_regex = r.compact_nullable_string()?;
+    let rebalance_timeout_ms = r.i32()?;
+    let server_assignor = r.compact_nullable_string()?;
+    r.tags()?;
+    r.finish()?;
+    Ok(ConsumerGroupMemberMetadataValue {
+        instance_id,
+        rack_id,
+        client_id,
+        client_host,
+        subscribed_topic_names,
+        subscribed_topic_regex,
+        rebalance_timeout_ms,
+        server_assignor,
+    })
+}
+
+fn decode_target_assignment_metadata_value(
+    value: &[u8],
+) -> Result<ConsumerGroupTargetAssignmentMetadataValue, RecordError> {
+    let mut r = Reader::new(value);
+    r.value_version("ConsumerGroupTargetAssignmentMetadataValue")?;
+    let out = ConsumerGroupTargetAssignmentMetadataValue {
+        assignment_epoch: r.i32()?,
+    };
+    r.tags()?;
+    r.finish()?;
+    Ok(out)
+}
+
+fn decode_target_assignment_member_value(
+    value: &[u8],
+) -> Result<ConsumerGroupTargetAssignmentMemberValue, RecordError> {
+    let mut r = Reader::new(value);
+    r.value_version("ConsumerGroupTargetAssignmentMemberValue")?;
+    let out = ConsumerGroupTargetAssignmentMemberValue {
+        topic_partitions: r.topic_partitions()?,
+    };
+    r.tags()?;
+    r.finish()?;
+    Ok(out)
+}
+
+fn decode_current_member_assignment_value(
+    value: &[u8],
+) -> Result<ConsumerGroupCurrentMemberAssignmentValue, RecordError> {
+    let mut r = Reader::new(value);
+    r.value_version("ConsumerGroupCurrentMemberAssignmentValue")?;
+    let member_epoch = r.i32()?;
+    let previous_member_epoch = r.i32()?;
+    let state = r.i8()?;
+    if !(0..=2).contains(&state) {
+        return Err(RecordError::Invalid("unknown member state"));
+    }
+    let assigned_partitions = r.topic_partitions()?;
+    let partitions_pending_revocation = r.topic_partitions()?;
+    r.tags()?;
+    r.finish()?;
+    Ok(ConsumerGroupCurrentMemberAssignmentValue {
+        member_epoch,
+        previous_member_epoch,
+        state,
+        assigned_partitions,
+        partitions_pending_revocation,
+    })
+}
+
+/// Decodes a record whose key version is 3 to 8; `Ok(None)` for any other
+/// key version (not a consumer group record).
+pub fn decode_consumer_group_record(
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<Option<ConsumerGroupRecord>, RecordError> {
+    let mut r = Reader::new(key);
+    let version = r.i16()?;
+    if !(3..=8).contains(&version) {
+        return Ok(None);
+    }
+    let group_id = r.string()?;
+    let member_id = if matches!(version, 5 | 7 | 8) {
+        r.string()?
+    } else {
+        String::new()
+    };
+    r.finish()?;
+    Ok(Some(match version {
+        3 => ConsumerGroupRecord::Metadata {
+            group_id,
+            value: value.map(decode_metadata_value).transpose()?,
+        },
+        4 => ConsumerGroupRecord::PartitionMetadata {
+            group_id,
+            value: value.map(decode_partition_metadata_value).transpose()?,
+        },
+        5 => ConsumerGroupRecord::MemberMetadata {
+            group_id,
+            member_id,
+            value: value.map(decode_member_metadata_value).transpose()?,
+        },
+        6 => ConsumerGroupRecord::TargetAssignmentMetadata {
+            group_id,
+            value: value
+                .map(decode_target_assignment_metadata_value)
+                .transpose()?,
+        },
+        7 => ConsumerGroupRecord::TargetAssignmentMember {
+            group_id,
+            member_id,
+            value: value
+                .map(decode_target_assignment_member_value)
+                .transpose()?,
+        },
+        _ => ConsumerGroupRecord::CurrentMemberAssignment {
+            group_id,
+            member_id,
+            value: value
+                .map(decode_current_member_assignment_value)
+                .transpose()?,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{decode, Record};
+    use super::*;
+
+    const T: Uuid = Uuid::from_u128(0xabcd_0000_0000_0000_0000_0000_0000_0001);
+
+    fn samples() -> Vec<(Vec<u8>, Vec<u8>, ConsumerGroupRecord)> {
+        let meta = ConsumerGroupMetadataValue { epoch: 7 };
+        let parts = ConsumerGroupPartitionMetadataValue {
+            topics: vec![PartitionMetadataTopic {
+                topic_id: T,
+                topic_name: "orders".into(),
+                num_partitions: 12,
+            }],
+        };
+        let member = ConsumerGroupMemberMetadataValue {
+            instance_id: Some("inst-1".into()),
+            rack_id: None,
+            client_id: "client".into(),
+            client_host: "/10.0.0.1".into(),
+            subscribed_topic_names: vec!["orders".into(), "é".into()],
+            subscribed_topic_regex: None,
+            rebalance_timeout_ms: 30_000,
+            server_assignor: Some("range".into()),
+        };
+        let tmeta = ConsumerGroupTargetAssignmentMetadataValue {
+            assignment_epoch: 6,
+        };
+        let tmember = ConsumerGroupTargetAssignmentMemberValue {
+            topic_partitions: vec![(T, vec![0, 3, 200])],
+        };
+        let current = ConsumerGroupCurrentMemberAssignmentValue {
+            member_epoch: 6,
+            previous_member_epoch: 5,
+            state: 0,
+            assigned_partitions: vec![(T, vec![0])],
+            partitions_pending_revocation: vec![(T, vec![1, 2]), (Uuid::nil(), vec![])],
+        };
+        vec![
+            (
+                consumer_group_metadata_key("g"),
+                meta.encode(),
+                ConsumerGroupRecord::Metadata {
+                    group_id: "g".into(),
+                    value: Some(meta),
+                },
+            ),
+            (
+                consumer_group_partition_metadata_key("g"),
+                parts.encode(),
+                ConsumerGroupRecord::PartitionMetadata {
+                    group_id: "g".into(),
+                    value: Some(parts),
+                },
+            ),
+            (
+                consumer_group_member_metadata_key("g", "m"),
+                member.encode(),
+                ConsumerGroupRecord::MemberMetadata {
+                    group_id: "g".into(),
+                    member_id: "m".into(),
+                    value: Some(member),
+                },
+            ),
+            (
+                consumer_group_target_assignment_metadata_key("g"),
+                tmeta.encode(),
+                ConsumerGroupRecord::TargetAssignmentMetadata {
+                    group_id: "g".into(),
+                    value: Some(tmeta),
+                },
+            ),
+            (
+                consumer_group_target_assignment_member_key("g", "m"),
+                tmember.encode(),
+                ConsumerGroupRecord::TargetAssignmentMember {
+                    group_id: "g".into(),
+                    member_id: "m".into(),
+                    value: Some(tmember),
+                },
+            ),
+            (
+                consumer_group_current_member_assignment_key("g", "m"),
+                current.encode(),
+                ConsumerGroupRecord::CurrentMemberAssignment {
+                    group_id: "g".into(),
+                    member_id: "m".into(),
+                    value: Some(current),
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn consumer_group_records_round_trip() {
+        for (key, value, expected) in samples() {
+            assert_eq!(
+                decode(&key, Some(&value)).unwrap(),
+                Record::ConsumerGroup(expected.clone())
+            );
+            // A tombstone decodes to the same key with no value.
+            let Record::ConsumerGroup(tomb) = decode(&key, None).unwrap() else {
+                panic!("not a consumer group record");
+            };
+            assert_eq!(tomb.group_id(), "g");
+            assert_ne!(tomb, expected);
+        }
+        // Key layout: int16 version, int16-length strings.
+        assert_eq!(
+            consumer_group_member_metadata_key("g", "m"),
+            vec![0, 5, 0, 1, b'g', 0, 1, b'm']
+        );
+        // Value layout: version 0, flexible (empty tagged fields at the end).
+        assert_eq!(
+            ConsumerGroupMetadataValue { epoch: 1 }.encode(),
+            vec![0, 0, 0, 0, 0, 1, 0]
+        );
+        // Tagged fields written by others are skipped.
+        let mut tagged = ConsumerGroupMetadataValue { epoch: 9 }.encode();
+        tagged.pop();
+        tagged.extend_from_slice(&[1, 0, 2, 0xaa, 0xbb]);
+        assert_eq!(decode_metadata_value(&tagged).unwrap().epoch, 9);
+        // Long compact strings use multi-byte varints.
+        let long = ConsumerGroupMemberMetadataValue {
+            instance_id: None,
+            rack_id: Some("r".repeat(300)),
+            client_id: String::new(),
+            client_host: "h".into(),
+            subscribed_topic_names: vec![],
+            subscribed_topic_regex: Some("re".into()),
+            rebalance_timeout_ms: -1,
+            server_assignor: None,
+        };
+        assert_eq!(decode_member_metadata_value(&long.encode()).unwrap(), long);
+        // Key versions past 8 are not consumer group records.
+        assert_eq!(
+            decode(&[0, 9, 0, 0], None).unwrap(),
+            Record::Other { key_version: 9 }
+        );
+    }
+
+    #[test]
+    fn consumer_group_garbage_returns_errors() {
+        for (key, value, _) in samples() {
+            for n in 0..value.len() {
+                assert!(decode(&key, Some(&value[..n])).is_err(), "value len {n}");
+            }
+            for n in 2..key.len() {
+                assert!(decode(&key[..n], None).is_err(), "key len {n}");
+            }
+            let mut trailing = value.clone();
+            trailing.push(0);
+            assert!(decode(&key, Some(&trailing)).is_err());
+            for i in 0..value.len() {
+                for flip in [0xff, 0x80, 0x01] {
+                    let mut c = value.clone();
+                    c[i] ^= flip;
+                    let _ = decode(&key, Some(&c));
+                    let _ = decode(&c, Some(&c));
+                }
+            }
+        }
+        let key = consumer_group_target_assignment_member_key("g", "m");
+        // An array count of 2^32-2 with nothing behind it.
+        assert!(decode(&key, Some(&[0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f])).is_err());
+        // A varint that never ends.
+        assert!(decode(&key, Some(&[0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])).is_err());
+        // A null array where one is required.
+        assert!(decode(&key, Some(&[0, 0, 0, 0])).is_err());
+        // An unsupported value version.
+        assert!(decode(&key, Some(&[0, 1, 1, 0])).is_err());
+        // An unknown member state.
+        let key = consumer_group_current_member_assignment_key("g", "m");
+        let mut v = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 5, 1, 1, 0];
+        assert!(decode(&key, Some(&v)).is_err());
+        v[10] = 2;
+        assert!(decode(&key, Some(&v)).is_ok());
+        // A key with a negative string length.
+        assert!(decode(&[0, 3, 0xff, 0xff], None).is_err());
+    }
+}
