@@ -16,7 +16,6 @@ mod common;
 mod group_common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
@@ -43,10 +42,6 @@ const CLASSIC: GroupProtocol = GroupProtocol {
         ("heartbeat.interval.ms", "500"),
     ],
 };
-
-fn start_broker() -> TestBroker {
-    CLASSIC.start_broker()
-}
 
 fn member_config(bootstrap: &str, group: &str, extra: &[(&str, &str)]) -> ClientConfig {
     CLASSIC.member_config(bootstrap, group, extra)
@@ -125,168 +120,60 @@ fn describe_group(
 /// and the only records read twice are those after a member's last commit.
 #[test]
 fn three_members_share_partitions_and_take_over_when_one_leaves() {
-    const PARTITIONS: i32 = 6;
-    const COMMIT_EVERY: usize = 20;
-    let broker = start_broker();
-    let bootstrap = broker.bootstrap();
-    let topic = unique_topic("share");
-    let group = format!("{topic}-group");
-    create(&broker, &topic, PARTITIONS);
-    let lister = lister(&bootstrap);
-
-    let producer =
-        BackgroundProducer::start(&bootstrap, &topic, PARTITIONS, Duration::from_millis(15));
-    let journal = new_journal();
-    let mut members: Vec<MemberThread> = (0..3)
-        .map(|id| {
-            let config = member_config(
-                &bootstrap,
-                &group,
-                &[("client.id", &format!("share-member-{id}"))],
+    share_and_take_over(
+        &CLASSIC,
+        "share",
+        |id| format!("share-member-{id}"),
+        |s| lister(&s.bootstrap),
+        |s, lister, members| {
+            // The broker's view agrees: Stable, three members, two
+            // partitions each.
+            let all = s.all();
+            let (state, protocol_type, protocol, described) =
+                describe_group(lister, &s.group, &s.topic).expect("the group is described");
+            assert_eq!(state, "Stable");
+            assert_eq!(protocol_type, "consumer");
+            assert!(
+                protocol == "range" || protocol == "roundrobin",
+                "protocol {protocol}"
             );
-            MemberThread::spawn(id, config, &topic, COMMIT_EVERY, &journal)
-        })
-        .collect();
-
-    // Two partitions each, no overlap, all covered, all of them reading.
-    let all = all_partitions(PARTITIONS);
-    {
-        let refs: Vec<&MemberThread> = members.iter().collect();
-        wait_for_members(
-            &broker,
-            "three members own two partitions each",
-            CLIENT_TIMEOUT,
-            &refs,
-            || {
-                let sets: Vec<_> = members.iter().map(|m| m.owned()).collect();
-                sets.iter().all(|s| s.len() == 2) && is_partitioned(&sets, &all)
-            },
-        );
-        let base: Vec<usize> = members.iter().map(|m| m.consumed()).collect();
-        wait_for_members(
-            &broker,
-            "all three members consume",
-            CLIENT_TIMEOUT,
-            &refs,
-            || {
-                members
-                    .iter()
-                    .zip(&base)
-                    .all(|(m, b)| m.consumed() >= b + 3 * COMMIT_EVERY)
-            },
-        );
-    }
-    // The broker's view agrees: Stable, three members, two partitions each.
-    let (state, protocol_type, protocol, described) =
-        describe_group(&lister, &group, &topic).expect("the group is described");
-    assert_eq!(state, "Stable");
-    assert_eq!(protocol_type, "consumer");
-    assert!(
-        protocol == "range" || protocol == "roundrobin",
-        "protocol {protocol}"
-    );
-    assert_eq!(
-        described.len(),
-        3,
-        "members in DescribeGroups: {described:?}"
-    );
-    let described_sets: Vec<_> = described.iter().map(|(_, s)| s.clone()).collect();
-    assert!(
-        described_sets.iter().all(|s| s.len() == 2) && is_partitioned(&described_sets, &all),
-        "DescribeGroups assignments: {described:?}"
-    );
-    for m in &members {
-        let id = format!("share-member-{}", m.shared.id);
-        let mine = described.iter().find(|(c, _)| *c == id);
-        assert_eq!(
-            mine.map(|(_, s)| s.clone()),
-            Some(m.owned()),
-            "DescribeGroups and member {id} disagree: {described:?}"
-        );
-    }
-
-    // Member 2 leaves.
-    let leaving = members[2].owned();
-    let left_at = Instant::now();
-    members[2].close();
-    let stayers: Vec<&MemberThread> = members[..2].iter().collect();
-    wait_for_members(
-        &broker,
-        "the two remaining members own three partitions each",
-        Duration::from_secs(6),
-        &stayers,
-        || {
-            let sets: Vec<_> = stayers.iter().map(|m| m.owned()).collect();
-            sets.iter().all(|s| s.len() == 3) && is_partitioned(&sets, &all)
+            assert_eq!(
+                described.len(),
+                3,
+                "members in DescribeGroups: {described:?}"
+            );
+            let described_sets: Vec<_> = described.iter().map(|(_, s)| s.clone()).collect();
+            assert!(
+                described_sets.iter().all(|s| s.len() == 2)
+                    && is_partitioned(&described_sets, &all),
+                "DescribeGroups assignments: {described:?}"
+            );
+            for m in members {
+                let id = format!("share-member-{}", m.shared.id);
+                let mine = described.iter().find(|(c, _)| *c == id);
+                assert_eq!(
+                    mine.map(|(_, s)| s.clone()),
+                    Some(m.owned()),
+                    "DescribeGroups and member {id} disagree: {described:?}"
+                );
+            }
         },
-    );
-    wait_for_members(
-        &broker,
-        "the leaver's partitions are read again",
-        Duration::from_secs(6),
-        &stayers,
-        || {
-            let j = journal_snapshot(&journal);
-            leaving
+        |s, _, leaving, left_at| {
+            let j = journal_snapshot(&s.journal);
+            let takeover = leaving
                 .iter()
-                .all(|p| first_consumed_after(&j, *p, left_at, Some(2)).is_some())
+                .map(|p| first_consumed_after(&j, *p, left_at, Some(2)).unwrap() - left_at)
+                .max()
+                .unwrap();
+            assert!(
+                takeover < Duration::from_secs(6),
+                "takeover took {takeover:?}, longer than session.timeout.ms"
+            );
+            takeover
         },
-    );
-    let j = journal_snapshot(&journal);
-    let takeover = leaving
-        .iter()
-        .map(|p| first_consumed_after(&j, *p, left_at, Some(2)).unwrap() - left_at)
-        .max()
-        .unwrap();
-    assert!(
-        takeover < Duration::from_secs(6),
-        "takeover took {takeover:?}, longer than session.timeout.ms"
-    );
-
-    // Keep writing a little longer, then stop and let the readers catch up.
-    let target = producer.delivered() + 600;
-    wait_until("the producer writes on", CLIENT_TIMEOUT, || {
-        producer.delivered() >= target
-    });
-    let delivered = producer.finish();
-    let ends = ends_of(&delivered);
-    wait_for_members(
-        &broker,
-        "every record is consumed",
-        CLIENT_TIMEOUT,
-        &stayers,
-        || all_consumed(&journal, &ends),
-    );
-    close_all(&mut members.iter_mut().collect::<Vec<_>>(), &[]);
-
-    let journal = journal_snapshot(&journal);
-    let report = check_journal(&journal);
-    assert!(
-        report.violations.is_empty(),
-        "resume-point violations:\n{}",
-        report.violations.join("\n")
-    );
-    let missing: Vec<_> = delivered
-        .iter()
-        .filter(|po| !report.seen.contains_key(po))
-        .collect();
-    assert!(missing.is_empty(), "records never consumed: {missing:?}");
-    // Only what a member read after its last commit is read again.
-    assert!(
-        report.duplicates <= report.uncommitted_at_revocation,
-        "{} duplicates, but members held only {} uncommitted records when they lost partitions",
-        report.duplicates,
-        report.uncommitted_at_revocation
-    );
-    eprintln!(
-        "{} records, {} duplicates; {} uncommitted over {} revocations (largest window {}); takeover in {takeover:?}",
-        delivered.len(),
-        report.duplicates,
-        report.uncommitted_at_revocation,
-        report.revocations,
-        report.largest_window
     );
 }
+
 #[test]
 fn committed_offsets_survive_a_clean_restart() {
     commits_survive(&CLASSIC, |b| b.restart());
@@ -302,20 +189,13 @@ fn committed_offsets_survive_kill9() {
 /// stays away longer is removed after the session timeout.
 #[test]
 fn static_member_restart_keeps_assignment_without_rebalance() {
-    const PARTITIONS: i32 = 6;
-    let broker = start_broker();
-    let bootstrap = broker.bootstrap();
-    let topic = unique_topic("static");
-    let group = format!("{topic}-group");
-    create(&broker, &topic, PARTITIONS);
-    let lister = lister(&bootstrap);
-    let producer =
-        BackgroundProducer::start(&bootstrap, &topic, PARTITIONS, Duration::from_millis(20));
-    let journal = new_journal();
+    let s = Scenario::start(&CLASSIC, "static", 6);
+    let lister = lister(&s.bootstrap);
+    let producer = s.producer(Duration::from_millis(20));
     let config = |instance: &str| {
         member_config(
-            &bootstrap,
-            &group,
+            &s.bootstrap,
+            &s.group,
             &[
                 ("group.instance.id", instance),
                 ("client.id", instance),
@@ -323,28 +203,18 @@ fn static_member_restart_keeps_assignment_without_rebalance() {
             ],
         )
     };
-    let all = all_partitions(PARTITIONS);
+    let spawn = |id, instance| MemberThread::spawn(id, config(instance), &s.topic, 10, &s.journal);
 
     // Member 0 first, so it leads; then 1 and 2.
-    let mut a = MemberThread::spawn(0, config("static-a"), &topic, 10, &journal);
-    wait_for_members(
-        &broker,
-        "the first member owns everything",
-        CLIENT_TIMEOUT,
-        &[&a],
-        || a.owned() == all,
-    );
-    let mut b = MemberThread::spawn(1, config("static-b"), &topic, 10, &journal);
-    let mut c = MemberThread::spawn(2, config("static-c"), &topic, 10, &journal);
-    wait_for_members(
-        &broker,
+    let mut a = spawn(0, "static-a");
+    s.wait_first_owns_all(&a);
+    let mut b = spawn(1, "static-b");
+    let mut c = spawn(2, "static-c");
+    s.wait_split(
         "three static members own two partitions each",
         CLIENT_TIMEOUT,
         &[&a, &b, &c],
-        || {
-            let sets = [a.owned(), b.owned(), c.owned()];
-            sets.iter().all(|s| s.len() == 2) && is_partitioned(&sets, &all)
-        },
+        2,
     );
     let c_partitions = c.owned();
     let rebalances_before = (a.rebalances(), b.rebalances());
@@ -353,9 +223,8 @@ fn static_member_restart_keeps_assignment_without_rebalance() {
     // with the same instance id.
     c.close();
     let restarted_at = Instant::now();
-    let c2 = MemberThread::spawn(3, config("static-c"), &topic, 10, &journal);
-    wait_for_members(
-        &broker,
+    let c2 = spawn(3, "static-c");
+    s.wait(
         "the restarted member gets partitions",
         CLIENT_TIMEOUT,
         &[&a, &b, &c2],
@@ -389,7 +258,7 @@ fn static_member_restart_keeps_assignment_without_rebalance() {
         describe_members(&[&a, &b, &c2])
     );
     let (state, _, _, described) =
-        describe_group(&lister, &group, &topic).expect("the group is described");
+        describe_group(&lister, &s.group, &s.topic).expect("the group is described");
     assert_eq!(state, "Stable");
     assert_eq!(
         described.len(),
@@ -411,48 +280,18 @@ fn static_member_restart_keeps_assignment_without_rebalance() {
     let mut c2 = c2;
     c2.close();
     let gone_at = Instant::now();
-    wait_for_members(
-        &broker,
+    s.wait_split(
         "the two others own three partitions each",
         Duration::from_secs(20),
         &[&a, &b],
-        || {
-            let sets = [a.owned(), b.owned()];
-            sets.iter().all(|s| s.len() == 3) && is_partitioned(&sets, &all)
-        },
+        3,
     );
     let removed_after = gone_at.elapsed();
     assert!(
         removed_after >= Duration::from_secs(4),
         "the closed static member was removed after only {removed_after:?}, before its 6 s session timeout"
     );
-    let delivered = producer.finish();
-    let ends = ends_of(&delivered);
-    wait_for_members(
-        &broker,
-        "every record is consumed",
-        CLIENT_TIMEOUT,
-        &[&a, &b],
-        || all_consumed(&journal, &ends),
-    );
-    close_all(&mut [&mut a, &mut b, &mut c, &mut c2], &[]);
-    let report = check_journal(&journal_snapshot(&journal));
-    assert!(
-        report.violations.is_empty(),
-        "resume-point violations:\n{}",
-        report.violations.join("\n")
-    );
-    assert!(
-        report.duplicates <= report.uncommitted_at_revocation,
-        "{} duplicates, but members held only {} uncommitted records when they lost partitions",
-        report.duplicates,
-        report.uncommitted_at_revocation
-    );
-    let missing: Vec<_> = delivered
-        .iter()
-        .filter(|po| !report.seen.contains_key(po))
-        .collect();
-    assert!(missing.is_empty(), "records never consumed: {missing:?}");
+    s.finish_and_check(producer, &mut [&mut a, &mut b, &mut c, &mut c2], &[]);
 }
 
 /// With cooperative-sticky, a third member joining takes one partition from
@@ -467,50 +306,25 @@ fn static_member_restart_keeps_assignment_without_rebalance() {
 /// a time. So no periodic commits here.)
 #[test]
 fn cooperative_sticky_keeps_unaffected_partitions_consuming() {
-    const PARTITIONS: i32 = 6;
-    let broker = start_broker();
-    let bootstrap = broker.bootstrap();
-    let topic = unique_topic("coop");
-    let group = format!("{topic}-group");
-    create(&broker, &topic, PARTITIONS);
-    let lister = lister(&bootstrap);
-    let producer =
-        BackgroundProducer::start(&bootstrap, &topic, PARTITIONS, Duration::from_millis(10));
-    let journal = new_journal();
+    let s = Scenario::start(&CLASSIC, "coop", 6);
+    let lister = lister(&s.bootstrap);
+    let producer = s.producer(Duration::from_millis(10));
     let config = || {
         member_config(
-            &bootstrap,
-            &group,
+            &s.bootstrap,
+            &s.group,
             &[("partition.assignment.strategy", "cooperative-sticky")],
         )
     };
-    let all = all_partitions(PARTITIONS);
+    let spawn = |id| MemberThread::spawn_with(id, config(), &s.topic, 0, true, &s.journal);
 
-    let mut a = MemberThread::spawn_with(0, config(), &topic, 0, true, &journal);
-    wait_for_members(
-        &broker,
-        "the first member owns everything",
-        CLIENT_TIMEOUT,
-        &[&a],
-        || a.owned() == all,
-    );
-    let mut b = MemberThread::spawn_with(1, config(), &topic, 0, true, &journal);
-    wait_for_members(
-        &broker,
-        "two members own three partitions each",
-        CLIENT_TIMEOUT,
-        &[&a, &b],
-        || {
-            let sets = [a.owned(), b.owned()];
-            sets.iter().all(|s| s.len() == 3) && is_partitioned(&sets, &all)
-        },
-    );
-    wait_for_members(&broker, "both read", CLIENT_TIMEOUT, &[&a, &b], || {
-        a.consumed() > 0 && b.consumed() > 0
-    });
+    let mut a = spawn(0);
+    s.wait_first_owns_all(&a);
+    let mut b = spawn(1);
+    s.wait_pair_reading(&a, &b, 0);
     let (a_before, b_before) = (a.owned(), b.owned());
     let (_, _, protocol, _) =
-        describe_group(&lister, &group, &topic).expect("the group is described");
+        describe_group(&lister, &s.group, &s.topic).expect("the group is described");
     assert_eq!(
         protocol, "cooperative-sticky",
         "the protocol the broker chose"
@@ -520,16 +334,12 @@ fn cooperative_sticky_keeps_unaffected_partitions_consuming() {
     // cooperative rebalance waits for it.
     *a.shared.revoke_sleep.lock().unwrap() = Some(Duration::from_secs(2));
     let joined_at = Instant::now();
-    let mut c = MemberThread::spawn_with(2, config(), &topic, 0, true, &journal);
-    wait_for_members(
-        &broker,
+    let mut c = spawn(2);
+    s.wait_split(
         "three members own two partitions each",
         CLIENT_TIMEOUT,
         &[&a, &b, &c],
-        || {
-            let sets = [a.owned(), b.owned(), c.owned()];
-            sets.iter().all(|s| s.len() == 2) && is_partitioned(&sets, &all)
-        },
+        2,
     );
     assert!(
         a.owned().is_subset(&a_before),
@@ -542,19 +352,11 @@ fn cooperative_sticky_keeps_unaffected_partitions_consuming() {
         b.owned()
     );
 
-    let delivered = producer.finish();
-    let ends = ends_of(&delivered);
-    wait_for_members(
-        &broker,
-        "every record is consumed",
-        CLIENT_TIMEOUT,
-        &[&a, &b, &c],
-        || all_consumed(&journal, &ends),
-    );
+    let delivered = s.drain(producer, &[&a, &b, &c]);
     // The closes below revoke everything; only what came before counts.
     let closing_at = Instant::now();
     close_all(&mut [&mut a, &mut b, &mut c], &[]);
-    let journal = journal_snapshot(&journal);
+    let journal = journal_snapshot(&s.journal);
 
     // Every callback was cooperative, and no revocation took everything a
     // member held: replay each member's holdings.
@@ -720,11 +522,7 @@ fn cooperative_sticky_keeps_unaffected_partitions_consuming() {
         report.duplicates, 0,
         "records read twice although every revocation committed first"
     );
-    let missing: Vec<_> = delivered
-        .iter()
-        .filter(|po| !report.seen.contains_key(po))
-        .collect();
-    assert!(missing.is_empty(), "records never consumed: {missing:?}");
+    assert_all_seen(&delivered, &report);
     eprintln!(
         "rebalance window {:?}; member 1 read {b_reads_in_window} records in it, longest pause {longest_gap:?}",
         c_assigned_at - a_revoked_at
@@ -737,136 +535,25 @@ fn cooperative_sticky_keeps_unaffected_partitions_consuming() {
 /// again it is told so and rejoins.
 #[test]
 fn member_exceeding_max_poll_interval_loses_its_partitions() {
-    const PARTITIONS: i32 = 6;
-    let broker = start_broker();
-    let bootstrap = broker.bootstrap();
-    let topic = unique_topic("maxpoll");
-    let group = format!("{topic}-group");
-    create(&broker, &topic, PARTITIONS);
-    let lister = lister(&bootstrap);
-    let producer =
-        BackgroundProducer::start(&bootstrap, &topic, PARTITIONS, Duration::from_millis(20));
-    let journal = new_journal();
-    let config = || {
-        member_config(
-            &bootstrap,
-            &group,
-            &[
-                ("session.timeout.ms", "3000"),
-                ("heartbeat.interval.ms", "300"),
-                ("max.poll.interval.ms", "6000"),
-            ],
-        )
-    };
-    let all = all_partitions(PARTITIONS);
-    let mut a = MemberThread::spawn(0, config(), &topic, 10, &journal);
-    let mut b = MemberThread::spawn(1, config(), &topic, 10, &journal);
-    wait_for_members(
-        &broker,
-        "two members own three partitions each",
-        CLIENT_TIMEOUT,
-        &[&a, &b],
-        || {
-            let sets = [a.owned(), b.owned()];
-            sets.iter().all(|s| s.len() == 3) && is_partitioned(&sets, &all)
+    max_poll_interval_exceeded(
+        &CLASSIC,
+        "maxpoll",
+        &[
+            ("session.timeout.ms", "3000"),
+            ("heartbeat.interval.ms", "300"),
+            ("max.poll.interval.ms", "6000"),
+        ],
+        |s| lister(&s.bootstrap),
+        |s, lister| {
+            let (state, _, _, described) =
+                describe_group(lister, &s.group, &s.topic).expect("the group is described");
+            assert_eq!(
+                described.len(),
+                1,
+                "members after the removal ({state}): {described:?}"
+            );
         },
     );
-    wait_for_members(&broker, "both read", CLIENT_TIMEOUT, &[&a, &b], || {
-        a.consumed() > 20 && b.consumed() > 20
-    });
-
-    // Member 0 stops polling.
-    let a_partitions = a.owned();
-    a.shared.paused.store(true, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(250));
-    let stalled_at = *a.shared.last_poll.lock().unwrap();
-    wait_for_members(
-        &broker,
-        "member 1 owns everything",
-        Duration::from_secs(20),
-        &[&a, &b],
-        || b.owned() == all,
-    );
-    let j = journal_snapshot(&journal);
-    let taken_after = a_partitions
-        .iter()
-        .map(|p| last_assignment_of(&j, 1, *p).expect("member 1 was assigned it") - stalled_at)
-        .min()
-        .unwrap();
-    assert!(
-        taken_after >= Duration::from_secs(5),
-        "member 0's partitions moved {taken_after:?} after its last poll, before max.poll.interval.ms (6 s)"
-    );
-    wait_for_members(
-        &broker,
-        "member 1 reads member 0's partitions",
-        Duration::from_secs(10),
-        &[&a, &b],
-        || {
-            let j = journal_snapshot(&journal);
-            a_partitions.iter().all(|p| {
-                let assigned = last_assignment_of(&j, 1, *p).unwrap();
-                first_consumed_after(&j, *p, assigned, None).is_some()
-            })
-        },
-    );
-    let (state, _, _, described) =
-        describe_group(&lister, &group, &topic).expect("the group is described");
-    assert_eq!(
-        described.len(),
-        1,
-        "members after the removal ({state}): {described:?}"
-    );
-
-    // Member 0 polls again: it hears it was too slow, and rejoins.
-    a.shared.paused.store(false, Ordering::SeqCst);
-    wait_for_members(
-        &broker,
-        "member 0 is told it exceeded max.poll.interval.ms",
-        Duration::from_secs(10),
-        &[&a, &b],
-        || a.shared.max_poll_exceeded.load(Ordering::SeqCst),
-    );
-    wait_for_members(
-        &broker,
-        "member 0 is back with three partitions",
-        CLIENT_TIMEOUT,
-        &[&a, &b],
-        || {
-            let sets = [a.owned(), b.owned()];
-            sets.iter().all(|s| s.len() == 3) && is_partitioned(&sets, &all)
-        },
-    );
-    let delivered = producer.finish();
-    let ends = ends_of(&delivered);
-    wait_for_members(
-        &broker,
-        "every record is consumed",
-        CLIENT_TIMEOUT,
-        &[&a, &b],
-        || all_consumed(&journal, &ends),
-    );
-    close_all(
-        &mut [&mut a, &mut b],
-        &[(0, "Maximum application poll interval")],
-    );
-    let report = check_journal(&journal_snapshot(&journal));
-    assert!(
-        report.violations.is_empty(),
-        "resume-point violations:\n{}",
-        report.violations.join("\n")
-    );
-    assert!(
-        report.duplicates <= report.uncommitted_at_revocation,
-        "{} duplicates, but members held only {} uncommitted records when they lost partitions",
-        report.duplicates,
-        report.uncommitted_at_revocation
-    );
-    let missing: Vec<_> = delivered
-        .iter()
-        .filter(|po| !report.seen.contains_key(po))
-        .collect();
-    assert!(missing.is_empty(), "records never consumed: {missing:?}");
 }
 
 /// ListGroups and DescribeGroups show the group and its state; DeleteGroups
@@ -874,11 +561,13 @@ fn member_exceeding_max_poll_interval_loses_its_partitions() {
 /// with its offsets, and says GROUP_ID_NOT_FOUND for one that is not there.
 #[test]
 fn admin_lists_describes_and_deletes_groups() {
-    let broker = start_broker();
-    let bootstrap = broker.bootstrap();
-    let topic = unique_topic("admin");
-    let group = format!("{topic}-group");
-    create(&broker, &topic, 2);
+    let Scenario {
+        broker,
+        bootstrap,
+        topic,
+        group,
+        ..
+    } = Scenario::start(&CLASSIC, "admin", 2);
     let lister = lister(&bootstrap);
     let rt = runtime();
     rt.block_on(async {
@@ -1003,7 +692,7 @@ fn admin_lists_describes_and_deletes_groups() {
 /// lz4 producer's batches arrive, and are stored, as lz4.
 #[test]
 fn librdkafka_lz4_batches_are_stored_as_lz4() {
-    let broker = start_broker();
+    let broker = CLASSIC.start_broker();
     let bootstrap = broker.bootstrap();
     let topic = unique_topic("lz4");
     create(&broker, &topic, 1);

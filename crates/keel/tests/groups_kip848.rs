@@ -13,8 +13,7 @@ mod common;
 mod group_common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use group_common::*;
@@ -85,170 +84,50 @@ fn client_id(id: usize) -> String {
     format!("kip848-member-{id}")
 }
 
-/// Waits until every delivered record is consumed, closes the members, and
-/// checks the journal: resume points right, nothing missing, and no more
-/// duplicates than members had read past their commits when they lost
-/// partitions.
-fn finish_and_check(
-    broker: &TestBroker,
-    producer: BackgroundProducer,
-    journal: &Journal,
-    members: &mut [&mut MemberThread],
-    allowed: &[(usize, &str)],
-) -> JournalReport {
-    let delivered = producer.finish();
-    let ends = ends_of(&delivered);
-    {
-        let refs: Vec<&MemberThread> = members.iter().map(|m| &**m).collect();
-        wait_for_members(
-            broker,
-            "every record is consumed",
-            CLIENT_TIMEOUT,
-            &refs,
-            || all_consumed(journal, &ends),
-        );
-    }
-    close_all(members, allowed);
-    let report = check_journal(&journal_snapshot(journal));
-    assert!(
-        report.violations.is_empty(),
-        "resume-point violations:\n{}",
-        report.violations.join("\n")
-    );
-    let missing: Vec<_> = delivered
-        .iter()
-        .filter(|po| !report.seen.contains_key(po))
-        .collect();
-    assert!(missing.is_empty(), "records never consumed: {missing:?}");
-    assert!(
-        report.duplicates <= report.uncommitted_at_revocation,
-        "{} duplicates, but members held only {} uncommitted records when they lost partitions",
-        report.duplicates,
-        report.uncommitted_at_revocation
-    );
-    eprintln!(
-        "{} records, {} duplicates; {} uncommitted over {} revocations (largest window {})",
-        delivered.len(),
-        report.duplicates,
-        report.uncommitted_at_revocation,
-        report.revocations,
-        report.largest_window
-    );
-    report
-}
-
 /// Three members share six partitions two each (the uniform assignor); one
 /// leaves and the other two take its partitions over, resuming at its last
 /// commit, while a producer keeps writing.
 #[test]
 fn three_members_share_partitions_and_take_over_when_one_leaves() {
-    const PARTITIONS: i32 = 6;
-    const COMMIT_EVERY: usize = 20;
-    let broker = KIP848.start_broker();
-    let bootstrap = broker.bootstrap();
-    let topic = unique_topic("share848");
-    let group = format!("{topic}-group");
-    create(&broker, &topic, PARTITIONS);
-    let producer =
-        BackgroundProducer::start(&bootstrap, &topic, PARTITIONS, Duration::from_millis(15));
-    let journal = new_journal();
-    let mut members: Vec<MemberThread> = (0..3)
-        .map(|id| {
-            let config = member_config(&bootstrap, &group, &[("client.id", &client_id(id))]);
-            MemberThread::spawn(id, config, &topic, COMMIT_EVERY, &journal)
-        })
-        .collect();
-    let all = all_partitions(PARTITIONS);
-    {
-        let refs: Vec<&MemberThread> = members.iter().collect();
-        wait_for_members(
-            &broker,
-            "three members own two partitions each",
-            CLIENT_TIMEOUT,
-            &refs,
-            || {
-                let sets: Vec<_> = members.iter().map(|m| m.owned()).collect();
-                sets.iter().all(|s| s.len() == 2) && is_partitioned(&sets, &all)
-            },
-        );
-        let base: Vec<usize> = members.iter().map(|m| m.consumed()).collect();
-        wait_for_members(
-            &broker,
-            "all three members consume",
-            CLIENT_TIMEOUT,
-            &refs,
-            || {
-                members
+    let report = share_and_take_over(
+        &KIP848,
+        "share848",
+        client_id,
+        |_| (),
+        |s, _, members| {
+            // The broker's view: Stable, uniform, and the members' own
+            // assignments.
+            let described = describe(&s.broker, &s.group);
+            assert_eq!(described.group_state.as_str(), "Stable");
+            assert_eq!(described.assignor_name.as_str(), "uniform");
+            let assignments = described_assignments(&described, &s.topic);
+            assert_eq!(assignments.len(), 3, "members: {assignments:?}");
+            for m in members {
+                let mine = assignments
                     .iter()
-                    .zip(&base)
-                    .all(|(m, b)| m.consumed() >= b + 3 * COMMIT_EVERY)
-            },
-        );
-    }
-    // The broker's view: Stable, uniform, and the members' own assignments.
-    let described = describe(&broker, &group);
-    assert_eq!(described.group_state.as_str(), "Stable");
-    assert_eq!(described.assignor_name.as_str(), "uniform");
-    let assignments = described_assignments(&described, &topic);
-    assert_eq!(assignments.len(), 3, "members: {assignments:?}");
-    for m in &members {
-        let mine = assignments
-            .iter()
-            .find(|(c, _)| *c == client_id(m.shared.id))
-            .map(|(_, s)| s.clone());
-        assert_eq!(
-            mine,
-            Some(m.owned()),
-            "ConsumerGroupDescribe and member {} disagree: {assignments:?}",
-            m.shared.id
-        );
-    }
-
-    // Member 2 leaves (a heartbeat with epoch -1).
-    let leaving = members[2].owned();
-    let left_at = Instant::now();
-    members[2].close();
-    let stayers: Vec<&MemberThread> = members[..2].iter().collect();
-    wait_for_members(
-        &broker,
-        "the two remaining members own three partitions each",
-        Duration::from_secs(6),
-        &stayers,
-        || {
-            let sets: Vec<_> = stayers.iter().map(|m| m.owned()).collect();
-            sets.iter().all(|s| s.len() == 3) && is_partitioned(&sets, &all)
+                    .find(|(c, _)| *c == client_id(m.shared.id))
+                    .map(|(_, s)| s.clone());
+                assert_eq!(
+                    mine,
+                    Some(m.owned()),
+                    "ConsumerGroupDescribe and member {} disagree: {assignments:?}",
+                    m.shared.id
+                );
+            }
+        },
+        |s, _, _, left_at| {
+            let takeover = left_at.elapsed();
+            let described = describe(&s.broker, &s.group);
+            assert_eq!(
+                described_assignments(&described, &s.topic).len(),
+                2,
+                "members after the leave: {:?}",
+                described.members
+            );
+            takeover
         },
     );
-    wait_for_members(
-        &broker,
-        "the leaver's partitions are read again",
-        Duration::from_secs(6),
-        &stayers,
-        || {
-            let j = journal_snapshot(&journal);
-            leaving
-                .iter()
-                .all(|p| first_consumed_after(&j, *p, left_at, Some(2)).is_some())
-        },
-    );
-    let takeover = left_at.elapsed();
-    let described = describe(&broker, &group);
-    assert_eq!(
-        described_assignments(&described, &topic).len(),
-        2,
-        "members after the leave: {:?}",
-        described.members
-    );
-    let target = producer.delivered() + 600;
-    wait_until("the producer writes on", CLIENT_TIMEOUT, || {
-        producer.delivered() >= target
-    });
-    let [a, b, c] = &mut members[..] else {
-        unreachable!()
-    };
-    let report = finish_and_check(&broker, producer, &journal, &mut [a, b, c], &[]);
     assert!(report.revocations > 0, "nobody lost a partition");
-    eprintln!("takeover in {takeover:?}");
 }
 
 #[test]
@@ -267,99 +146,20 @@ fn committed_offsets_survive_kill9() {
 /// polls again it is told so and rejoins.
 #[test]
 fn member_exceeding_max_poll_interval_loses_its_partitions() {
-    const PARTITIONS: i32 = 6;
-    let broker = KIP848.start_broker();
-    let bootstrap = broker.bootstrap();
-    let topic = unique_topic("maxpoll848");
-    let group = format!("{topic}-group");
-    create(&broker, &topic, PARTITIONS);
-    let producer =
-        BackgroundProducer::start(&bootstrap, &topic, PARTITIONS, Duration::from_millis(20));
-    let journal = new_journal();
-    let config = || member_config(&bootstrap, &group, &[("max.poll.interval.ms", "6000")]);
-    let all = all_partitions(PARTITIONS);
-    let mut a = MemberThread::spawn(0, config(), &topic, 10, &journal);
-    let mut b = MemberThread::spawn(1, config(), &topic, 10, &journal);
-    let split = |a: &MemberThread, b: &MemberThread| {
-        let sets = [a.owned(), b.owned()];
-        sets.iter().all(|s| s.len() == 3) && is_partitioned(&sets, &all)
-    };
-    wait_for_members(
-        &broker,
-        "two members own three partitions each",
-        CLIENT_TIMEOUT,
-        &[&a, &b],
-        || split(&a, &b),
-    );
-    wait_for_members(&broker, "both read", CLIENT_TIMEOUT, &[&a, &b], || {
-        a.consumed() > 20 && b.consumed() > 20
-    });
-
-    // Member 0 stops polling.
-    let a_partitions = a.owned();
-    a.shared.paused.store(true, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(250));
-    let stalled_at = *a.shared.last_poll.lock().unwrap();
-    wait_for_members(
-        &broker,
-        "member 1 owns everything",
-        Duration::from_secs(20),
-        &[&a, &b],
-        || b.owned() == all,
-    );
-    let j = journal_snapshot(&journal);
-    let taken_after = a_partitions
-        .iter()
-        .map(|p| last_assignment_of(&j, 1, *p).expect("member 1 was assigned it") - stalled_at)
-        .min()
-        .unwrap();
-    assert!(
-        taken_after >= Duration::from_secs(5),
-        "member 0's partitions moved {taken_after:?} after its last poll, before max.poll.interval.ms (6 s)"
-    );
-    wait_for_members(
-        &broker,
-        "member 1 reads member 0's partitions",
-        Duration::from_secs(10),
-        &[&a, &b],
-        || {
-            let j = journal_snapshot(&journal);
-            a_partitions.iter().all(|p| {
-                let assigned = last_assignment_of(&j, 1, *p).unwrap();
-                first_consumed_after(&j, *p, assigned, None).is_some()
-            })
+    max_poll_interval_exceeded(
+        &KIP848,
+        "maxpoll848",
+        &[("max.poll.interval.ms", "6000")],
+        |_| (),
+        |s, _| {
+            let described = describe(&s.broker, &s.group);
+            assert_eq!(
+                described.members.len(),
+                1,
+                "members after the removal: {:?}",
+                described.members
+            );
         },
-    );
-    let described = describe(&broker, &group);
-    assert_eq!(
-        described.members.len(),
-        1,
-        "members after the removal: {:?}",
-        described.members
-    );
-
-    // Member 0 polls again: it hears it was too slow, and rejoins.
-    a.shared.paused.store(false, Ordering::SeqCst);
-    wait_for_members(
-        &broker,
-        "member 0 is told it exceeded max.poll.interval.ms",
-        Duration::from_secs(10),
-        &[&a, &b],
-        || a.shared.max_poll_exceeded.load(Ordering::SeqCst),
-    );
-    wait_for_members(
-        &broker,
-        "member 0 is back with three partitions",
-        CLIENT_TIMEOUT,
-        &[&a, &b],
-        || split(&a, &b),
-    );
-    finish_and_check(
-        &broker,
-        producer,
-        &journal,
-        &mut [&mut a, &mut b],
-        &[(0, "Maximum application poll interval")],
     );
 }
 
@@ -368,34 +168,28 @@ fn member_exceeding_max_poll_interval_loses_its_partitions() {
 /// members are 0-2, 3-4 and 5-6.
 #[test]
 fn range_assignor_assigns_contiguous_ranges() {
-    const PARTITIONS: i32 = 7;
-    let broker = KIP848.start_broker();
-    let bootstrap = broker.bootstrap();
-    let topic = unique_topic("range848");
-    let group = format!("{topic}-group");
-    create(&broker, &topic, PARTITIONS);
-    let producer =
-        BackgroundProducer::start(&bootstrap, &topic, PARTITIONS, Duration::from_millis(20));
-    let journal = new_journal();
+    let s = Scenario::start(&KIP848, "range848", 7);
+    let producer = s.producer(Duration::from_millis(20));
+    let (broker, bootstrap, topic, group) = (&s.broker, &s.bootstrap, &s.topic, &s.group);
     let mut members: Vec<MemberThread> = (0..3)
         .map(|id| {
             let config = member_config(
-                &bootstrap,
-                &group,
+                bootstrap,
+                group,
                 &[
                     ("client.id", &client_id(id)),
                     ("group.remote.assignor", "range"),
                 ],
             );
-            MemberThread::spawn(id, config, &topic, 10, &journal)
+            MemberThread::spawn(id, config, topic, 10, &s.journal)
         })
         .collect();
-    let all = all_partitions(PARTITIONS);
+    let all = s.all();
     let expected: Vec<BTreeSet<i32>> = vec![(0..3).collect(), (3..5).collect(), (5..7).collect()];
     {
         let refs: Vec<&MemberThread> = members.iter().collect();
         wait_for_members(
-            &broker,
+            broker,
             "the members own 3, 2 and 2 partitions",
             CLIENT_TIMEOUT,
             &refs,
@@ -407,9 +201,9 @@ fn range_assignor_assigns_contiguous_ranges() {
             },
         );
     }
-    let described = describe(&broker, &group);
+    let described = describe(broker, group);
     assert_eq!(described.assignor_name.as_str(), "range");
-    let assignments = described_assignments(&described, &topic);
+    let assignments = described_assignments(&described, topic);
     let ranges: Vec<BTreeSet<i32>> = assignments.iter().map(|(_, s)| s.clone()).collect();
     assert_eq!(
         ranges, expected,
@@ -425,5 +219,5 @@ fn range_assignor_assigns_contiguous_ranges() {
     let [a, b, c] = &mut members[..] else {
         unreachable!()
     };
-    finish_and_check(&broker, producer, &journal, &mut [a, b, c], &[]);
+    s.finish_and_check(producer, &mut [a, b, c], &[]);
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
 use kafka_protocol::messages::{DeleteGroupsRequest, GroupId, ListGroupsRequest};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Request, StrBytes};
 use serde::Serialize;
 
 use crate::client::{self, BootstrapArgs};
@@ -175,22 +175,37 @@ async fn delete(bootstrap: &BootstrapArgs, groups: &[String]) -> Result<()> {
     }
 }
 
-async fn delete_one(pool: &mut Pool, bootstrap: &str, group: &str) -> Result<()> {
-    let coordinator = pool.coordinator(bootstrap, group).await?;
-    let request = DeleteGroupsRequest::default()
-        .with_groups_names(vec![GroupId(StrBytes::from_string(group.to_string()))]);
-    let response = cluster::retry_loading(async || {
+/// Sends `request` to the group's coordinator, and again while the
+/// coordinator is still loading or not available, as `error_code` reads the
+/// response.
+async fn ask_coordinator<R: Request + Clone>(
+    pool: &mut Pool,
+    coordinator: &cluster::Coordinator,
+    request: R,
+    error_code: impl Fn(&R::Response) -> i16,
+) -> Result<R::Response> {
+    cluster::retry_loading(async || {
         let response = pool
             .get(&coordinator.address)
             .await?
             .send(request.clone())
             .await?;
-        let code = response
+        let code = error_code(&response);
+        Ok((code, response))
+    })
+    .await
+}
+
+async fn delete_one(pool: &mut Pool, bootstrap: &str, group: &str) -> Result<()> {
+    let coordinator = pool.coordinator(bootstrap, group).await?;
+    let request = DeleteGroupsRequest::default()
+        .with_groups_names(vec![GroupId(StrBytes::from_string(group.to_string()))]);
+    let response = ask_coordinator(pool, &coordinator, request, |response| {
+        response
             .results
             .iter()
             .find(|r| r.group_id.as_str() == group)
-            .map_or(0, |r| r.error_code);
-        Ok((code, response))
+            .map_or(0, |r| r.error_code)
     })
     .await?;
     let result = response

@@ -805,6 +805,166 @@ pub fn all_consumed(journal: &Journal, ends: &BTreeMap<i32, i64>) -> bool {
 }
 
 // ---------------------------------------------------------------------------
+// Steps the scenarios share
+// ---------------------------------------------------------------------------
+
+/// A broker with a fresh topic, the name of the group that reads it, and
+/// the journal its members write.
+pub struct Scenario {
+    pub broker: TestBroker,
+    pub bootstrap: String,
+    pub topic: String,
+    pub group: String,
+    pub partitions: i32,
+    pub journal: Journal,
+}
+
+impl Scenario {
+    /// Starts a broker for `protocol` and creates a topic named after
+    /// `prefix` with `partitions` partitions.
+    pub fn start(protocol: &GroupProtocol, prefix: &str, partitions: i32) -> Scenario {
+        let broker = protocol.start_broker();
+        let bootstrap = broker.bootstrap();
+        let topic = unique_topic(prefix);
+        let group = format!("{topic}-group");
+        create(&broker, &topic, partitions);
+        Scenario {
+            broker,
+            bootstrap,
+            topic,
+            group,
+            partitions,
+            journal: new_journal(),
+        }
+    }
+
+    /// Every partition of the topic.
+    pub fn all(&self) -> BTreeSet<i32> {
+        all_partitions(self.partitions)
+    }
+
+    /// A producer writing to every partition of the topic every `every`.
+    pub fn producer(&self, every: Duration) -> BackgroundProducer {
+        BackgroundProducer::start(&self.bootstrap, &self.topic, self.partitions, every)
+    }
+
+    /// `wait_for_members` against this broker.
+    pub fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        members: &[&MemberThread],
+        condition: impl FnMut() -> bool,
+    ) {
+        wait_for_members(&self.broker, what, timeout, members, condition);
+    }
+
+    /// Waits until `first`, the only member yet, owns every partition.
+    pub fn wait_first_owns_all(&self, first: &MemberThread) {
+        let all = self.all();
+        self.wait(
+            "the first member owns everything",
+            CLIENT_TIMEOUT,
+            &[first],
+            || first.owned() == all,
+        );
+    }
+
+    /// Waits until `members` own `each` partitions apiece and between them
+    /// every partition, once.
+    pub fn wait_split(
+        &self,
+        what: &str,
+        timeout: Duration,
+        members: &[&MemberThread],
+        each: usize,
+    ) {
+        let all = self.all();
+        self.wait(what, timeout, members, || {
+            let sets: Vec<_> = members.iter().map(|m| m.owned()).collect();
+            sets.iter().all(|s| s.len() == each) && is_partitioned(&sets, &all)
+        });
+    }
+
+    /// Waits until `a` and `b` own three partitions each, then until both
+    /// have read more than `more_than` records.
+    pub fn wait_pair_reading(&self, a: &MemberThread, b: &MemberThread, more_than: usize) {
+        self.wait_split(
+            "two members own three partitions each",
+            CLIENT_TIMEOUT,
+            &[a, b],
+            3,
+        );
+        self.wait("both read", CLIENT_TIMEOUT, &[a, b], || {
+            a.consumed() > more_than && b.consumed() > more_than
+        });
+    }
+
+    /// Stops the producer and waits until every record it delivered is
+    /// consumed; returns the delivered (partition, offset) pairs.
+    pub fn drain(
+        &self,
+        producer: BackgroundProducer,
+        members: &[&MemberThread],
+    ) -> Vec<(i32, i64)> {
+        let delivered = producer.finish();
+        let ends = ends_of(&delivered);
+        self.wait("every record is consumed", CLIENT_TIMEOUT, members, || {
+            all_consumed(&self.journal, &ends)
+        });
+        delivered
+    }
+
+    /// Waits until every delivered record is consumed, closes the members,
+    /// and checks the journal: resume points right, nothing missing, and no
+    /// more duplicates than members had read past their commits when they
+    /// lost partitions.
+    pub fn finish_and_check(
+        &self,
+        producer: BackgroundProducer,
+        members: &mut [&mut MemberThread],
+        allowed: &[(usize, &str)],
+    ) -> JournalReport {
+        let delivered = {
+            let refs: Vec<&MemberThread> = members.iter().map(|m| &**m).collect();
+            self.drain(producer, &refs)
+        };
+        close_all(members, allowed);
+        let report = check_journal(&journal_snapshot(&self.journal));
+        assert!(
+            report.violations.is_empty(),
+            "resume-point violations:\n{}",
+            report.violations.join("\n")
+        );
+        assert_all_seen(&delivered, &report);
+        assert!(
+            report.duplicates <= report.uncommitted_at_revocation,
+            "{} duplicates, but members held only {} uncommitted records when they lost partitions",
+            report.duplicates,
+            report.uncommitted_at_revocation
+        );
+        eprintln!(
+            "{} records, {} duplicates; {} uncommitted over {} revocations (largest window {})",
+            delivered.len(),
+            report.duplicates,
+            report.uncommitted_at_revocation,
+            report.revocations,
+            report.largest_window
+        );
+        report
+    }
+}
+
+/// Asserts every delivered record was consumed.
+pub fn assert_all_seen(delivered: &[(i32, i64)], report: &JournalReport) {
+    let missing: Vec<_> = delivered
+        .iter()
+        .filter(|po| !report.seen.contains_key(po))
+        .collect();
+    assert!(missing.is_empty(), "records never consumed: {missing:?}");
+}
+
+// ---------------------------------------------------------------------------
 // Scenarios both protocols run
 // ---------------------------------------------------------------------------
 
@@ -962,5 +1122,166 @@ pub fn commits_survive(protocol: &GroupProtocol, restart: impl Fn(&mut TestBroke
         fetch_committed(&broker.bootstrap()),
         at_end,
         "commits after the second restart"
+    );
+}
+
+/// Three members share six partitions two each; one leaves and the other
+/// two take its partitions over, resuming at its last commit, while a
+/// producer keeps writing. Every record is consumed, and the only records
+/// read twice are those after a member's last commit.
+///
+/// `view` makes what the protocol's checks need, once the topic exists;
+/// `check_stable` checks the broker's view of the three members;
+/// `check_takeover`, called once the leaver's partitions (`leaving`, left
+/// at `left_at`) are read again, checks the takeover and returns how long
+/// it took.
+pub fn share_and_take_over<V>(
+    protocol: &GroupProtocol,
+    prefix: &str,
+    client_id: impl Fn(usize) -> String,
+    view: impl FnOnce(&Scenario) -> V,
+    check_stable: impl FnOnce(&Scenario, &V, &[MemberThread]),
+    check_takeover: impl FnOnce(&Scenario, &V, &BTreeSet<i32>, Instant) -> Duration,
+) -> JournalReport {
+    const COMMIT_EVERY: usize = 20;
+    let s = Scenario::start(protocol, prefix, 6);
+    let view = view(&s);
+    let producer = s.producer(Duration::from_millis(15));
+    let mut members: Vec<MemberThread> = (0..3)
+        .map(|id| {
+            let config =
+                protocol.member_config(&s.bootstrap, &s.group, &[("client.id", &client_id(id))]);
+            MemberThread::spawn(id, config, &s.topic, COMMIT_EVERY, &s.journal)
+        })
+        .collect();
+
+    // Two partitions each, no overlap, all covered, all of them reading.
+    {
+        let refs: Vec<&MemberThread> = members.iter().collect();
+        s.wait_split(
+            "three members own two partitions each",
+            CLIENT_TIMEOUT,
+            &refs,
+            2,
+        );
+        let base: Vec<usize> = members.iter().map(|m| m.consumed()).collect();
+        s.wait("all three members consume", CLIENT_TIMEOUT, &refs, || {
+            members
+                .iter()
+                .zip(&base)
+                .all(|(m, b)| m.consumed() >= b + 3 * COMMIT_EVERY)
+        });
+    }
+    check_stable(&s, &view, &members);
+
+    // Member 2 leaves.
+    let leaving = members[2].owned();
+    let left_at = Instant::now();
+    members[2].close();
+    let stayers: Vec<&MemberThread> = members[..2].iter().collect();
+    s.wait_split(
+        "the two remaining members own three partitions each",
+        Duration::from_secs(6),
+        &stayers,
+        3,
+    );
+    s.wait(
+        "the leaver's partitions are read again",
+        Duration::from_secs(6),
+        &stayers,
+        || {
+            let j = journal_snapshot(&s.journal);
+            leaving
+                .iter()
+                .all(|p| first_consumed_after(&j, *p, left_at, Some(2)).is_some())
+        },
+    );
+    let takeover = check_takeover(&s, &view, &leaving, left_at);
+
+    // Keep writing a little longer, then stop and let the readers catch up.
+    let target = producer.delivered() + 600;
+    wait_until("the producer writes on", CLIENT_TIMEOUT, || {
+        producer.delivered() >= target
+    });
+    let report = s.finish_and_check(producer, &mut members.iter_mut().collect::<Vec<_>>(), &[]);
+    eprintln!("takeover in {takeover:?}");
+    report
+}
+
+/// A member that stops polling for longer than `max.poll.interval.ms`
+/// (6 s) is removed from the group while the other member takes its
+/// partitions, resuming at its commits; when it polls again it is told so
+/// and rejoins. `member_extra` adds to the members' settings; `view` makes
+/// what `check_removed` needs to check the broker's view of the group
+/// with the slow member removed.
+pub fn max_poll_interval_exceeded<V>(
+    protocol: &GroupProtocol,
+    prefix: &str,
+    member_extra: &[(&str, &str)],
+    view: impl FnOnce(&Scenario) -> V,
+    check_removed: impl FnOnce(&Scenario, &V),
+) {
+    let s = Scenario::start(protocol, prefix, 6);
+    let view = view(&s);
+    let producer = s.producer(Duration::from_millis(20));
+    let config = || protocol.member_config(&s.bootstrap, &s.group, member_extra);
+    let all = s.all();
+    let mut a = MemberThread::spawn(0, config(), &s.topic, 10, &s.journal);
+    let mut b = MemberThread::spawn(1, config(), &s.topic, 10, &s.journal);
+    s.wait_pair_reading(&a, &b, 20);
+
+    // Member 0 stops polling.
+    let a_partitions = a.owned();
+    a.shared.paused.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(250));
+    let stalled_at = *a.shared.last_poll.lock().unwrap();
+    s.wait(
+        "member 1 owns everything",
+        Duration::from_secs(20),
+        &[&a, &b],
+        || b.owned() == all,
+    );
+    let j = journal_snapshot(&s.journal);
+    let taken_after = a_partitions
+        .iter()
+        .map(|p| last_assignment_of(&j, 1, *p).expect("member 1 was assigned it") - stalled_at)
+        .min()
+        .unwrap();
+    assert!(
+        taken_after >= Duration::from_secs(5),
+        "member 0's partitions moved {taken_after:?} after its last poll, before max.poll.interval.ms (6 s)"
+    );
+    s.wait(
+        "member 1 reads member 0's partitions",
+        Duration::from_secs(10),
+        &[&a, &b],
+        || {
+            let j = journal_snapshot(&s.journal);
+            a_partitions.iter().all(|p| {
+                let assigned = last_assignment_of(&j, 1, *p).unwrap();
+                first_consumed_after(&j, *p, assigned, None).is_some()
+            })
+        },
+    );
+    check_removed(&s, &view);
+
+    // Member 0 polls again: it hears it was too slow, and rejoins.
+    a.shared.paused.store(false, Ordering::SeqCst);
+    s.wait(
+        "member 0 is told it exceeded max.poll.interval.ms",
+        Duration::from_secs(10),
+        &[&a, &b],
+        || a.shared.max_poll_exceeded.load(Ordering::SeqCst),
+    );
+    s.wait_split(
+        "member 0 is back with three partitions",
+        CLIENT_TIMEOUT,
+        &[&a, &b],
+        3,
+    );
+    s.finish_and_check(
+        producer,
+        &mut [&mut a, &mut b],
+        &[(0, "Maximum application poll interval")],
     );
 }

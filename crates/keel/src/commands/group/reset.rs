@@ -280,20 +280,14 @@ async fn commit(
         .with_generation_id_or_member_epoch(-1)
         .with_member_id(StrBytes::from_static_str(""))
         .with_topics(topics);
-    let response = cluster::retry_loading(async || {
-        let response = pool
-            .get(&coordinator.address)
-            .await?
-            .send(request.clone())
-            .await?;
-        let first_error = response
+    let response = super::ask_coordinator(pool, coordinator, request, |response| {
+        response
             .topics
             .iter()
             .flat_map(|t| &t.partitions)
             .map(|p| p.error_code)
             .find(|&c| c != 0)
-            .unwrap_or(0);
-        Ok((first_error, response))
+            .unwrap_or(0)
     })
     .await?;
     let mut errors = Vec::new();
