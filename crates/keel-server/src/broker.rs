@@ -192,6 +192,11 @@ impl Broker {
             Ok::<_, ControllerError>((controller::delete_topic(image, topic_id)?, ()))
         })??;
         self.replicas.apply_image(&image, &self.config, now)?;
+        if image.topic_by_name(OFFSETS_TOPIC).is_none() {
+            // Whoever deleted the offsets topic deleted the groups with it; the
+            // next FindCoordinator creates it afresh and reloads (empty) state.
+            *self.offsets_topic_ready.lock() = false;
+        }
         Ok(())
     }
 
