@@ -43,10 +43,7 @@ pub fn range(
     members: &[AssignorMember<'_>],
     partitions: &BTreeMap<Uuid, i32>,
 ) -> BTreeMap<String, Assignment> {
-    let mut out: BTreeMap<String, Assignment> = members
-        .iter()
-        .map(|m| (m.member_id.to_owned(), Assignment::new()))
-        .collect();
+    let mut out = empty_assignments(members);
     for (&topic, &count) in partitions {
         let mut subscribers: Vec<&str> = members
             .iter()
@@ -82,10 +79,7 @@ pub fn uniform(
     members: &[AssignorMember<'_>],
     partitions: &BTreeMap<Uuid, i32>,
 ) -> BTreeMap<String, Assignment> {
-    let mut out: BTreeMap<String, Assignment> = members
-        .iter()
-        .map(|m| (m.member_id.to_owned(), Assignment::new()))
-        .collect();
+    let mut out = empty_assignments(members);
     if members.is_empty() {
         return out;
     }
@@ -204,4 +198,12 @@ pub fn uniform(
         *counts.get_mut(chosen.member_id).expect("count") += 1;
     }
     out
+}
+
+/// Every member with nothing assigned yet: where both assignors start.
+fn empty_assignments(members: &[AssignorMember<'_>]) -> BTreeMap<String, Assignment> {
+    members
+        .iter()
+        .map(|m| (m.member_id.to_owned(), Assignment::new()))
+        .collect()
 }

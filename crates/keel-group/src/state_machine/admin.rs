@@ -85,14 +85,13 @@ impl GroupCoordinator {
                         .members
                         .values()
                         .map(|m| {
-                            let mut d = DescribedGroupMember::default()
-                                .with_member_id(sb(&m.member_id))
-                                .with_client_id(sb(&m.client_id))
-                                .with_client_host(sb(&m.client_host));
-                            if version >= 4 {
-                                d = d.with_group_instance_id(m.instance_id.as_deref().map(sb));
-                            }
-                            d
+                            described_member(
+                                version,
+                                &m.member_id,
+                                &m.client_id,
+                                &m.client_host,
+                                m.instance_id.as_deref(),
+                            )
                         })
                         .collect();
                     return out
@@ -118,13 +117,13 @@ impl GroupCoordinator {
                     .members
                     .values()
                     .map(|m| {
-                        let mut d = DescribedGroupMember::default()
-                            .with_member_id(sb(&m.member_id))
-                            .with_client_id(sb(&m.client_id))
-                            .with_client_host(sb(&m.client_host));
-                        if version >= 4 {
-                            d = d.with_group_instance_id(m.group_instance_id.as_deref().map(sb));
-                        }
+                        let mut d = described_member(
+                            version,
+                            &m.member_id,
+                            &m.client_id,
+                            &m.client_host,
+                            m.group_instance_id.as_deref(),
+                        );
                         if let Some(p) = protocol {
                             d = d
                                 .with_member_metadata(m.metadata(p))
@@ -187,5 +186,24 @@ impl GroupCoordinator {
             Response::DeleteGroups(DeleteGroupsResponse::default().with_results(results)),
         );
         fx
+    }
+}
+
+/// A DescribeGroups member entry; the instance id exists from v4.
+fn described_member(
+    version: i16,
+    member_id: &str,
+    client_id: &str,
+    client_host: &str,
+    instance_id: Option<&str>,
+) -> DescribedGroupMember {
+    let member = DescribedGroupMember::default()
+        .with_member_id(sb(member_id))
+        .with_client_id(sb(client_id))
+        .with_client_host(sb(client_host));
+    if version >= 4 {
+        member.with_group_instance_id(instance_id.map(sb))
+    } else {
+        member
     }
 }

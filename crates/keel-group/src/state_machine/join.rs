@@ -587,14 +587,7 @@ impl GroupCoordinator {
             let response = current_join_response(group, id, parked.version);
             let member = group.members.get_mut(id.as_str()).expect("member");
             member.awaiting_join = None;
-            member.session_deadline_ms = now_ms + i64::from(member.session_timeout_ms);
-            fx.timer(
-                TimerKey::Session {
-                    group_id: group_id.to_owned(),
-                    member_id: id.clone(),
-                },
-                member.session_deadline_ms,
-            );
+            Self::renew_session(fx, group_id, member, now_ms);
             fx.respond(parked.token, Response::JoinGroup(response));
         }
         group.pending_sync = ids.into_iter().collect();

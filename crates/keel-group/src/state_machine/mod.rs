@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::consumer_group::ConsumerGroup;
 use crate::group::{Group, GroupState};
+use crate::member::Member;
 use crate::offsets::Offsets;
 use crate::records::{self, Record, RecordError};
 use crate::GroupConfig;
@@ -250,14 +251,7 @@ impl GroupCoordinator {
         self.loaded = true;
         for group in self.groups.values_mut() {
             for m in group.members.values_mut() {
-                m.session_deadline_ms = now_ms + i64::from(m.session_timeout_ms);
-                fx.timer(
-                    TimerKey::Session {
-                        group_id: group.group_id.clone(),
-                        member_id: m.member_id.clone(),
-                    },
-                    m.session_deadline_ms,
-                );
+                Self::renew_session(&mut fx, &group.group_id, m, now_ms);
             }
         }
         self.complete_consumer_load(now_ms, &mut fx);
@@ -269,6 +263,24 @@ impl GroupCoordinator {
     }
 
     // ------------------------------------------------------------ shared
+
+    /// Restarts a member's session: its deadline moves to `now + session
+    /// timeout` and the session timer is armed for it.
+    pub(super) fn renew_session(
+        fx: &mut Effects,
+        group_id: &str,
+        member: &mut Member,
+        now_ms: i64,
+    ) {
+        member.session_deadline_ms = now_ms + i64::from(member.session_timeout_ms);
+        fx.timer(
+            TimerKey::Session {
+                group_id: group_id.to_owned(),
+                member_id: member.member_id.clone(),
+            },
+            member.session_deadline_ms,
+        );
+    }
 
     /// Drops a deleted group's offsets and writes the tombstones that delete
     /// it and them from `__consumer_offsets`.

@@ -15,8 +15,7 @@ use crate::member::Parked;
 use crate::records;
 
 use super::{
-    code, sb, sync_error, validate_member, Effects, GroupCoordinator, RequestToken, Response,
-    TimerKey, NONE,
+    code, sb, sync_error, validate_member, Effects, GroupCoordinator, RequestToken, Response, NONE,
 };
 
 impl GroupCoordinator {
@@ -74,14 +73,7 @@ impl GroupCoordinator {
             GroupState::CompletingRebalance => {
                 group.pending_sync.remove(&member_id);
                 let member = group.members.get_mut(&member_id).expect("validated");
-                member.session_deadline_ms = now_ms + i64::from(member.session_timeout_ms);
-                fx.timer(
-                    TimerKey::Session {
-                        group_id: group_id.clone(),
-                        member_id: member_id.clone(),
-                    },
-                    member.session_deadline_ms,
-                );
+                Self::renew_session(&mut fx, &group_id, member, now_ms);
                 if let Some(previous) = member.awaiting_sync.replace(Parked {
                     token,
                     version: _version,
@@ -128,14 +120,7 @@ impl GroupCoordinator {
             GroupState::Stable => {
                 group.pending_sync.remove(&member_id);
                 let member = group.members.get_mut(&member_id).expect("validated");
-                member.session_deadline_ms = now_ms + i64::from(member.session_timeout_ms);
-                fx.timer(
-                    TimerKey::Session {
-                        group_id: group_id.clone(),
-                        member_id: member_id.clone(),
-                    },
-                    member.session_deadline_ms,
-                );
+                Self::renew_session(&mut fx, &group_id, member, now_ms);
                 let response = sync_success(
                     group.protocol_type.as_deref(),
                     group.protocol_name.as_deref(),
@@ -188,14 +173,7 @@ impl GroupCoordinator {
             return code(ResponseError::UnknownMemberId);
         }
         let member = group.members.get_mut(&member_id).expect("validated");
-        member.session_deadline_ms = now_ms + i64::from(member.session_timeout_ms);
-        fx.timer(
-            TimerKey::Session {
-                group_id,
-                member_id,
-            },
-            member.session_deadline_ms,
-        );
+        Self::renew_session(fx, &group_id, member, now_ms);
         if state == GroupState::PreparingRebalance {
             code(ResponseError::RebalanceInProgress)
         } else {
