@@ -45,8 +45,9 @@ pub struct Broker {
     pub fetch_sessions: FetchSessionCache,
     /// `(next id to hand out, end of the reserved block)`.
     producer_ids: Mutex<(i64, i64)>,
-    /// Whether `__consumer_offsets` exists, is hosted and has been loaded.
-    offsets_topic_ready: Mutex<bool>,
+    /// The id of the `__consumer_offsets` the coordinator has loaded. A
+    /// deleted or recreated topic has another id (or none) and is reloaded.
+    loaded_offsets_topic: Mutex<Option<Uuid>>,
 }
 
 impl Broker {
@@ -105,9 +106,9 @@ impl Broker {
             }),
         );
         groups.load().map_err(BrokerError::Groups)?;
-        let offsets_topic_ready = image.topic_by_name(OFFSETS_TOPIC).is_some();
+        let loaded_offsets_topic = image.topic_by_name(OFFSETS_TOPIC).map(|t| t.topic_id);
         Ok(Arc::new(Self {
-            offsets_topic_ready: Mutex::new(offsets_topic_ready),
+            loaded_offsets_topic: Mutex::new(loaded_offsets_topic),
             groups,
             fetch_sessions: FetchSessionCache::new(config.fetch_session_cache_slots),
             config,
@@ -154,11 +155,15 @@ impl Broker {
     /// every partition is open, instead of finding the topic in the metadata
     /// before its partitions exist.
     pub fn ensure_offsets_topic(&self) -> Result<(), CreateError> {
-        let mut ready = self.offsets_topic_ready.lock();
-        if *ready {
+        let mut loaded = self.loaded_offsets_topic.lock();
+        let current = self
+            .image()
+            .topic_by_name(OFFSETS_TOPIC)
+            .map(|t| t.topic_id);
+        if current.is_some() && current == *loaded {
             return Ok(());
         }
-        if self.image().topic_by_name(OFFSETS_TOPIC).is_none() {
+        if current.is_none() {
             let brokers = self.image().brokers.len().max(1) as i16;
             let topic = NewTopic {
                 name: OFFSETS_TOPIC.to_string(),
@@ -182,7 +187,10 @@ impl Broker {
         self.groups
             .load()
             .map_err(|e| CreateError::Broker(BrokerError::Groups(e)))?;
-        *ready = true;
+        *loaded = self
+            .image()
+            .topic_by_name(OFFSETS_TOPIC)
+            .map(|t| t.topic_id);
         Ok(())
     }
 
@@ -192,11 +200,6 @@ impl Broker {
             Ok::<_, ControllerError>((controller::delete_topic(image, topic_id)?, ()))
         })??;
         self.replicas.apply_image(&image, &self.config, now)?;
-        if image.topic_by_name(OFFSETS_TOPIC).is_none() {
-            // Whoever deleted the offsets topic deleted the groups with it; the
-            // next FindCoordinator creates it afresh and reloads (empty) state.
-            *self.offsets_topic_ready.lock() = false;
-        }
         Ok(())
     }
 
