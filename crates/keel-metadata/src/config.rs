@@ -1,5 +1,6 @@
-//! The topic configuration catalogue: Kafka's topic config names, the broker
-//! setting each one defaults to, its default, and how a value is validated.
+//! The configuration catalogue: Kafka's topic config names, the broker
+//! setting each one defaults to, its default, and how a value is validated;
+//! and which broker settings may change at run time (AlterConfigs).
 //!
 //! Only configs Keel actually honours are listed. A name that is not here is
 //! refused with INVALID_CONFIG, as Kafka refuses unknown topic configs, rather
@@ -29,6 +30,8 @@ pub enum Validator {
     Between(i64, i64),
     /// One of these strings, matched exactly.
     OneOf(&'static [&'static str]),
+    /// A number in [0, 1].
+    Fraction,
 }
 
 #[derive(Debug)]
@@ -159,6 +162,49 @@ pub fn topic_config_def(name: &str) -> Option<&'static TopicConfigDef> {
     TOPIC_CONFIGS.iter().find(|d| d.name == name)
 }
 
+/// One broker setting: its Kafka name, default, type and documentation.
+#[derive(Debug)]
+pub struct BrokerConfigDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub kind: ConfigType,
+    pub validator: Validator,
+    pub doc: &'static str,
+}
+
+/// Broker settings that change at run time, per broker or cluster-wide
+/// (Kafka's dynamic broker configs), besides the broker synonyms of topic
+/// configs (`log.retention.ms` and friends), which are all dynamic too.
+pub const DYNAMIC_BROKER_CONFIGS: &[BrokerConfigDef] = &[];
+
+/// Whether AlterConfigs may change this broker setting.
+pub fn dynamic_broker_config(name: &str) -> Option<(ConfigType, Validator)> {
+    DYNAMIC_BROKER_CONFIGS
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| (d.kind, d.validator))
+        .or_else(|| {
+            TOPIC_CONFIGS
+                .iter()
+                .find(|d| d.broker_synonym == name)
+                .map(|d| (d.kind, d.validator))
+        })
+}
+
+/// Checks one dynamic broker config assignment, as Kafka's broker does.
+pub fn validate_dynamic_broker_config(name: &str, value: &str) -> Result<(), String> {
+    let (kind, validator) = dynamic_broker_config(name)
+        .ok_or_else(|| format!("Cannot update these configs dynamically: Set({name})"))?;
+    validate_value(name, kind, validator, value)
+}
+
+/// The type of a topic config or dynamic broker config, for APPEND/SUBTRACT.
+pub fn config_kind(name: &str) -> Option<ConfigType> {
+    topic_config_def(name)
+        .map(|d| d.kind)
+        .or_else(|| dynamic_broker_config(name).map(|(kind, _)| kind))
+}
+
 /// Checks one topic config assignment; the message is what a Kafka client shows.
 pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
     let def = topic_config_def(name).ok_or_else(|| format!("Unknown topic config name: {name}"))?;
@@ -193,6 +239,16 @@ pub fn validate_value(
                 .map(i64::from)
                 .map_err(|_| invalid("Not a number of type SHORT".into()))?,
         ),
+        ConfigType::Double => {
+            let n: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| invalid("Not a number of type DOUBLE".into()))?;
+            if matches!(validator, Validator::Fraction) && !(0.0..=1.0).contains(&n) {
+                return Err(invalid("Value must be in [0, 1]".into()));
+            }
+            None
+        }
         ConfigType::Boolean => {
             if !value.eq_ignore_ascii_case("true") && !value.eq_ignore_ascii_case("false") {
                 return Err(invalid("Expected value to be either true or false".into()));

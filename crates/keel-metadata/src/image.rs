@@ -16,7 +16,10 @@ pub struct MetadataImage {
     pub brokers: BTreeMap<i32, BrokerImage>,
     topics: HashMap<Uuid, Arc<TopicImage>>,
     topic_ids_by_name: HashMap<String, Uuid>,
+    /// Dynamic broker configs set for one broker.
     pub broker_configs: HashMap<i32, BTreeMap<String, String>>,
+    /// Dynamic broker configs set cluster-wide.
+    pub broker_default_configs: BTreeMap<String, String>,
     /// The first producer id not yet reserved by any broker.
     pub next_producer_id: i64,
 }
@@ -67,6 +70,16 @@ impl MetadataImage {
 
     pub fn topics(&self) -> impl Iterator<Item = &Arc<TopicImage>> {
         self.topics.values()
+    }
+
+    /// The dynamic configs currently set on a resource, if it exists.
+    pub fn dynamic_configs(&self, resource: &ConfigResource) -> Option<&BTreeMap<String, String>> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        match resource {
+            ConfigResource::Topic(name) => self.topic_by_name(name).map(|t| &t.configs),
+            ConfigResource::Broker(id) => Some(self.broker_configs.get(id).unwrap_or(&NONE)),
+            ConfigResource::BrokerDefault => Some(&self.broker_default_configs),
+        }
     }
 
     pub fn topic_count(&self) -> usize {
@@ -148,6 +161,7 @@ impl MetadataImage {
                         &mut Arc::make_mut(topic).configs
                     }
                     ConfigResource::Broker(id) => self.broker_configs.entry(*id).or_default(),
+                    ConfigResource::BrokerDefault => &mut self.broker_default_configs,
                 };
                 match value {
                     Some(v) => configs.insert(name.clone(), v.clone()),

@@ -52,6 +52,9 @@ pub enum MetadataRecord {
 pub enum ConfigResource {
     Topic(String),
     Broker(i32),
+    /// The cluster-wide default of every broker's dynamic configs (Kafka's
+    /// broker resource with an empty name).
+    BrokerDefault,
 }
 
 impl MetadataRecord {

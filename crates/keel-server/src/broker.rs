@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_group::GroupService;
-use keel_metadata::controller::{self, ControllerError, NewTopic, TopicDefaults};
-use keel_metadata::{MetadataImage, MetadataRecord};
+use keel_metadata::controller::{self, ConfigChange, ControllerError, NewTopic, TopicDefaults};
+use keel_metadata::{ConfigResource, MetadataImage, MetadataRecord};
 use keel_storage::{LogManager, StorageError};
 use parking_lot::Mutex;
 use uuid::Uuid;
@@ -129,24 +129,65 @@ impl Broker {
         }
     }
 
-    /// Creates one topic through the metadata log and opens its partitions.
-    /// With `validate_only` nothing is written.
-    pub fn create_topic(
+    /// Runs one controller decision through the metadata log and brings the
+    /// hosted partitions in line with the result. With `validate_only` the
+    /// decision is checked and nothing is written.
+    fn submit_admin(
         &self,
-        topic: &NewTopic,
         validate_only: bool,
-    ) -> Result<(Uuid, Arc<MetadataImage>), CreateError> {
-        let topic_id = Uuid::new_v4();
+        decide: impl FnOnce(&MetadataImage) -> Result<Vec<MetadataRecord>, ControllerError>,
+    ) -> Result<Arc<MetadataImage>, AdminError> {
         let now = now_ms();
-        let defaults = self.topic_defaults();
         let (image, ()) = self.metadata.submit(now, |image| {
-            let records = controller::create_topic(image, topic, defaults, topic_id)?;
+            let records = decide(image)?;
             Ok::<_, ControllerError>((if validate_only { vec![] } else { records }, ()))
         })??;
         if !validate_only {
             self.replicas.apply_image(&image, &self.config, now)?;
         }
+        Ok(image)
+    }
+
+    /// Creates one topic through the metadata log and opens its partitions.
+    pub fn create_topic(
+        &self,
+        topic: &NewTopic,
+        validate_only: bool,
+    ) -> Result<(Uuid, Arc<MetadataImage>), AdminError> {
+        let topic_id = Uuid::new_v4();
+        let defaults = self.topic_defaults();
+        let image = self.submit_admin(validate_only, |image| {
+            controller::create_topic(image, topic, defaults, topic_id)
+        })?;
         Ok((topic_id, image))
+    }
+
+    /// CreatePartitions for one topic.
+    pub fn create_partitions(
+        &self,
+        topic: &str,
+        count: i32,
+        assignments: Option<&[Vec<i32>]>,
+        validate_only: bool,
+    ) -> Result<(), AdminError> {
+        self.submit_admin(validate_only, |image| {
+            controller::create_partitions(image, topic, count, assignments)
+        })?;
+        Ok(())
+    }
+
+    /// AlterConfigs or IncrementalAlterConfigs for one resource. Logs pick
+    /// up their new settings at once; background tasks at their next round.
+    pub fn alter_configs(
+        &self,
+        resource: &ConfigResource,
+        change: &ConfigChange,
+        validate_only: bool,
+    ) -> Result<(), AdminError> {
+        self.submit_admin(validate_only, |image| {
+            controller::alter_configs(image, resource, change)
+        })?;
+        Ok(())
     }
 
     /// Creates `__consumer_offsets` on first use, as Kafka does, and loads
@@ -154,7 +195,7 @@ impl Broker {
     /// that this broker is its coordinator: concurrent callers wait here until
     /// every partition is open, instead of finding the topic in the metadata
     /// before its partitions exist.
-    pub fn ensure_offsets_topic(&self) -> Result<(), CreateError> {
+    pub fn ensure_offsets_topic(&self) -> Result<(), AdminError> {
         let mut loaded = self.loaded_offsets_topic.lock();
         let current = self
             .image()
@@ -186,7 +227,7 @@ impl Broker {
         }
         self.groups
             .load()
-            .map_err(|e| CreateError::Broker(BrokerError::Groups(e)))?;
+            .map_err(|e| AdminError::Broker(BrokerError::Groups(e)))?;
         *loaded = self
             .image()
             .topic_by_name(OFFSETS_TOPIC)
@@ -194,12 +235,8 @@ impl Broker {
         Ok(())
     }
 
-    pub fn delete_topic(&self, topic_id: Uuid) -> Result<(), CreateError> {
-        let now = now_ms();
-        let (image, ()) = self.metadata.submit(now, |image| {
-            Ok::<_, ControllerError>((controller::delete_topic(image, topic_id)?, ()))
-        })??;
-        self.replicas.apply_image(&image, &self.config, now)?;
+    pub fn delete_topic(&self, topic_id: Uuid) -> Result<(), AdminError> {
+        self.submit_admin(false, |image| controller::delete_topic(image, topic_id))?;
         Ok(())
     }
 
@@ -227,6 +264,11 @@ impl Broker {
         Ok(id)
     }
 
+    /// Writes every log's recovery point and log start offset.
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        self.replicas.checkpoint(&[self.metadata.recovery_point()])
+    }
+
     /// Runs retention, time-based upkeep and checkpoints until `shutdown` fires.
     pub async fn run_background(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut retention = tokio::time::interval(Duration::from_millis(
@@ -248,7 +290,7 @@ impl Broker {
                     let _ = tokio::task::spawn_blocking(move || broker.replicas.tick(now_ms())).await;
                 }
                 _ = checkpoint.tick() => {
-                    if let Err(e) = self.replicas.checkpoint(&[self.metadata.recovery_point()]) {
+                    if let Err(e) = self.checkpoint() {
                         tracing::error!(error = %e, "writing checkpoints failed");
                     }
                 }
@@ -275,22 +317,22 @@ const OFFSETS_TOPIC_SEGMENT_BYTES: u32 = 100 * 1024 * 1024;
 const UPKEEP_INTERVAL_MS: u64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CreateError {
+pub enum AdminError {
     #[error(transparent)]
     Controller(#[from] ControllerError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
 
-impl From<MetadataError> for CreateError {
+impl From<MetadataError> for AdminError {
     fn from(e: MetadataError) -> Self {
-        CreateError::Broker(e.into())
+        AdminError::Broker(e.into())
     }
 }
 
-impl From<StorageError> for CreateError {
+impl From<StorageError> for AdminError {
     fn from(e: StorageError) -> Self {
-        CreateError::Broker(e.into())
+        AdminError::Broker(e.into())
     }
 }
 

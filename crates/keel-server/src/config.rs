@@ -8,19 +8,11 @@ use std::path::PathBuf;
 
 use keel_group::GroupConfig;
 use keel_metadata::config::{
-    topic_config_def, validate_value, ConfigType, TopicConfigDef, Validator, TOPIC_CONFIGS,
+    dynamic_broker_config, topic_config_def, validate_value, BrokerConfigDef, ConfigType,
+    TopicConfigDef, Validator, DYNAMIC_BROKER_CONFIGS, TOPIC_CONFIGS,
 };
-use keel_metadata::TopicImage;
+use keel_metadata::{MetadataImage, TopicImage};
 use keel_storage::{LogConfig, TimestampType};
-
-/// One broker setting Keel understands.
-pub struct BrokerConfigDef {
-    pub name: &'static str,
-    pub default: &'static str,
-    pub kind: ConfigType,
-    pub validator: Validator,
-    pub doc: &'static str,
-}
 
 const fn def(
     name: &'static str,
@@ -41,8 +33,10 @@ const fn def(
 use ConfigType::{Boolean, Int, List, Long, Short, String as Str};
 use Validator::{Any, AtLeast};
 
-/// Broker-only settings. The broker synonyms of topic configs (`log.retention.ms`
-/// and friends) come from `TOPIC_CONFIGS` so each default is written once.
+/// Broker-only static settings. The broker synonyms of topic configs
+/// (`log.retention.ms` and friends) come from `TOPIC_CONFIGS`, and the other
+/// dynamic settings from `DYNAMIC_BROKER_CONFIGS`, so each default is
+/// written once.
 pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
     def("node.id", "1", Int, AtLeast(0), "This broker's id."),
     def(
@@ -238,8 +232,20 @@ pub struct ConfigError(pub String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigSource {
     DynamicTopic = 1,
+    DynamicBroker = 2,
+    DynamicDefaultBroker = 3,
     StaticBroker = 4,
     Default = 5,
+}
+
+/// One broker setting as DescribeConfigs reports it.
+pub struct DescribedConfig {
+    pub name: &'static str,
+    /// Every value it has, the effective one first: Kafka's "synonyms".
+    pub synonyms: Vec<(String, String, ConfigSource)>,
+    pub kind: ConfigType,
+    pub doc: &'static str,
+    pub read_only: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -303,7 +309,11 @@ impl BrokerConfig {
         }
         let mut unknown = Vec::new();
         for (name, value) in &explicit {
-            if let Some(d) = BROKER_CONFIGS.iter().find(|d| d.name == name) {
+            if let Some(d) = BROKER_CONFIGS
+                .iter()
+                .chain(DYNAMIC_BROKER_CONFIGS)
+                .find(|d| d.name == name)
+            {
                 if !value.is_empty() {
                     validate_value(d.name, d.kind, d.validator, value).map_err(ConfigError)?;
                 }
@@ -321,6 +331,7 @@ impl BrokerConfig {
                 .or_else(|| {
                     BROKER_CONFIGS
                         .iter()
+                        .chain(DYNAMIC_BROKER_CONFIGS)
                         .find(|d| d.name == name)
                         .map(|d| d.default.to_string())
                 })
@@ -437,22 +448,62 @@ impl BrokerConfig {
         Ok((config, unknown))
     }
 
-    /// A broker setting's value and source (for DescribeConfigs on the broker).
-    pub fn describe(&self) -> Vec<(&'static str, String, ConfigSource, ConfigType, &'static str)> {
-        let broker = BROKER_CONFIGS
+    /// Every broker setting with its values and sources (DescribeConfigs on
+    /// this broker). Dynamic ones are looked up in the image first.
+    pub fn describe(&self, image: &MetadataImage) -> Vec<DescribedConfig> {
+        let static_only = BROKER_CONFIGS
+            .iter()
+            .map(|d| (d.name, d.default, d.kind, d.doc));
+        let dynamic = DYNAMIC_BROKER_CONFIGS
             .iter()
             .map(|d| (d.name, d.default, d.kind, d.doc));
         let synonyms = TOPIC_CONFIGS
             .iter()
             .filter(|d| !BROKER_CONFIGS.iter().any(|b| b.name == d.broker_synonym))
             .map(|d| (d.broker_synonym, d.default, d.kind, d.doc));
-        broker
+        static_only
+            .chain(dynamic)
             .chain(synonyms)
-            .map(|(name, default, kind, doc)| match self.explicit.get(name) {
-                Some(v) => (name, v.clone(), ConfigSource::StaticBroker, kind, doc),
-                None => (name, default.to_string(), ConfigSource::Default, kind, doc),
+            .map(|(name, default, kind, doc)| DescribedConfig {
+                name,
+                synonyms: self.broker_config_synonyms(image, name, default),
+                kind,
+                doc,
+                read_only: dynamic_broker_config(name).is_none(),
             })
             .collect()
+    }
+
+    /// A broker setting's values, effective first: this broker's dynamic
+    /// value, the cluster-wide dynamic default, the static setting, the default.
+    fn broker_config_synonyms(
+        &self,
+        image: &MetadataImage,
+        name: &str,
+        default: &str,
+    ) -> Vec<(String, String, ConfigSource)> {
+        let mut out = Vec::with_capacity(4);
+        if dynamic_broker_config(name).is_some() {
+            if let Some(v) = image
+                .broker_configs
+                .get(&self.node_id)
+                .and_then(|c| c.get(name))
+            {
+                out.push((name.to_string(), v.clone(), ConfigSource::DynamicBroker));
+            }
+            if let Some(v) = image.broker_default_configs.get(name) {
+                out.push((
+                    name.to_string(),
+                    v.clone(),
+                    ConfigSource::DynamicDefaultBroker,
+                ));
+            }
+        }
+        if let Some(v) = self.explicit.get(name) {
+            out.push((name.to_string(), v.clone(), ConfigSource::StaticBroker));
+        }
+        out.push((name.to_string(), default.to_string(), ConfigSource::Default));
+        out
     }
 
     /// The value a topic config takes for this topic, with every source it
@@ -460,48 +511,56 @@ impl BrokerConfig {
     pub fn topic_config_synonyms(
         &self,
         def: &TopicConfigDef,
+        image: &MetadataImage,
         topic_overrides: &BTreeMap<String, String>,
     ) -> Vec<(String, String, ConfigSource)> {
-        let mut out = Vec::with_capacity(3);
+        let mut out = Vec::with_capacity(5);
         if let Some(v) = topic_overrides.get(def.name) {
             out.push((def.name.to_string(), v.clone(), ConfigSource::DynamicTopic));
         }
-        if let Some(v) = self.explicit.get(def.broker_synonym) {
-            out.push((
-                def.broker_synonym.to_string(),
-                v.clone(),
-                ConfigSource::StaticBroker,
-            ));
-        }
-        out.push((
-            def.broker_synonym.to_string(),
-            def.default.to_string(),
-            ConfigSource::Default,
-        ));
+        out.extend(self.broker_config_synonyms(image, def.broker_synonym, def.default));
         out
     }
 
     /// The effective value of one topic config.
-    pub fn topic_config(&self, name: &str, topic_overrides: &BTreeMap<String, String>) -> String {
+    pub fn topic_config(
+        &self,
+        name: &str,
+        image: &MetadataImage,
+        topic_overrides: &BTreeMap<String, String>,
+    ) -> String {
         let def = topic_config_def(name).expect("topic config names are compile-time constants");
-        topic_overrides
-            .get(name)
-            .or_else(|| self.explicit.get(def.broker_synonym))
-            .cloned()
-            .unwrap_or_else(|| def.default.to_string())
+        self.topic_config_synonyms(def, image, topic_overrides)
+            .swap_remove(0)
+            .1
+    }
+
+    /// The effective value of a dynamic broker setting.
+    pub fn dynamic_broker_config(&self, image: &MetadataImage, name: &str) -> String {
+        let def = DYNAMIC_BROKER_CONFIGS
+            .iter()
+            .find(|d| d.name == name)
+            .expect("dynamic broker config names are compile-time constants");
+        self.broker_config_synonyms(image, name, def.default)
+            .swap_remove(0)
+            .1
     }
 
     /// The storage settings for one topic's partitions.
-    pub fn log_config(&self, topic: &TopicImage) -> LogConfig {
-        self.log_config_for(&topic.configs)
+    pub fn log_config(&self, image: &MetadataImage, topic: &TopicImage) -> LogConfig {
+        self.log_config_for(image, &topic.configs)
     }
 
-    pub fn log_config_for(&self, overrides: &BTreeMap<String, String>) -> LogConfig {
+    pub fn log_config_for(
+        &self,
+        image: &MetadataImage,
+        overrides: &BTreeMap<String, String>,
+    ) -> LogConfig {
         // Values were validated on the way in (config file or metadata
         // record), so a parse failure here would be a bug: fall back to the
         // default rather than panic on a path clients can reach.
         let num = |name: &str| -> i64 {
-            self.topic_config(name, overrides)
+            self.topic_config(name, image, overrides)
                 .trim()
                 .parse()
                 .unwrap_or_else(|_| topic_config_def(name).unwrap().default.parse().unwrap())
@@ -514,7 +573,7 @@ impl BrokerConfig {
             retention_ms: num("retention.ms"),
             retention_bytes: num("retention.bytes"),
             max_message_bytes: num("max.message.bytes") as u32,
-            message_timestamp_type: if self.topic_config("message.timestamp.type", overrides)
+            message_timestamp_type: if self.topic_config("message.timestamp.type", image, overrides)
                 == "LogAppendTime"
             {
                 TimestampType::LogAppendTime
@@ -527,8 +586,12 @@ impl BrokerConfig {
         }
     }
 
-    pub fn min_insync_replicas(&self, overrides: &BTreeMap<String, String>) -> i32 {
-        self.topic_config("min.insync.replicas", overrides)
+    pub fn min_insync_replicas(
+        &self,
+        image: &MetadataImage,
+        overrides: &BTreeMap<String, String>,
+    ) -> i32 {
+        self.topic_config("min.insync.replicas", image, overrides)
             .parse()
             .unwrap_or(1)
     }
@@ -560,7 +623,7 @@ mod tests {
         assert_eq!(c.listener.port(), 9092);
         assert_eq!(c.advertised_host, "127.0.0.1");
         assert_eq!(c.log_dir, PathBuf::from("./keel-data"));
-        let log = c.log_config_for(&BTreeMap::new());
+        let log = c.log_config_for(&MetadataImage::empty(), &BTreeMap::new());
         assert_eq!(log.retention_ms, 604_800_000);
         assert_eq!(log.segment_bytes, 1 << 30);
     }
@@ -568,21 +631,50 @@ mod tests {
     #[test]
     fn topic_overrides_beat_broker_settings_beat_defaults() {
         let (c, _) = BrokerConfig::from_properties(props(&[("log.retention.hours", "1")])).unwrap();
-        assert_eq!(c.topic_config("retention.ms", &BTreeMap::new()), "3600000");
-        let overrides = props(&[("retention.ms", "5")]);
-        assert_eq!(c.topic_config("retention.ms", &overrides), "5");
-        let def = topic_config_def("retention.ms").unwrap();
-        let synonyms = c.topic_config_synonyms(def, &overrides);
-        assert_eq!(synonyms[0].2, ConfigSource::DynamicTopic);
+        let mut image = MetadataImage::empty();
         assert_eq!(
-            synonyms[1],
-            (
-                "log.retention.ms".into(),
-                "3600000".into(),
-                ConfigSource::StaticBroker
-            )
+            c.topic_config("retention.ms", &image, &BTreeMap::new()),
+            "3600000"
         );
-        assert_eq!(synonyms[2].2, ConfigSource::Default);
+        let overrides = props(&[("retention.ms", "5")]);
+        assert_eq!(c.topic_config("retention.ms", &image, &overrides), "5");
+        let resources = [
+            keel_metadata::ConfigResource::Broker(1),
+            keel_metadata::ConfigResource::BrokerDefault,
+        ];
+        for (offset, resource) in resources.into_iter().enumerate() {
+            image
+                .apply(
+                    offset as i64,
+                    &keel_metadata::MetadataRecord::Config {
+                        resource,
+                        name: "log.retention.ms".into(),
+                        value: Some(offset.to_string()),
+                    },
+                )
+                .unwrap();
+        }
+        let def = topic_config_def("retention.ms").unwrap();
+        let sources: Vec<(String, ConfigSource)> = c
+            .topic_config_synonyms(def, &image, &overrides)
+            .into_iter()
+            .map(|(_, value, source)| (value, source))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                ("5".into(), ConfigSource::DynamicTopic),
+                ("0".into(), ConfigSource::DynamicBroker),
+                ("1".into(), ConfigSource::DynamicDefaultBroker),
+                ("3600000".into(), ConfigSource::StaticBroker),
+                ("604800000".into(), ConfigSource::Default),
+            ]
+        );
+        // Without a topic override the broker's dynamic value wins.
+        assert_eq!(
+            c.topic_config("retention.ms", &image, &BTreeMap::new()),
+            "0"
+        );
     }
 
     #[test]

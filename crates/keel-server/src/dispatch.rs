@@ -21,6 +21,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // kafka-protocol 0.18 decodes InitProducerId requests only up to v5.
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
@@ -110,6 +115,21 @@ pub async fn dispatch(
         }
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(handlers::describe_configs::handle(broker, &ctx, r))
+        }
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(handlers::alter_configs::handle(broker, &ctx, r))
+        }
+        RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+            handlers::incremental_alter_configs::handle(broker, &ctx, r),
+        ),
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(handlers::create_partitions::handle(broker, &ctx, r))
+        }
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(handlers::delete_records::handle(broker, &ctx, r))
+        }
+        RequestKind::DescribeLogDirs(r) => {
+            ResponseKind::DescribeLogDirs(handlers::describe_log_dirs::handle(broker, &ctx, r))
         }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(handlers::find_coordinator::handle(broker, &ctx, r).await)

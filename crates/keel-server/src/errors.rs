@@ -4,7 +4,7 @@ use kafka_protocol::ResponseError;
 use keel_metadata::controller::ControllerError;
 use keel_storage::StorageError;
 
-use crate::broker::{BrokerError, CreateError};
+use crate::broker::{AdminError, BrokerError};
 
 pub fn storage_error(e: &StorageError) -> ResponseError {
     match e {
@@ -34,13 +34,14 @@ pub fn controller_error(e: &ControllerError) -> ResponseError {
         ControllerError::InvalidConfig(_) => ResponseError::InvalidConfig,
         ControllerError::UnknownTopicId => ResponseError::UnknownTopicId,
         ControllerError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        ControllerError::InvalidRequest(_) => ResponseError::InvalidRequest,
     }
 }
 
-pub fn create_error(e: &CreateError) -> ResponseError {
+pub fn admin_error(e: &AdminError) -> ResponseError {
     match e {
-        CreateError::Controller(e) => controller_error(e),
-        CreateError::Broker(e) => broker_error(e),
+        AdminError::Controller(e) => controller_error(e),
+        AdminError::Broker(e) => broker_error(e),
     }
 }
 

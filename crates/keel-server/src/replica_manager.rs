@@ -142,6 +142,9 @@ pub struct ReplicaManager {
     log_manager: LogManager,
     producer_id_expiration_ms: i64,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+    /// Checkpoints are written from the background task and after
+    /// DeleteRecords; one at a time, since they share temporary files.
+    checkpoint_lock: Mutex<()>,
 }
 
 impl ReplicaManager {
@@ -151,6 +154,7 @@ impl ReplicaManager {
             log_manager,
             producer_id_expiration_ms,
             partitions: RwLock::new(HashMap::new()),
+            checkpoint_lock: Mutex::new(()),
         }
     }
 
@@ -213,14 +217,14 @@ impl ReplicaManager {
         }
         for (tp, (topic, leader_epoch)) in wanted {
             if let Some(existing) = self.get(&tp) {
-                let config = config.log_config(&topic);
+                let config = config.log_config(image, &topic);
                 existing.with_log(|log| log.update_config(config));
                 continue;
             }
             let log = self.log_manager.open_log(
                 &tp,
                 &topic.topic_id.to_string(),
-                config.log_config(&topic),
+                config.log_config(image, &topic),
                 self.producer_id_expiration_ms,
                 now_ms,
             )?;
@@ -284,6 +288,7 @@ impl ReplicaManager {
     }
 
     pub fn checkpoint(&self, extra: &[(TopicPartition, i64, i64)]) -> Result<(), StorageError> {
+        let _one_writer = self.checkpoint_lock.lock();
         let mut points: Vec<(TopicPartition, i64, i64)> = self
             .all()
             .iter()

@@ -204,6 +204,51 @@ fn request(api: ApiKey, version: i16, topic_id: Uuid) -> RequestKind {
         ApiKey::InitProducerId => RequestKind::InitProducerId(
             InitProducerIdRequest::default().with_transactional_id(None),
         ),
+        ApiKey::AlterConfigs => {
+            use alter_configs_request::{AlterConfigsResource, AlterableConfig};
+            RequestKind::AlterConfigs(AlterConfigsRequest::default().with_resources(vec![
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("t"))
+                    .with_configs(vec![AlterableConfig::default()
+                        .with_name(s("retention.ms"))
+                        .with_value(Some(s(&format!("{}", 1000 + version))))]),
+            ]))
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            use incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+            RequestKind::IncrementalAlterConfigs(
+                IncrementalAlterConfigsRequest::default().with_resources(vec![
+                    AlterConfigsResource::default()
+                        .with_resource_type(4)
+                        .with_resource_name(s("1"))
+                        .with_configs(vec![AlterableConfig::default()
+                            .with_name(s("log.roll.ms"))
+                            .with_config_operation(0)
+                            .with_value(Some(s(&format!("{}", 100_000 + i64::from(version)))))]),
+                ]),
+            )
+        }
+        ApiKey::CreatePartitions => {
+            RequestKind::CreatePartitions(CreatePartitionsRequest::default().with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(TopicName(s("t")))
+                    .with_count(2 + version as i32)
+                    .with_assignments(None),
+            ]))
+        }
+        ApiKey::DeleteRecords => {
+            RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(vec![
+                delete_records_request::DeleteRecordsTopic::default()
+                    .with_name(TopicName(s("t")))
+                    .with_partitions(vec![delete_records_request::DeleteRecordsPartition::default()
+                        .with_partition_index(0)
+                        .with_offset(-1)]),
+            ]))
+        }
+        ApiKey::DescribeLogDirs => {
+            RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None))
+        }
         other => panic!("add a request for {other:?} to this test"),
     }
 }
@@ -340,6 +385,23 @@ fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind) {
         ResponseKind::ConsumerGroupDescribe(r) => {
             assert_eq!(r.groups[0].members.len(), 1, "{r:?}");
             r.groups.iter().map(|g| g.error_code).collect()
+        }
+        ResponseKind::AlterConfigs(r) => r.responses.iter().map(|r| r.error_code).collect(),
+        ResponseKind::IncrementalAlterConfigs(r) => {
+            r.responses.iter().map(|r| r.error_code).collect()
+        }
+        ResponseKind::CreatePartitions(r) => r.results.iter().map(|r| r.error_code).collect(),
+        ResponseKind::DeleteRecords(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::DescribeLogDirs(r) => {
+            let partitions: usize = r.results[0].topics.iter().map(|t| t.partitions.len()).sum();
+            assert!(partitions > 0, "the log dir holds partitions: {r:?}");
+            std::iter::once(r.error_code)
+                .chain(r.results.iter().map(|d| d.error_code))
+                .collect()
         }
         other => panic!("add the error codes of {other:?} to this test"),
     };

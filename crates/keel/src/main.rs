@@ -34,6 +34,12 @@ enum Command {
     /// List, describe and delete consumer groups and reset their offsets.
     #[command(subcommand)]
     Group(commands::group::GroupCommand),
+    /// Describe and alter topic and broker configs.
+    #[command(subcommand)]
+    Config(commands::config::ConfigCommand),
+    /// Delete records below an offset.
+    #[command(subcommand)]
+    Records(commands::records::RecordsCommand),
 }
 
 fn main() -> Result<()> {
@@ -55,6 +61,8 @@ fn main() -> Result<()> {
             Command::Produce(args) => commands::produce::run(args).await,
             Command::Consume(args) => commands::consume::run(args).await,
             Command::Group(cmd) => commands::group::run(cmd).await,
+            Command::Config(cmd) => commands::config::run(cmd).await,
+            Command::Records(cmd) => commands::records::run(cmd).await,
         }
     })
 }

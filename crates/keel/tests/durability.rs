@@ -12,30 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::{RngCore, SeedableRng};
-use rdkafka::admin::{ConfigSource, ResourceSpecifier};
+use rdkafka::admin::ConfigSource;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{FutureRecord, Producer, PurgeConfig};
 use rdkafka::Offset;
-
-async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    partition: i32,
-    key: Option<&str>,
-    value: &str,
-) -> i64 {
-    let mut record = FutureRecord::<str, str>::to(topic)
-        .partition(partition)
-        .payload(value);
-    record.key = key;
-    producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .map_err(|(e, _)| e)
-        .expect("record delivered")
-        .offset
-}
 
 fn topic_id(addr: std::net::SocketAddr, topic: &str) -> uuid::Uuid {
     let mut conn = RawConn::connect(addr).expect("connecting");
@@ -46,24 +27,6 @@ fn topic_id(addr: std::net::SocketAddr, topic: &str) -> uuid::Uuid {
 }
 
 /// `name -> (value, source)` for a topic's configs, through DescribeConfigs.
-async fn topic_configs(bootstrap: &str, topic: &str) -> BTreeMap<String, (Option<String>, String)> {
-    let admin = admin(bootstrap);
-    let results = admin
-        .describe_configs([&ResourceSpecifier::Topic(topic)], &admin_options())
-        .await
-        .expect("DescribeConfigs");
-    let resource = results
-        .into_iter()
-        .next()
-        .expect("one resource")
-        .unwrap_or_else(|code| panic!("DescribeConfigs for {topic}: {code:?}"));
-    resource
-        .entries
-        .iter()
-        .map(|e| (e.name.clone(), (e.value.clone(), format!("{:?}", e.source))))
-        .collect()
-}
-
 async fn restart_keeps_state(crash: bool) {
     let mut broker = TestBroker::start();
     let bootstrap = broker.bootstrap();

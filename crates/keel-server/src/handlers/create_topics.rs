@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
-use crate::errors::create_error;
+use crate::errors::admin_error;
 
 pub async fn handle(
     broker: &Broker,
@@ -119,7 +119,7 @@ pub async fn handle(
                                 .map(|def| {
                                     let (_, value, source) = broker
                                         .config
-                                        .topic_config_synonyms(def, &overrides)
+                                        .topic_config_synonyms(def, &image, &overrides)
                                         .remove(0);
                                     CreatableTopicConfigs::default()
                                         .with_name(str_bytes(def.name))
@@ -131,7 +131,7 @@ pub async fn handle(
                 }
                 Err(e) => {
                     tracing::info!(topic = %name, error = %e, "CreateTopics refused");
-                    fail(create_error(&e), e.to_string())
+                    fail(admin_error(&e), e.to_string())
                 }
             }
         })

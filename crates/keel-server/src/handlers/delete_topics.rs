@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::{str_bytes, topic_name};
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
-use crate::errors::create_error;
+use crate::errors::admin_error;
 
 pub async fn handle(
     broker: &Broker,
@@ -56,7 +56,7 @@ pub async fn handle(
                     result
                 }
                 Err(e) => result
-                    .with_error_code(create_error(&e).code())
+                    .with_error_code(admin_error(&e).code())
                     .with_error_message(Some(str_bytes(&e.to_string()))),
             }
         })

@@ -3,15 +3,15 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::ResponseError;
-use keel_metadata::config::TOPIC_CONFIGS;
+use keel_metadata::config::{dynamic_broker_config, ConfigType, TOPIC_CONFIGS};
 
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::config::ConfigSource;
 use crate::dispatch::RequestContext;
 
-const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
+pub(crate) const RESOURCE_TOPIC: i8 = 2;
+pub(crate) const RESOURCE_BROKER: i8 = 4;
 
 pub fn handle(
     broker: &Broker,
@@ -32,19 +32,36 @@ pub fn handle(
                     .as_ref()
                     .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
             };
+            let synonym_list = |synonyms: &[(String, String, ConfigSource)]| {
+                synonyms
+                    .iter()
+                    .map(|(name, value, source)| {
+                        DescribeConfigsSynonym::default()
+                            .with_name(str_bytes(name))
+                            .with_value(Some(str_bytes(value)))
+                            .with_source(*source as i8)
+                    })
+                    .collect()
+            };
+            // The effective value is the first synonym.
             let entry = |name: &str,
-                         value: &str,
-                         source: ConfigSource,
-                         kind,
+                         synonyms: &[(String, String, ConfigSource)],
+                         kind: ConfigType,
                          doc: &str,
                          read_only: bool| {
-                DescribeConfigsResourceResult::default()
+                let (_, value, source) = &synonyms[0];
+                let e = DescribeConfigsResourceResult::default()
                     .with_name(str_bytes(name))
                     .with_value(Some(str_bytes(value)))
                     .with_read_only(read_only)
-                    .with_config_source(source as i8)
+                    .with_config_source(*source as i8)
                     .with_config_type(kind as i8)
-                    .with_documentation(request.include_documentation.then(|| str_bytes(doc)))
+                    .with_documentation(request.include_documentation.then(|| str_bytes(doc)));
+                if request.include_synonyms {
+                    e.with_synonyms(synonym_list(synonyms))
+                } else {
+                    e
+                }
             };
             match resource.resource_type {
                 RESOURCE_TOPIC => {
@@ -57,24 +74,11 @@ pub fn handle(
                         .iter()
                         .filter(|def| wanted(def.name))
                         .map(|def| {
-                            let synonyms = broker.config.topic_config_synonyms(def, &topic.configs);
-                            let (_, value, source) = &synonyms[0];
-                            let e = entry(def.name, value, *source, def.kind, def.doc, false);
-                            if request.include_synonyms {
-                                e.with_synonyms(
-                                    synonyms
-                                        .iter()
-                                        .map(|(name, value, source)| {
-                                            DescribeConfigsSynonym::default()
-                                                .with_name(str_bytes(name))
-                                                .with_value(Some(str_bytes(value)))
-                                                .with_source(*source as i8)
-                                        })
-                                        .collect(),
-                                )
-                            } else {
-                                e
-                            }
+                            let synonyms =
+                                broker
+                                    .config
+                                    .topic_config_synonyms(def, &image, &topic.configs);
+                            entry(def.name, &synonyms, def.kind, def.doc, false)
                         })
                         .collect();
                     result.with_configs(configs)
@@ -82,8 +86,22 @@ pub fn handle(
                 RESOURCE_BROKER => {
                     let name = resource.resource_name.as_str();
                     if name.is_empty() {
-                        // The cluster-wide dynamic defaults: none can be set yet.
-                        return result;
+                        // The cluster-wide defaults: only what has been set.
+                        let configs = image
+                            .broker_default_configs
+                            .iter()
+                            .filter(|(name, _)| wanted(name))
+                            .filter_map(|(name, value)| {
+                                let (kind, _) = dynamic_broker_config(name)?;
+                                let synonyms = [(
+                                    name.clone(),
+                                    value.clone(),
+                                    ConfigSource::DynamicDefaultBroker,
+                                )];
+                                Some(entry(name, &synonyms, kind, "", false))
+                            })
+                            .collect();
+                        return result.with_configs(configs);
                     }
                     if name.parse::<i32>().ok() != Some(broker.config.node_id) {
                         return result
@@ -95,21 +113,10 @@ pub fn handle(
                     }
                     let configs = broker
                         .config
-                        .describe()
+                        .describe(&image)
                         .into_iter()
-                        .filter(|(name, ..)| wanted(name))
-                        .map(|(name, value, source, kind, doc)| {
-                            // Broker settings are static until dynamic broker configs land.
-                            let e = entry(name, &value, source, kind, doc, true);
-                            if request.include_synonyms {
-                                e.with_synonyms(vec![DescribeConfigsSynonym::default()
-                                    .with_name(str_bytes(name))
-                                    .with_value(Some(str_bytes(&value)))
-                                    .with_source(source as i8)])
-                            } else {
-                                e
-                            }
-                        })
+                        .filter(|c| wanted(c.name))
+                        .map(|c| entry(c.name, &c.synonyms, c.kind, c.doc, c.read_only))
                         .collect();
                     result.with_configs(configs)
                 }

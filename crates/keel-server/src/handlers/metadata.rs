@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{str_bytes, topic_name, AUTHORIZED_OPERATIONS_OMITTED};
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
-use crate::errors::create_error;
+use crate::errors::admin_error;
 use crate::offsets_log::OFFSETS_TOPIC;
 
 /// Every topic operation is allowed: Keel has no authorizer yet, and Kafka
@@ -97,7 +97,7 @@ fn auto_create_topic(
         // Internal topics are created with their own settings, never as an
         // ordinary auto-created topic.
         if let Err(e) = broker.ensure_offsets_topic() {
-            return unknown_topic(Some(name), Uuid::nil(), create_error(&e));
+            return unknown_topic(Some(name), Uuid::nil(), admin_error(&e));
         }
         *image = broker.image();
         return match image.topic_by_name(name) {
@@ -118,8 +118,8 @@ fn auto_create_topic(
             *image = next;
         }
         // Another connection created it first: describe what exists.
-        Err(e) if create_error(&e) == ResponseError::TopicAlreadyExists => *image = broker.image(),
-        Err(e) => return unknown_topic(Some(name), Uuid::nil(), create_error(&e)),
+        Err(e) if admin_error(&e) == ResponseError::TopicAlreadyExists => *image = broker.image(),
+        Err(e) => return unknown_topic(Some(name), Uuid::nil(), admin_error(&e)),
     }
     match image.topic_by_name(name) {
         Some(t) => describe_topic(t, ops),

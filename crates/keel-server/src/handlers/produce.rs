@@ -58,9 +58,10 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                     error(ResponseError::CorruptMessage, Some("null records".into()))
                 }
                 (Some(partition), Some(records)) => {
-                    let min_isr = broker
-                        .config
-                        .min_insync_replicas(&resolved.expect("partition implies topic").configs);
+                    let min_isr = broker.config.min_insync_replicas(
+                        &image,
+                        &resolved.expect("partition implies topic").configs,
+                    );
                     // This node is the whole ISR of every partition it leads.
                     let isr_size = 1;
                     if acks == -1 && isr_size < min_isr {

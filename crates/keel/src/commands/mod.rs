@@ -1,5 +1,7 @@
+pub mod config;
 pub mod consume;
 pub mod group;
 pub mod produce;
+pub mod records;
 pub mod server;
 pub mod topic;

@@ -1,8 +1,9 @@
 //! `keel topic`: create, list, describe and delete topics.
 
 use anyhow::{anyhow, Result};
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest};
+use kafka_protocol::messages::{CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::client::{self, BootstrapArgs, Client};
@@ -43,6 +44,16 @@ pub enum TopicCommand {
         #[command(flatten)]
         bootstrap: BootstrapArgs,
     },
+    /// Add partitions to a topic (their number can only grow).
+    Alter {
+        /// The topic's name.
+        name: String,
+        /// The new total number of partitions.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        partitions: i32,
+        #[command(flatten)]
+        bootstrap: BootstrapArgs,
+    },
     /// Delete a topic.
     Delete {
         /// The topic's name.
@@ -63,8 +74,32 @@ pub async fn run(cmd: TopicCommand) -> Result<()> {
         } => create(&bootstrap, &name, partitions, replication_factor, configs).await,
         TopicCommand::List { bootstrap } => list(&bootstrap).await,
         TopicCommand::Describe { name, bootstrap } => describe::run(&bootstrap, &name).await,
+        TopicCommand::Alter {
+            name,
+            partitions,
+            bootstrap,
+        } => alter(&bootstrap, &name, partitions).await,
         TopicCommand::Delete { name, bootstrap } => delete(&bootstrap, &name).await,
     }
+}
+
+async fn alter(bootstrap: &BootstrapArgs, name: &str, partitions: i32) -> Result<()> {
+    let mut client = Client::connect(&bootstrap.address).await?;
+    let request = CreatePartitionsRequest::default()
+        .with_topics(vec![CreatePartitionsTopic::default()
+            .with_name(client::topic_name(name))
+            .with_count(partitions)
+            .with_assignments(None)])
+        .with_timeout_ms(TOPIC_OPERATION_TIMEOUT_MS);
+    let response = client.send(request).await?;
+    let result = response
+        .results
+        .first()
+        .ok_or_else(|| anyhow!("CreatePartitions response lacks topic {name}"))?;
+    let what = format!("adding partitions to topic {name}");
+    client::check_with_message(result.error_code, result.error_message.as_deref(), what)?;
+    println!("Topic {name} now has {partitions} partitions.");
+    Ok(())
 }
 
 async fn create(
@@ -212,10 +247,13 @@ mod tests {
 
     #[test]
     fn bootstrap_server_is_accepted_by_every_subcommand() {
-        for sub in ["list", "describe", "delete"] {
+        for sub in ["list", "describe", "delete", "alter"] {
             let mut args = vec![sub];
             if sub != "list" {
                 args.push("t");
+            }
+            if sub == "alter" {
+                args.extend(["--partitions", "2"]);
             }
             args.extend(["--bootstrap-server", "h:1"]);
             assert!(parse(&args).is_ok(), "{sub}");

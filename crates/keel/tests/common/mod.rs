@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,12 +23,12 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use rand::{Rng, SeedableRng};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// How long a broker may take to print its listening line. Generous: a
@@ -384,6 +385,48 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs:
             && topic.partitions.len() == partitions as usize
             && topic.partitions.iter().all(|p| p.leader_id.0 >= 0)
     });
+}
+
+/// Produces one record and returns its offset.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: Option<&str>,
+    value: &str,
+) -> i64 {
+    let mut record = FutureRecord::<str, str>::to(topic)
+        .partition(partition)
+        .payload(value);
+    record.key = key;
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("record delivered")
+        .offset
+}
+
+/// Every config of a topic as `name -> (value, source)`, through DescribeConfigs.
+pub async fn topic_configs(
+    bootstrap: &str,
+    topic: &str,
+) -> BTreeMap<String, (Option<String>, String)> {
+    let admin = admin(bootstrap);
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &admin_options())
+        .await
+        .expect("DescribeConfigs");
+    let resource = results
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .unwrap_or_else(|code| panic!("DescribeConfigs for {topic}: {code:?}"));
+    resource
+        .entries
+        .iter()
+        .map(|e| (e.name.clone(), (e.value.clone(), format!("{:?}", e.source))))
+        .collect()
 }
 
 /// `(low, high)` watermarks through ListOffsets.

@@ -1,22 +1,28 @@
-//! `keel topic describe`: a topic's partitions with their replicas and
-//! offsets, and the configs it does not take from defaults.
+//! `keel topic describe`: a topic's partitions with their replicas,
+//! offsets and size on disk, its cleanup policy, and the configs it does
+//! not take from defaults.
 
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
-use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_configs_response::DescribeConfigsResourceResult;
+use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
 use kafka_protocol::messages::metadata_response::MetadataResponsePartition;
-use kafka_protocol::messages::{DescribeConfigsRequest, MetadataResponse};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{DescribeLogDirsRequest, MetadataResponse};
 use uuid::Uuid;
 
 use crate::client::{self, BootstrapArgs, Client, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+use crate::commands::config::{
+    config_source_name, describe_configs, DEFAULT_CONFIG_SOURCE, TOPIC_RESOURCE_TYPE,
+};
 
-/// DescribeConfigs' resource type for a topic (Kafka `ConfigResource.Type.TOPIC`).
-const TOPIC_RESOURCE_TYPE: i8 = 2;
-
-/// DescribeConfigs' `config_source` for a value nobody set.
-const DEFAULT_CONFIG_SOURCE: i8 = 5;
+/// What the partitions' leaders say about each partition.
+struct PartitionState {
+    earliest: String,
+    latest: String,
+    /// Bytes on disk, or why it is unknown.
+    size: String,
+}
 
 pub async fn run(bootstrap: &BootstrapArgs, name: &str) -> Result<()> {
     let mut client = Client::connect(&bootstrap.address).await?;
@@ -29,8 +35,14 @@ pub async fn run(bootstrap: &BootstrapArgs, name: &str) -> Result<()> {
     client::check(topic.error_code, format!("topic {name}"))?;
     let mut partitions: Vec<&MetadataResponsePartition> = topic.partitions.iter().collect();
     partitions.sort_by_key(|p| p.partition_index);
-    let offsets = offset_ranges(&mut client, &metadata, name, &partitions).await?;
-    let configs = non_default_configs(&mut client, name).await?;
+    let states = partition_states(&mut client, &metadata, name, &partitions).await?;
+    let configs = describe_configs(&mut client, TOPIC_RESOURCE_TYPE, name).await?;
+    let cleanup_policy = configs
+        .iter()
+        .find(|c| c.name.as_str() == "cleanup.policy")
+        .and_then(|c| c.value.as_ref())
+        .map_or_else(|| "delete".to_string(), |v| v.to_string());
+    let configs = non_default(&configs);
 
     let replication_factor = partitions.first().map_or(0, |p| p.replica_nodes.len());
     println!(
@@ -38,34 +50,47 @@ pub async fn run(bootstrap: &BootstrapArgs, name: &str) -> Result<()> {
         kafka_uuid(topic.topic_id),
         partitions.len()
     );
+    println!("CleanupPolicy: {cleanup_policy}");
     println!("Configs: {}", configs.join(", "));
     for p in partitions {
-        let (earliest, latest) = &offsets[&p.partition_index];
+        let state = &states[&p.partition_index];
         println!(
-            "\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tEarliest: {earliest}\tLatest: {latest}",
+            "\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tLogStartOffset: {}\tLogEndOffset: {}\tSizeOnDisk: {}",
             p.partition_index,
             *p.leader_id,
             node_list(&p.replica_nodes),
             node_list(&p.isr_nodes),
+            state.earliest,
+            state.latest,
+            state.size,
         );
     }
     Ok(())
 }
 
-/// Earliest and latest offset of each partition, asked of its leader with
-/// one request per leader and end. A partition without a leader shows `-`,
-/// one whose leader refuses shows the error in place of the offset.
-async fn offset_ranges(
+/// Earliest and latest offset and size on disk of each partition, asked of
+/// its leader with one request per leader and question. A partition without
+/// a leader shows `-`, one whose leader refuses shows the error in place of
+/// the offset.
+async fn partition_states(
     bootstrap: &mut Client,
     metadata: &MetadataResponse,
     topic: &str,
     partitions: &[&MetadataResponsePartition],
-) -> Result<BTreeMap<i32, (String, String)>> {
+) -> Result<BTreeMap<i32, PartitionState>> {
     let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-    let mut ranges = BTreeMap::new();
+    let mut states = BTreeMap::new();
     for p in partitions {
         if *p.leader_id < 0 {
-            ranges.insert(p.partition_index, ("-".to_string(), "-".to_string()));
+            let unknown = || "-".to_string();
+            states.insert(
+                p.partition_index,
+                PartitionState {
+                    earliest: unknown(),
+                    latest: unknown(),
+                    size: unknown(),
+                },
+            );
         } else {
             by_leader
                 .entry(*p.leader_id)
@@ -95,34 +120,50 @@ async fn offset_ranges(
             Ok(offset) => offset.to_string(),
             Err(e) => format!("({e:#})"),
         };
+        let mut sizes = partition_sizes(client, topic, &indexes).await?;
         for index in indexes {
-            ranges.insert(
+            states.insert(
                 index,
-                (show(earliest.remove(&index)), show(latest.remove(&index))),
+                PartitionState {
+                    earliest: show(earliest.remove(&index)),
+                    latest: show(latest.remove(&index)),
+                    size: sizes
+                        .remove(&index)
+                        .map_or_else(|| "-".to_string(), |b| format!("{b} B")),
+                },
             );
         }
     }
-    Ok(ranges)
+    Ok(states)
+}
+
+/// Bytes on disk of the partitions one broker hosts (DescribeLogDirs).
+async fn partition_sizes(
+    client: &mut Client,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>> {
+    let request =
+        DescribeLogDirsRequest::default()
+            .with_topics(Some(vec![DescribableLogDirTopic::default()
+                .with_topic(client::topic_name(topic))
+                .with_partitions(partitions.to_vec())]));
+    let response = client.send(request).await?;
+    client::check(response.error_code, "DescribeLogDirs")?;
+    let mut sizes = BTreeMap::new();
+    for dir in &response.results {
+        for t in dir.topics.iter().filter(|t| t.name.as_str() == topic) {
+            for p in &t.partitions {
+                *sizes.entry(p.partition_index).or_default() += p.partition_size;
+            }
+        }
+    }
+    Ok(sizes)
 }
 
 /// `key=value (SOURCE)` for each config not at its default, sorted by key.
-async fn non_default_configs(client: &mut Client, topic: &str) -> Result<Vec<String>> {
-    let resource = DescribeConfigsResource::default()
-        .with_resource_type(TOPIC_RESOURCE_TYPE)
-        .with_resource_name(StrBytes::from_string(topic.to_string()))
-        .with_configuration_keys(None);
-    let response = client
-        .send(DescribeConfigsRequest::default().with_resources(vec![resource]))
-        .await?;
-    let result = response
-        .results
-        .into_iter()
-        .find(|r| r.resource_name.as_str() == topic)
-        .ok_or_else(|| anyhow!("DescribeConfigs response lacks topic {topic}"))?;
-    let what = format!("DescribeConfigs for topic {topic}");
-    client::check_with_message(result.error_code, result.error_message.as_deref(), what)?;
-    let mut configs: Vec<String> = result
-        .configs
+fn non_default(configs: &[DescribeConfigsResourceResult]) -> Vec<String> {
+    configs
         .iter()
         .filter(|c| c.config_source != DEFAULT_CONFIG_SOURCE)
         .map(|c| {
@@ -137,22 +178,7 @@ async fn non_default_configs(client: &mut Client, topic: &str) -> Result<Vec<Str
                 config_source_name(c.config_source)
             )
         })
-        .collect();
-    configs.sort_unstable();
-    Ok(configs)
-}
-
-/// Kafka's names for DescribeConfigs' `config_source` (`DescribeConfigsResponse.ConfigSource`).
-fn config_source_name(source: i8) -> &'static str {
-    match source {
-        1 => "DYNAMIC_TOPIC_CONFIG",
-        2 => "DYNAMIC_BROKER_CONFIG",
-        3 => "DYNAMIC_DEFAULT_BROKER_CONFIG",
-        4 => "STATIC_BROKER_CONFIG",
-        5 => "DEFAULT_CONFIG",
-        6 => "DYNAMIC_BROKER_LOGGER_CONFIG",
-        _ => "UNKNOWN",
-    }
+        .collect()
 }
 
 /// A topic id as Kafka's tools print it (`Uuid.toString`): URL-safe base64
