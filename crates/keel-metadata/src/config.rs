@@ -53,10 +53,8 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         broker_synonym: "log.cleanup.policy",
         default: "delete",
         kind: ConfigType::List,
-        // Compaction is not built yet; accepting "compact" would promise a
-        // cleaner that does not run.
-        validator: Validator::OneOf(&["delete"]),
-        doc: "How old segments are removed: by retention (delete).",
+        validator: Validator::OneOf(&["delete", "compact"]),
+        doc: "How old segments are removed: by retention (delete), by keeping the latest record of each key (compact), both, or neither (an empty list).",
     },
     TopicConfigDef {
         name: "compression.type",
@@ -67,6 +65,14 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         // would put decompression on the hot path.
         validator: Validator::OneOf(&["producer"]),
         doc: "Batches keep the codec the producer chose.",
+    },
+    TopicConfigDef {
+        name: "delete.retention.ms",
+        broker_synonym: "log.cleaner.delete.retention.ms",
+        default: "86400000",
+        kind: ConfigType::Long,
+        validator: Validator::AtLeast(0),
+        doc: "How long a tombstone outlives the clean that first kept it, on compacted topics.",
     },
     TopicConfigDef {
         name: "flush.messages",
@@ -101,12 +107,36 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         doc: "Largest record batch the topic accepts.",
     },
     TopicConfigDef {
+        name: "max.compaction.lag.ms",
+        broker_synonym: "log.cleaner.max.compaction.lag.ms",
+        default: LONG_MAX,
+        kind: ConfigType::Long,
+        validator: Validator::AtLeast(1),
+        doc: "Longest a record stays uncompacted, on compacted topics.",
+    },
+    TopicConfigDef {
         name: "message.timestamp.type",
         broker_synonym: "log.message.timestamp.type",
         default: "CreateTime",
         kind: ConfigType::String,
         validator: Validator::OneOf(&["CreateTime", "LogAppendTime"]),
         doc: "Whether record timestamps are the producer's or the broker's append time.",
+    },
+    TopicConfigDef {
+        name: "min.cleanable.dirty.ratio",
+        broker_synonym: "log.cleaner.min.cleanable.ratio",
+        default: "0.5",
+        kind: ConfigType::Double,
+        validator: Validator::Fraction,
+        doc: "Share of a compacted log that must be uncleaned before the cleaner takes it.",
+    },
+    TopicConfigDef {
+        name: "min.compaction.lag.ms",
+        broker_synonym: "log.cleaner.min.compaction.lag.ms",
+        default: "0",
+        kind: ConfigType::Long,
+        validator: Validator::AtLeast(0),
+        doc: "Shortest time a record stays uncompacted, on compacted topics.",
     },
     TopicConfigDef {
         name: "min.insync.replicas",
@@ -175,7 +205,44 @@ pub struct BrokerConfigDef {
 /// Broker settings that change at run time, per broker or cluster-wide
 /// (Kafka's dynamic broker configs), besides the broker synonyms of topic
 /// configs (`log.retention.ms` and friends), which are all dynamic too.
-pub const DYNAMIC_BROKER_CONFIGS: &[BrokerConfigDef] = &[];
+pub const DYNAMIC_BROKER_CONFIGS: &[BrokerConfigDef] = &[
+    BrokerConfigDef {
+        name: "log.cleaner.threads",
+        default: "1",
+        kind: ConfigType::Int,
+        validator: Validator::AtLeast(1),
+        doc: "Logs cleaned at once.",
+    },
+    BrokerConfigDef {
+        name: "log.cleaner.dedupe.buffer.size",
+        default: "134217728",
+        kind: ConfigType::Long,
+        // Kafka's floor: each thread's offset map must hold real work.
+        validator: Validator::AtLeast(1024 * 1024),
+        doc: "Memory for the cleaners' offset maps, shared among the threads.",
+    },
+    BrokerConfigDef {
+        name: "log.cleaner.io.buffer.size",
+        default: "524288",
+        kind: ConfigType::Int,
+        validator: Validator::AtLeast(0),
+        doc: "Read and write buffers of the cleaners, shared among the threads.",
+    },
+    BrokerConfigDef {
+        name: "log.cleaner.io.max.bytes.per.second",
+        default: "1.7976931348623157E308",
+        kind: ConfigType::Double,
+        validator: Validator::AtLeast(1),
+        doc: "Cap on the cleaners' combined read and write rate.",
+    },
+    BrokerConfigDef {
+        name: "log.cleaner.backoff.ms",
+        default: "15000",
+        kind: ConfigType::Long,
+        validator: Validator::AtLeast(0),
+        doc: "How long the cleaner sleeps when no log needs cleaning.",
+    },
+];
 
 /// Whether AlterConfigs may change this broker setting.
 pub fn dynamic_broker_config(name: &str) -> Option<(ConfigType, Validator)> {
@@ -244,8 +311,14 @@ pub fn validate_value(
                 .trim()
                 .parse()
                 .map_err(|_| invalid("Not a number of type DOUBLE".into()))?;
-            if matches!(validator, Validator::Fraction) && !(0.0..=1.0).contains(&n) {
-                return Err(invalid("Value must be in [0, 1]".into()));
+            match validator {
+                Validator::Fraction if !(0.0..=1.0).contains(&n) => {
+                    return Err(invalid("Value must be in [0, 1]".into()))
+                }
+                Validator::AtLeast(min) if n.is_nan() || n < min as f64 => {
+                    return Err(invalid(format!("Value must be at least {min}")))
+                }
+                _ => {}
             }
             None
         }
@@ -266,7 +339,11 @@ pub fn validate_value(
         }
         (Validator::OneOf(allowed), _) => {
             let all_allowed = match kind {
-                ConfigType::List => value.split(',').all(|v| allowed.contains(&v.trim())),
+                ConfigType::List => value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .all(|v| allowed.contains(&v)),
                 _ => allowed.contains(&value),
             };
             if all_allowed {
@@ -299,13 +376,25 @@ mod tests {
     fn enumerations_and_unknown_names_are_refused() {
         assert!(validate_topic_config("message.timestamp.type", "LogAppendTime").is_ok());
         assert!(validate_topic_config("message.timestamp.type", "Now").is_err());
-        assert!(validate_topic_config("cleanup.policy", "compact").is_err());
+        assert!(validate_topic_config("cleanup.policy", "compact,delete").is_ok());
+        assert!(validate_topic_config("cleanup.policy", "").is_ok());
+        assert!(validate_topic_config("cleanup.policy", "shred").is_err());
+        assert!(validate_topic_config("min.cleanable.dirty.ratio", "0.3").is_ok());
+        assert!(validate_topic_config("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(
+            validate_dynamic_broker_config("log.cleaner.io.max.bytes.per.second", "0").is_err()
+        );
+        assert!(validate_dynamic_broker_config("log.cleaner.threads", "2").is_ok());
         assert!(validate_topic_config("no.such.config", "1").is_err());
     }
 
     #[test]
     fn every_default_passes_its_own_validation() {
         for def in TOPIC_CONFIGS {
+            validate_value(def.name, def.kind, def.validator, def.default)
+                .unwrap_or_else(|e| panic!("{}: {e}", def.name));
+        }
+        for def in DYNAMIC_BROKER_CONFIGS {
             validate_value(def.name, def.kind, def.validator, def.default)
                 .unwrap_or_else(|e| panic!("{}: {e}", def.name));
         }

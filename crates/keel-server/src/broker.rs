@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::config::BrokerConfig;
 use crate::fetch_session::FetchSessionCache;
+use crate::log_cleaner::LogCleaner;
 use crate::metadata_store::{MetadataError, MetadataStore};
 use crate::offsets_log::{ConsumerOffsetsLog, OFFSETS_TOPIC};
 use crate::replica_manager::ReplicaManager;
@@ -43,6 +44,7 @@ pub struct Broker {
     pub replicas: Arc<ReplicaManager>,
     pub groups: Arc<GroupService>,
     pub fetch_sessions: FetchSessionCache,
+    pub log_cleaner: LogCleaner,
     /// `(next id to hand out, end of the reserved block)`.
     producer_ids: Mutex<(i64, i64)>,
     /// The id of the `__consumer_offsets` the coordinator has loaded. A
@@ -107,7 +109,9 @@ impl Broker {
         );
         groups.load().map_err(BrokerError::Groups)?;
         let loaded_offsets_topic = image.topic_by_name(OFFSETS_TOPIC).map(|t| t.topic_id);
-        Ok(Arc::new(Self {
+        let log_cleaner = LogCleaner::new(replicas.log_manager().read_cleaner_checkpoint()?);
+        let broker = Arc::new(Self {
+            log_cleaner,
             loaded_offsets_topic: Mutex::new(loaded_offsets_topic),
             groups,
             fetch_sessions: FetchSessionCache::new(config.fetch_session_cache_slots),
@@ -115,7 +119,11 @@ impl Broker {
             metadata,
             replicas,
             producer_ids: Mutex::new((0, 0)),
-        }))
+        });
+        if let Err(e) = broker.compact_offsets_topic() {
+            tracing::error!(error = %e, "{OFFSETS_TOPIC} stays as it was configured");
+        }
+        Ok(broker)
     }
 
     pub fn image(&self) -> Arc<MetadataImage> {
@@ -211,14 +219,13 @@ impl Broker {
                 num_partitions: self.config.group.offsets_topic_partitions,
                 replication_factor: self.config.offsets_topic_replication_factor.min(brokers),
                 assignments: Default::default(),
-                // Kafka compacts this topic. Until the log cleaner exists,
-                // nothing may be deleted by retention, or committed offsets
-                // would be lost; the topic grows until compaction lands.
+                // Kafka's offsets topic settings: compacted, so it keeps
+                // the latest commit of every group and partition.
                 configs: vec![
-                    ("retention.ms".into(), "-1".into()),
+                    ("cleanup.policy".into(), "compact".into()),
                     (
                         "segment.bytes".into(),
-                        OFFSETS_TOPIC_SEGMENT_BYTES.to_string(),
+                        self.config.offsets_topic_segment_bytes.to_string(),
                     ),
                 ],
             };
@@ -232,6 +239,25 @@ impl Broker {
             .image()
             .topic_by_name(OFFSETS_TOPIC)
             .map(|t| t.topic_id);
+        Ok(())
+    }
+
+    /// Data dirs from before the log cleaner existed hold an offsets topic
+    /// kept whole by `retention.ms=-1`; it becomes compacted like Kafka's.
+    fn compact_offsets_topic(&self) -> Result<(), AdminError> {
+        let resource = ConfigResource::Topic(OFFSETS_TOPIC.to_string());
+        let configs = self.image().dynamic_configs(&resource).cloned();
+        if configs.is_some_and(|c| c.get("cleanup.policy").map(String::as_str) != Some("compact")) {
+            let change = ConfigChange::Incremental(vec![
+                (
+                    "cleanup.policy".into(),
+                    controller::ConfigOp::Set("compact".into()),
+                ),
+                ("retention.ms".into(), controller::ConfigOp::Delete),
+            ]);
+            self.alter_configs(&resource, &change, false)?;
+            tracing::info!("{OFFSETS_TOPIC} is now compacted");
+        }
         Ok(())
     }
 
@@ -271,6 +297,10 @@ impl Broker {
 
     /// Runs retention, time-based upkeep and checkpoints until `shutdown` fires.
     pub async fn run_background(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let cleaner = self
+            .config
+            .log_cleaner_enable
+            .then(|| tokio::spawn(LogCleaner::run(self.clone(), shutdown.clone())));
         let mut retention = tokio::time::interval(Duration::from_millis(
             self.config.log_retention_check_interval_ms,
         ));
@@ -280,7 +310,13 @@ impl Broker {
         ));
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    if let Some(cleaner) = cleaner {
+                        // Stops cleans in flight; their partial files go.
+                        let _ = cleaner.await;
+                    }
+                    return;
+                }
                 _ = retention.tick() => {
                     let broker = self.clone();
                     let _ = tokio::task::spawn_blocking(move || broker.replicas.enforce_retention(now_ms())).await;
@@ -309,9 +345,6 @@ impl Broker {
         Ok(())
     }
 }
-
-/// Kafka's `offsets.topic.segment.bytes`.
-const OFFSETS_TOPIC_SEGMENT_BYTES: u32 = 100 * 1024 * 1024;
 
 /// How often segment.ms, flush.ms and producer expiry are checked.
 const UPKEEP_INTERVAL_MS: u64 = 1000;

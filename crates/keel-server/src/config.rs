@@ -12,7 +12,7 @@ use keel_metadata::config::{
     TopicConfigDef, Validator, DYNAMIC_BROKER_CONFIGS, TOPIC_CONFIGS,
 };
 use keel_metadata::{MetadataImage, TopicImage};
-use keel_storage::{LogConfig, TimestampType};
+use keel_storage::{CleanupPolicy, LogConfig, TimestampType};
 
 const fn def(
     name: &'static str,
@@ -111,6 +111,13 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
         "Idle time after which a producer's state is dropped.",
     ),
     def(
+        "log.cleaner.enable",
+        "true",
+        Boolean,
+        Any,
+        "Run the log cleaner, which compacts topics whose cleanup.policy includes compact.",
+    ),
+    def(
         "log.retention.check.interval.ms",
         "300000",
         Long,
@@ -158,6 +165,13 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
         Short,
         AtLeast(1),
         "Replication factor of __consumer_offsets (at most the brokers registered).",
+    ),
+    def(
+        "offsets.topic.segment.bytes",
+        "104857600",
+        Int,
+        Validator::Between(14, i32::MAX as i64),
+        "Segment size of __consumer_offsets, small so compaction can start early.",
     ),
     def(
         "offsets.retention.minutes",
@@ -259,6 +273,7 @@ pub struct BrokerConfig {
     pub num_partitions: i32,
     pub default_replication_factor: i16,
     pub auto_create_topics_enable: bool,
+    pub log_cleaner_enable: bool,
     pub socket_request_max_bytes: u32,
     pub connections_max_idle_ms: u64,
     pub producer_id_expiration_ms: i64,
@@ -267,6 +282,7 @@ pub struct BrokerConfig {
     pub fetch_max_bytes: i32,
     pub fetch_session_cache_slots: usize,
     pub offsets_topic_replication_factor: i16,
+    pub offsets_topic_segment_bytes: u32,
     pub group: GroupConfig,
     /// Every setting given explicitly (file or override), after normalisation.
     explicit: BTreeMap<String, String>,
@@ -379,6 +395,7 @@ impl BrokerConfig {
             )?,
             auto_create_topics_enable: get("auto.create.topics.enable")
                 .eq_ignore_ascii_case("true"),
+            log_cleaner_enable: get("log.cleaner.enable").eq_ignore_ascii_case("true"),
             socket_request_max_bytes: parse_num(
                 "socket.request.max.bytes",
                 &get("socket.request.max.bytes"),
@@ -403,6 +420,10 @@ impl BrokerConfig {
             fetch_session_cache_slots: parse_num(
                 "max.incremental.fetch.session.cache.slots",
                 &get("max.incremental.fetch.session.cache.slots"),
+            )?,
+            offsets_topic_segment_bytes: parse_num(
+                "offsets.topic.segment.bytes",
+                &get("offsets.topic.segment.bytes"),
             )?,
             offsets_topic_replication_factor: parse_num(
                 "offsets.topic.replication.factor",
@@ -546,6 +567,15 @@ impl BrokerConfig {
             .1
     }
 
+    /// The effective value of a numeric dynamic broker setting.
+    pub fn dynamic_broker_config_num(&self, image: &MetadataImage, name: &str) -> u64 {
+        // Validated on the way in; a bad value would be a bug, not input.
+        self.dynamic_broker_config(image, name)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
     /// The storage settings for one topic's partitions.
     pub fn log_config(&self, image: &MetadataImage, topic: &TopicImage) -> LogConfig {
         self.log_config_for(image, &topic.configs)
@@ -582,6 +612,20 @@ impl BrokerConfig {
             },
             flush_messages: num("flush.messages"),
             flush_ms: num("flush.ms"),
+            cleanup_policy: CleanupPolicy::parse(&self.topic_config(
+                "cleanup.policy",
+                image,
+                overrides,
+            ))
+            .unwrap_or_default(),
+            delete_retention_ms: num("delete.retention.ms"),
+            min_compaction_lag_ms: num("min.compaction.lag.ms"),
+            max_compaction_lag_ms: num("max.compaction.lag.ms"),
+            min_cleanable_dirty_ratio: self
+                .topic_config("min.cleanable.dirty.ratio", image, overrides)
+                .trim()
+                .parse()
+                .unwrap_or(0.5),
             ..LogConfig::default()
         }
     }

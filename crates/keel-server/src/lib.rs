@@ -14,6 +14,7 @@ pub mod dispatch;
 mod errors;
 mod fetch_session;
 mod handlers;
+mod log_cleaner;
 pub mod metadata_store;
 mod offsets_log;
 pub mod replica_manager;

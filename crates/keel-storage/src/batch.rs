@@ -1,6 +1,8 @@
-//! RecordBatch v2: header parsing, validation without decompression, a builder
-//! for uncompressed batches, and splitting a buffer into batches.
+//! RecordBatch v2: header parsing, validation without decompression,
+//! splitting a buffer into batches, iterating records (decompressing through
+//! [`crate::codec`] when asked), and a builder for any codec and offsets.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use keel_types::limits::RECORD_BATCH_HEADER_BYTES;
@@ -52,6 +54,20 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The attribute bits of a known codec.
+    fn attribute_bits(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+            Compression::Unknown(codec) => {
+                unreachable!("codec {codec} is never written")
+            }
+        }
+    }
+
     fn from_attributes(attributes: i16) -> Compression {
         match attributes & ATTR_COMPRESSION_MASK {
             0 => Compression::None,
@@ -168,6 +184,11 @@ impl RecordBatchHeader {
     pub fn has_delete_horizon(&self) -> bool {
         self.attributes & ATTR_DELETE_HORIZON != 0
     }
+    /// KIP-534: when the cleaner may remove this batch's tombstones. Stored
+    /// in place of the base timestamp.
+    pub fn delete_horizon_ms(&self) -> Option<i64> {
+        self.has_delete_horizon().then_some(self.base_timestamp)
+    }
     pub fn last_offset_delta(&self) -> i32 {
         self.last_offset_delta
     }
@@ -268,7 +289,8 @@ pub fn validate_batch(batch: &[u8]) -> Result<RecordBatchHeader> {
             )))
         }
         Compression::None => {
-            let mut records = RecordIter::new(&header, batch);
+            let mut records =
+                RecordIter::new(&header, &batch[field::RECORDS..], OffsetDeltas::Contiguous);
             for record in &mut records {
                 record?;
             }
@@ -411,9 +433,9 @@ pub(crate) fn write_varlong(out: &mut Vec<u8>, value: i64) {
 }
 
 // ---------------------------------------------------------------------------
-// Records of uncompressed batches.
+// Records.
 
-/// One record of an uncompressed batch, borrowed from the batch bytes.
+/// One record, borrowed from the (decompressed) records section of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordView<'a> {
     pub offset: i64,
@@ -423,13 +445,25 @@ pub struct RecordView<'a> {
     pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
 }
 
-/// Walks the records of an uncompressed batch, checking that each fits its
-/// length prefix exactly and that offset deltas run 0..n-1.
+/// What a batch's offset deltas must look like.
+#[derive(Clone, Copy, Debug)]
+enum OffsetDeltas {
+    /// A client batch: exactly 0, 1, .., count - 1.
+    Contiguous,
+    /// A stored batch: the cleaner removes records and keeps the rest at
+    /// their offsets, so deltas only increase, up to `lastOffsetDelta`.
+    Increasing { last_offset_delta: i32 },
+}
+
+/// Walks the records of a records section, checking that each fits its
+/// length prefix exactly and that offset deltas are as the batch kind requires.
 pub struct RecordIter<'a> {
-    batch: &'a [u8],
+    records: &'a [u8],
     pos: usize,
     index: i32,
     count: i32,
+    previous_delta: i32,
+    deltas: OffsetDeltas,
     base_offset: i64,
     base_timestamp: i64,
     log_append_time: Option<i64>,
@@ -437,12 +471,14 @@ pub struct RecordIter<'a> {
 }
 
 impl<'a> RecordIter<'a> {
-    fn new(header: &RecordBatchHeader, batch: &'a [u8]) -> RecordIter<'a> {
+    fn new(header: &RecordBatchHeader, records: &'a [u8], deltas: OffsetDeltas) -> RecordIter<'a> {
         RecordIter {
-            batch,
-            pos: field::RECORDS,
+            records,
+            pos: 0,
             index: 0,
             count: header.record_count.max(0),
+            previous_delta: -1,
+            deltas,
             base_offset: header.base_offset,
             base_timestamp: header.base_timestamp,
             log_append_time: (header.timestamp_type() == crate::TimestampType::LogAppendTime)
@@ -451,19 +487,19 @@ impl<'a> RecordIter<'a> {
         }
     }
 
-    /// After the last record: the records must fill the batch exactly.
-    fn finish(&self) -> Result<()> {
-        if self.pos != self.batch.len() {
+    /// After the last record: the records must fill the section exactly.
+    pub(crate) fn finish(&self) -> Result<()> {
+        if self.pos != self.records.len() {
             return Err(StorageError::InvalidRecord(format!(
                 "{} bytes after the last record",
-                self.batch.len() - self.pos
+                self.records.len() - self.pos
             )));
         }
         Ok(())
     }
 
     fn bytes(&self, pos: &mut usize, end: usize, what: &str) -> Result<Option<&'a [u8]>> {
-        let len = read_varint(&self.batch[..end], pos)?;
+        let len = read_varint(&self.records[..end], pos)?;
         if len < 0 {
             if len != -1 {
                 return Err(invalid(&format!("{what} length {len}")));
@@ -474,31 +510,42 @@ impl<'a> RecordIter<'a> {
         if end - *pos < len {
             return Err(invalid(&format!("{what} runs past the record")));
         }
-        let out = &self.batch[*pos..*pos + len];
+        let out = &self.records[*pos..*pos + len];
         *pos += len;
         Ok(Some(out))
     }
 
+    fn check_offset_delta(&self, offset_delta: i32) -> Result<()> {
+        let fits = match self.deltas {
+            OffsetDeltas::Contiguous => offset_delta == self.index,
+            OffsetDeltas::Increasing { last_offset_delta } => {
+                offset_delta > self.previous_delta && offset_delta <= last_offset_delta
+            }
+        };
+        if !fits {
+            return Err(StorageError::InvalidRecord(format!(
+                "record {} has offset delta {offset_delta}",
+                self.index
+            )));
+        }
+        Ok(())
+    }
+
     fn parse_one(&mut self) -> Result<RecordView<'a>> {
         let mut pos = self.pos;
-        let len = read_varint(self.batch, &mut pos)?;
-        if len < 0 || (len as usize) > self.batch.len() - pos {
+        let len = read_varint(self.records, &mut pos)?;
+        if len < 0 || (len as usize) > self.records.len() - pos {
             return Err(invalid("record length runs past the batch"));
         }
         let end = pos + len as usize;
-        let body = &self.batch[..end];
+        let body = &self.records[..end];
         if pos >= end {
             return Err(invalid("empty record"));
         }
         pos += 1; // attributes: unused in v2
         let timestamp_delta = read_varlong(body, &mut pos)?;
         let offset_delta = read_varint(body, &mut pos)?;
-        if offset_delta != self.index {
-            return Err(StorageError::InvalidRecord(format!(
-                "record {} has offset delta {offset_delta}",
-                self.index
-            )));
-        }
+        self.check_offset_delta(offset_delta)?;
         let key = self.bytes(&mut pos, end, "key")?;
         let value = self.bytes(&mut pos, end, "value")?;
         let header_count = read_varint(body, &mut pos)?;
@@ -522,6 +569,7 @@ impl<'a> RecordIter<'a> {
             return Err(invalid("record length disagrees with its fields"));
         }
         self.pos = end;
+        self.previous_delta = offset_delta;
         let timestamp = self
             .log_append_time
             .unwrap_or_else(|| self.base_timestamp.wrapping_add(timestamp_delta));
@@ -551,9 +599,7 @@ impl<'a> Iterator for RecordIter<'a> {
     }
 }
 
-/// Iterates the records of one uncompressed batch. Compressed batches are an
-/// error: the storage layer never decompresses.
-pub fn iter_records(batch: &[u8]) -> Result<RecordIter<'_>> {
+fn check_whole_batch(batch: &[u8]) -> Result<RecordBatchHeader> {
     let header = RecordBatchHeader::parse(batch)?;
     check_framing(&header)?;
     if header.total_size() != batch.len() as u64 {
@@ -561,19 +607,83 @@ pub fn iter_records(batch: &[u8]) -> Result<RecordIter<'_>> {
             "batchLength disagrees with the slice".into(),
         ));
     }
+    Ok(header)
+}
+
+/// Iterates the records of one stored, uncompressed batch; a compressed
+/// batch is an error (use [`BatchRecords::decode`]). Offset deltas may have
+/// gaps, as the cleaner leaves them.
+pub fn iter_records(batch: &[u8]) -> Result<RecordIter<'_>> {
+    let header = check_whole_batch(batch)?;
     if header.compression() != Compression::None {
         return Err(StorageError::InvalidRecord(format!(
             "cannot iterate a {:?} batch without decompressing",
             header.compression()
         )));
     }
-    Ok(RecordIter::new(&header, batch))
+    Ok(RecordIter::new(
+        &header,
+        &batch[field::RECORDS..],
+        OffsetDeltas::Increasing {
+            last_offset_delta: header.last_offset_delta,
+        },
+    ))
+}
+
+/// The records section of one stored batch, decompressed if it was
+/// compressed (borrowed otherwise), ready to iterate.
+#[derive(Debug)]
+pub struct BatchRecords<'a> {
+    header: RecordBatchHeader,
+    records: Cow<'a, [u8]>,
+}
+
+impl<'a> BatchRecords<'a> {
+    /// Decodes `batch`, which must hold exactly one batch. Records that
+    /// decompress to more than `uncompressed_bytes_max` bytes are
+    /// `InvalidRecord` (see [`crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX`]).
+    pub fn decode(batch: &'a [u8], uncompressed_bytes_max: usize) -> Result<BatchRecords<'a>> {
+        let header = check_whole_batch(batch)?;
+        let section = &batch[field::RECORDS..];
+        let records = match header.compression() {
+            Compression::None => Cow::Borrowed(section),
+            codec => Cow::Owned(crate::codec::decompress(
+                codec,
+                section,
+                uncompressed_bytes_max,
+            )?),
+        };
+        Ok(BatchRecords { header, records })
+    }
+
+    pub fn header(&self) -> &RecordBatchHeader {
+        &self.header
+    }
+
+    /// The records, with offset deltas checked as for a stored batch.
+    pub fn iter(&self) -> RecordIter<'_> {
+        RecordIter::new(
+            &self.header,
+            &self.records,
+            OffsetDeltas::Increasing {
+                last_offset_delta: self.header.last_offset_delta,
+            },
+        )
+    }
+
+    /// Every record, checking that together they fill the section exactly.
+    pub fn records(&self) -> Result<Vec<RecordView<'_>>> {
+        let mut iter = self.iter();
+        let records = (&mut iter).collect::<Result<Vec<_>>>()?;
+        iter.finish()?;
+        Ok(records)
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Building batches.
 
-/// Builds an uncompressed RecordBatch v2.
+/// Builds a RecordBatch v2, uncompressed unless told otherwise.
 #[derive(Clone, Debug)]
 pub struct BatchBuilder {
     base_offset: i64,
@@ -584,8 +694,14 @@ pub struct BatchBuilder {
     control: bool,
     transactional: bool,
     log_append_time: bool,
+    compression: Compression,
+    delete_horizon_ms: Option<i64>,
+    /// Set when records were removed after the last one pushed, so the
+    /// batch must still end where it used to.
+    last_offset_delta: Option<i32>,
     records: Vec<u8>,
     count: i32,
+    previous_delta: i32,
     base_timestamp: i64,
     max_timestamp: i64,
 }
@@ -601,8 +717,12 @@ impl BatchBuilder {
             control: false,
             transactional: false,
             log_append_time: false,
+            compression: Compression::None,
+            delete_horizon_ms: None,
+            last_offset_delta: None,
             records: Vec::new(),
             count: 0,
+            previous_delta: -1,
             base_timestamp: keel_types::NO_TIMESTAMP,
             max_timestamp: keel_types::NO_TIMESTAMP,
         }
@@ -635,11 +755,39 @@ impl BatchBuilder {
         self
     }
 
+    pub fn compression(mut self, compression: Compression) -> Self {
+        assert!(
+            !matches!(compression, Compression::Unknown(_)),
+            "cannot build a batch with an unknown codec"
+        );
+        self.compression = compression;
+        self
+    }
+
+    /// KIP-534: marks the batch with the time after which the cleaner may
+    /// remove its tombstones. The horizon takes the place of the base
+    /// timestamp, and record timestamps are stored relative to it.
+    /// Call before pushing records.
+    pub fn delete_horizon_ms(mut self, horizon_ms: i64) -> Self {
+        assert_eq!(self.count, 0, "the delete horizon is the base timestamp");
+        self.delete_horizon_ms = Some(horizon_ms);
+        self.base_timestamp = horizon_ms;
+        self
+    }
+
+    /// Makes the batch end at `base_offset + delta` whatever records it
+    /// holds, as a cleaned batch must to keep its producer's sequence range.
+    pub fn last_offset_delta(mut self, delta: i32) -> Self {
+        self.last_offset_delta = Some(delta);
+        self
+    }
+
     pub fn record_count(&self) -> i32 {
         self.count
     }
 
-    /// Adds one record. The first record's timestamp becomes the batch's base.
+    /// Adds one record at the next offset. The first record's timestamp
+    /// becomes the batch's base unless a delete horizon was set.
     pub fn push(
         &mut self,
         key: Option<&[u8]>,
@@ -647,15 +795,40 @@ impl BatchBuilder {
         headers: &[(&str, &[u8])],
         timestamp: i64,
     ) -> &mut Self {
-        if self.count == 0 {
+        let delta = self.previous_delta + 1;
+        self.push_at(
+            delta,
+            timestamp,
+            key,
+            value,
+            headers.iter().map(|&(k, v)| (k, Some(v))),
+        )
+    }
+
+    /// Adds one record at `base_offset + offset_delta`; deltas must increase
+    /// but may skip, as they do in a cleaned batch. Header values may be null.
+    pub fn push_at<'h>(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl ExactSizeIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    ) -> &mut Self {
+        assert!(
+            offset_delta > self.previous_delta,
+            "offset delta {offset_delta} after {}",
+            self.previous_delta
+        );
+        if self.count == 0 && self.delete_horizon_ms.is_none() {
             self.base_timestamp = timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let mut body =
             Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
         body.push(0);
-        write_varlong(&mut body, timestamp - self.base_timestamp);
-        write_varint(&mut body, self.count);
+        write_varlong(&mut body, timestamp.wrapping_sub(self.base_timestamp));
+        write_varint(&mut body, offset_delta);
         let put = |body: &mut Vec<u8>, bytes: Option<&[u8]>| match bytes {
             None => write_varint(body, -1),
             Some(b) => {
@@ -671,7 +844,7 @@ impl BatchBuilder {
         );
         for (k, v) in headers {
             put(&mut body, Some(k.as_bytes()));
-            put(&mut body, Some(v));
+            put(&mut body, v);
         }
         write_varint(
             &mut self.records,
@@ -679,15 +852,24 @@ impl BatchBuilder {
         );
         self.records.extend_from_slice(&body);
         self.count += 1;
+        self.previous_delta = offset_delta;
         self
     }
 
-    /// Serialises the batch with a valid CRC.
+    /// Serialises the batch with a valid CRC. Compressing into memory cannot
+    /// fail short of a codec bug, so that is a panic, not an error.
     pub fn build(&self) -> Vec<u8> {
         assert!(self.count > 0, "a batch needs at least one record");
-        let total = RECORD_BATCH_HEADER_BYTES + self.records.len();
-        let mut out = Vec::with_capacity(total);
-        let mut attributes: i16 = 0;
+        let last_offset_delta = self.last_offset_delta.unwrap_or(self.previous_delta);
+        assert!(
+            last_offset_delta >= self.previous_delta,
+            "lastOffsetDelta {last_offset_delta} below the last record's {}",
+            self.previous_delta
+        );
+        let records = crate::codec::compress(self.compression, &self.records)
+            .expect("compressing records into memory");
+        let mut out = Vec::with_capacity(RECORD_BATCH_HEADER_BYTES + records.len());
+        let mut attributes = self.compression.attribute_bits();
         if self.log_append_time {
             attributes |= ATTR_TIMESTAMP_TYPE;
         }
@@ -697,26 +879,77 @@ impl BatchBuilder {
         if self.control {
             attributes |= ATTR_CONTROL;
         }
-        out.extend_from_slice(&self.base_offset.to_be_bytes());
-        let batch_length = i32::try_from(total - LOG_OVERHEAD_BYTES).expect("batch fits i32");
-        out.extend_from_slice(&batch_length.to_be_bytes());
-        out.extend_from_slice(&self.partition_leader_epoch.to_be_bytes());
-        out.push(2);
-        out.extend_from_slice(&0u32.to_be_bytes());
-        out.extend_from_slice(&attributes.to_be_bytes());
-        out.extend_from_slice(&(self.count - 1).to_be_bytes());
-        out.extend_from_slice(&self.base_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.producer_id.to_be_bytes());
-        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        out.extend_from_slice(&self.base_sequence.to_be_bytes());
-        out.extend_from_slice(&self.count.to_be_bytes());
-        debug_assert_eq!(out.len(), RECORD_BATCH_HEADER_BYTES);
-        out.extend_from_slice(&self.records);
-        let crc = compute_crc(&out);
-        out[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        if self.delete_horizon_ms.is_some() {
+            attributes |= ATTR_DELETE_HORIZON;
+        }
+        write_header(
+            &mut out,
+            &RecordBatchHeader {
+                base_offset: self.base_offset,
+                batch_length: 0,
+                partition_leader_epoch: self.partition_leader_epoch,
+                magic: 2,
+                crc: 0,
+                attributes,
+                last_offset_delta,
+                base_timestamp: self.base_timestamp,
+                max_timestamp: self.max_timestamp,
+                producer_id: self.producer_id,
+                producer_epoch: self.producer_epoch,
+                base_sequence: self.base_sequence,
+                record_count: self.count,
+            },
+        );
+        out.extend_from_slice(&records);
+        seal(&mut out);
         out
     }
+}
+
+/// Writes the 61 header bytes; `seal` fills in the length and CRC.
+fn write_header(out: &mut Vec<u8>, h: &RecordBatchHeader) {
+    out.extend_from_slice(&h.base_offset.to_be_bytes());
+    out.extend_from_slice(&h.batch_length.to_be_bytes());
+    out.extend_from_slice(&h.partition_leader_epoch.to_be_bytes());
+    out.push(h.magic as u8);
+    out.extend_from_slice(&h.crc.to_be_bytes());
+    out.extend_from_slice(&h.attributes.to_be_bytes());
+    out.extend_from_slice(&h.last_offset_delta.to_be_bytes());
+    out.extend_from_slice(&h.base_timestamp.to_be_bytes());
+    out.extend_from_slice(&h.max_timestamp.to_be_bytes());
+    out.extend_from_slice(&h.producer_id.to_be_bytes());
+    out.extend_from_slice(&h.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&h.base_sequence.to_be_bytes());
+    out.extend_from_slice(&h.record_count.to_be_bytes());
+    debug_assert_eq!(out.len(), RECORD_BATCH_HEADER_BYTES);
+}
+
+/// Sets `batchLength` from the buffer's length, then the CRC over the rest.
+fn seal(batch: &mut [u8]) {
+    let batch_length = i32::try_from(batch.len() - LOG_OVERHEAD_BYTES).expect("batch fits i32");
+    batch[field::BATCH_LENGTH..field::BATCH_LENGTH + 4]
+        .copy_from_slice(&batch_length.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// A batch with the same offsets, producer fields and flags as `header` but
+/// no records: what Kafka's cleaner keeps when it removes every record of a
+/// producer's last batch, so that the producer's sequence and epoch survive.
+pub(crate) fn empty_batch_like(header: &RecordBatchHeader) -> Vec<u8> {
+    let attributes = header.attributes & (ATTR_TIMESTAMP_TYPE | ATTR_TRANSACTIONAL | ATTR_CONTROL);
+    let mut out = Vec::with_capacity(RECORD_BATCH_HEADER_BYTES);
+    write_header(
+        &mut out,
+        &RecordBatchHeader {
+            attributes,
+            base_timestamp: header.max_timestamp,
+            record_count: 0,
+            ..*header
+        },
+    );
+    seal(&mut out);
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -871,6 +1104,102 @@ mod tests {
         assert!(iter_records(&batch)
             .unwrap()
             .all(|r| r.unwrap().timestamp == 123_456));
+    }
+
+    #[test]
+    fn builds_cleaned_style_batches_with_any_codec() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut b = BatchBuilder::new(100)
+                .producer(7, 2, 40)
+                .compression(codec)
+                .delete_horizon_ms(5_000)
+                .last_offset_delta(9);
+            b.push_at(1, 1_000, Some(b"a"), None, std::iter::empty());
+            b.push_at(6, 1_007, Some(b"b"), Some(b"v"), [("h", None)].into_iter());
+            let batch = b.build();
+            let h = RecordBatchHeader::parse(&batch).unwrap();
+            assert_eq!(compute_crc(&batch), h.crc());
+            assert_eq!(h.compression(), codec);
+            assert_eq!(
+                (h.base_offset(), h.last_offset(), h.record_count()),
+                (100, 109, 2)
+            );
+            assert_eq!((h.base_sequence(), h.last_sequence()), (40, 49));
+            assert_eq!(h.delete_horizon_ms(), Some(5_000));
+            assert_eq!(h.max_timestamp(), 1_007);
+            let decoded = BatchRecords::decode(&batch, 1 << 20).unwrap();
+            let records = decoded.records().unwrap();
+            let got: Vec<(i64, i64, Option<&[u8]>)> = records
+                .iter()
+                .map(|r| (r.offset, r.timestamp, r.value))
+                .collect();
+            assert_eq!(got, vec![(101, 1_000, None), (106, 1_007, Some(&b"v"[..]))]);
+            assert_eq!(records[1].headers, vec![("h", None)]);
+            // Gaps are fine in stored batches, never in client batches.
+            if codec == Compression::None {
+                assert_eq!(iter_records(&batch).unwrap().count(), 2);
+                assert!(matches!(
+                    validate_batch(&batch),
+                    Err(StorageError::InvalidRecord(_))
+                ));
+            } else {
+                assert!(iter_records(&batch).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn stored_offset_deltas_must_increase_within_the_batch() {
+        let mut b = BatchBuilder::new(0).last_offset_delta(3);
+        b.push_at(2, 1, Some(b"k"), Some(b"v"), std::iter::empty());
+        b.push_at(3, 1, Some(b"k"), Some(b"v"), std::iter::empty());
+        let mut batch = b.build();
+        // Claim lastOffsetDelta 2: the second record is now past the end.
+        batch[field::LAST_OFFSET_DELTA + 3] = 2;
+        let crc = compute_crc(&batch);
+        batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        let decoded = BatchRecords::decode(&batch, 1 << 20).unwrap();
+        assert!(matches!(
+            decoded.records(),
+            Err(StorageError::InvalidRecord(_))
+        ));
+    }
+
+    #[test]
+    fn empty_batch_keeps_offsets_and_producer_fields() {
+        let mut b = BatchBuilder::new(50)
+            .producer(7, 1, 10)
+            .transactional(true)
+            .compression(Compression::Lz4)
+            .delete_horizon_ms(9);
+        b.push(Some(b"k"), None, &[], 1_234);
+        b.push(Some(b"k"), None, &[], 1_240);
+        let full = RecordBatchHeader::parse(&b.build()).unwrap();
+        let empty = empty_batch_like(&full);
+        let h = RecordBatchHeader::parse(&empty).unwrap();
+        assert_eq!(compute_crc(&empty), h.crc());
+        assert_eq!(h.total_size(), empty.len() as u64);
+        assert_eq!(
+            (h.base_offset(), h.next_offset(), h.record_count()),
+            (50, 52, 0)
+        );
+        assert_eq!((h.producer_id(), h.producer_epoch()), (7, 1));
+        assert_eq!((h.base_sequence(), h.last_sequence()), (10, 11));
+        assert!(h.is_transactional());
+        assert_eq!(h.compression(), Compression::None);
+        assert_eq!(h.delete_horizon_ms(), None);
+        assert_eq!((h.base_timestamp(), h.max_timestamp()), (1_240, 1_240));
+        assert!(BatchRecords::decode(&empty, 0)
+            .unwrap()
+            .records()
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

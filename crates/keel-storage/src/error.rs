@@ -27,6 +27,9 @@ pub enum StorageError {
     /// One append exceeds `segment.bytes` (Kafka `RECORD_LIST_TOO_LARGE`).
     #[error("append of {size} bytes exceeds segment.bytes {max}")]
     RecordListTooLarge { size: u64, max: u64 },
+    /// The log cleaner was stopped in the middle of a clean.
+    #[error("log cleaner stopped")]
+    CleanerStopped,
     /// Kafka `OFFSET_OUT_OF_RANGE`.
     #[error("offset {requested} out of range [{log_start}, {log_end}]")]
     OffsetOutOfRange {

@@ -59,6 +59,10 @@ impl OffsetIndex {
         self.file.path()
     }
 
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.file.size_bytes()
+    }
+
     pub(crate) fn entries(&self) -> &[(u32, u32)] {
         self.file.entries()
     }

@@ -89,6 +89,10 @@ impl<E: IndexEntry> IndexFile<E> {
         &self.entries
     }
 
+    pub(crate) fn size_bytes(&self) -> u64 {
+        (self.entries.len() * E::BYTES) as u64
+    }
+
     /// Whether one more entry would exceed `segment.index.bytes`.
     pub(crate) fn is_full(&self, index_bytes_max: u32) -> bool {
         (self.entries.len() as u64 + 1) * E::BYTES as u64 > u64::from(index_bytes_max)

@@ -6,12 +6,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use keel_types::limits::SEGMENT_RELATIVE_OFFSET_MAX;
 
-use crate::batch::{self, check_crc, check_framing, BatchIter, Compression, RecordBatchHeader};
+use crate::batch::{
+    self, check_crc, check_framing, BatchIter, BatchRecords, Compression, RecordBatchHeader,
+};
 use crate::checkpoint::{ensure_partition_metadata, sync_dir, LeaderEpochCache};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{IoContext, Result, StorageError};
@@ -124,6 +127,8 @@ pub struct Log {
     leader_epochs: LeaderEpochCache,
     producers: ProducerStateManager,
     producer_id_expiration_ms: i64,
+    /// Set while a clean of this log is under way (see `cleaner`).
+    cleaning: Arc<AtomicBool>,
 }
 
 impl Log {
@@ -156,6 +161,7 @@ impl Log {
             leader_epochs: LeaderEpochCache::default(),
             producers: ProducerStateManager::default(),
             producer_id_expiration_ms,
+            cleaning: Arc::new(AtomicBool::new(false)),
         };
         let log_end_offset = log.log_end_offset();
         if let Some(point) = recover_from {
@@ -288,6 +294,9 @@ impl Log {
             }
             if header.record_count == 0 {
                 return Err(StorageError::InvalidRecord("batch holds no records".into()));
+            }
+            if self.config.cleanup_policy.compact {
+                check_keys(&batches[range.clone()])?;
             }
             spans.push((header, range));
         }
@@ -482,7 +491,7 @@ impl Log {
         let old = time_roll
             && seg
                 .rolling_ms()
-                .is_some_and(|t| now_ms.saturating_sub(t) >= config.segment_ms);
+                .is_some_and(|t| now_ms.saturating_sub(t) >= config.effective_segment_ms());
         let offsets = last_offset - seg.base_offset > SEGMENT_RELATIVE_OFFSET_MAX;
         let indexes = seg.indexes_full(config.segment_index_bytes);
         if full || old || offsets || indexes {
@@ -507,13 +516,14 @@ impl Log {
         Ok(())
     }
 
-    /// Rolls the active segment if `segment.ms` has passed since its first append.
+    /// Rolls the active segment if `segment.ms` (on compacted logs at most
+    /// `max.compaction.lag.ms`) has passed since its first append.
     pub fn roll_if_due(&mut self, now_ms: i64) -> Result<()> {
         let seg = self.active();
         if !seg.is_empty()
             && seg
                 .rolling_ms()
-                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms)
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.effective_segment_ms())
         {
             self.roll(self.log_end_offset())?;
         }
@@ -569,9 +579,22 @@ impl Log {
             if seg.next_offset() <= start_offset {
                 continue;
             }
-            let Some((position, first)) = seg.find_batch(start_offset)? else {
+            let Some((mut position, mut first)) = seg.find_batch(start_offset)? else {
                 continue;
             };
+            // Batches the cleaner emptied (kept for their offsets) are
+            // skipped: a response holding nothing else would look to
+            // librdkafka like a batch too large for its fetch size.
+            while first.record_count() == 0 && !first.is_control() {
+                let next = position + first.total_size();
+                match read_header_at(seg.file(), next, seg.size())? {
+                    Some(header) => (position, first) = (next, header),
+                    None => break,
+                }
+            }
+            if first.record_count() == 0 && !first.is_control() {
+                continue;
+            }
             if first.last_offset() >= max_offset {
                 return Ok(FetchSlice::empty());
             }
@@ -736,6 +759,41 @@ impl Log {
         self.roll(self.log_end_offset())
     }
 
+    // -- For the cleaner ---------------------------------------------------
+
+    pub(crate) fn cleaning_flag(&self) -> &Arc<AtomicBool> {
+        &self.cleaning
+    }
+
+    pub(crate) fn producer_last_data_offsets(&self) -> HashMap<i64, i64> {
+        self.producers.last_data_offsets()
+    }
+
+    /// Puts a cleaned segment in place of the closed segments it replaces,
+    /// whose files are already gone. Offsets do not change, so neither the
+    /// log start, the epochs nor the producer state do.
+    pub(crate) fn replace_segments(&mut self, replaced: &[i64], cleaned: Segment) {
+        let active_base = self.active().base_offset;
+        assert!(
+            cleaned.base_offset < active_base,
+            "the active segment is never cleaned"
+        );
+        for base in replaced {
+            assert!(base < &active_base, "the active segment is never cleaned");
+            self.segments
+                .remove(base)
+                .expect("install checked the replaced segments are present");
+        }
+        assert!(
+            self.segments
+                .range(cleaned.base_offset..)
+                .next()
+                .is_none_or(|(&next, _)| cleaned.next_offset() <= next),
+            "a cleaned segment overlaps the next one"
+        );
+        self.segments.insert(cleaned.base_offset, cleaned);
+    }
+
     /// Removes producers idle for longer than `producer_id_expiration_ms`.
     pub fn expire_producers(&mut self, now_ms: i64) {
         self.producers
@@ -811,4 +869,18 @@ impl Log {
         drop(self);
         std::fs::remove_dir_all(&dir).ctx(|| format!("deleting {}", dir.display()))
     }
+}
+
+/// Kafka: "Compacted topic cannot accept message without key". Looks inside
+/// compressed batches, within [`crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX`].
+fn check_keys(batch: &[u8]) -> Result<()> {
+    let decoded = BatchRecords::decode(batch, crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX)?;
+    for record in decoded.iter() {
+        if record?.key.is_none() {
+            return Err(StorageError::InvalidRecord(
+                "compacted topic cannot accept message without key".into(),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,9 @@ use crate::log::Log;
 pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
 pub const LOG_START_OFFSET_CHECKPOINT: &str = "log-start-offset-checkpoint";
 pub const CLEAN_SHUTDOWN_MARKER: &str = ".kafka_cleanshutdown";
+/// Each compacted partition's first dirty offset: where its next clean's
+/// dirty section starts.
+pub const CLEANER_OFFSET_CHECKPOINT: &str = "cleaner-offset-checkpoint";
 
 #[derive(Debug)]
 pub struct LogManager {
@@ -142,6 +145,20 @@ impl LogManager {
         write_offset_checkpoint(
             &self.dir.join(LOG_START_OFFSET_CHECKPOINT),
             points.iter().map(|(tp, _, start)| (tp, *start)),
+        )
+    }
+
+    /// The first dirty offset of every partition the cleaner has cleaned.
+    pub fn read_cleaner_checkpoint(&self) -> Result<BTreeMap<TopicPartition, i64>> {
+        read_offset_checkpoint(&self.dir.join(CLEANER_OFFSET_CHECKPOINT))
+    }
+
+    /// Replaces `cleaner-offset-checkpoint` atomically. `offsets` lists every
+    /// compacted partition still in this dir (Kafka drops deleted ones).
+    pub fn write_cleaner_checkpoint(&self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<()> {
+        write_offset_checkpoint(
+            &self.dir.join(CLEANER_OFFSET_CHECKPOINT),
+            offsets.iter().map(|(tp, &offset)| (tp, offset)),
         )
     }
 

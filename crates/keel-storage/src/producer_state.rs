@@ -132,6 +132,16 @@ impl ProducerStateManager {
         self.producers.get(&producer_id)
     }
 
+    /// Each producer's last data batch, by its last offset: the batch the
+    /// cleaner keeps (emptied if need be) so the producer's sequence and
+    /// epoch survive compaction.
+    pub(crate) fn last_data_offsets(&self) -> HashMap<ProducerId, i64> {
+        self.producers
+            .iter()
+            .filter_map(|(&id, e)| e.batches.back().map(|b| (id, b.last_offset)))
+            .collect()
+    }
+
     pub(crate) fn insert(&mut self, producer_id: ProducerId, entry: ProducerEntry) {
         self.producers.insert(producer_id, entry);
     }

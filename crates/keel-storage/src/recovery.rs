@@ -1,18 +1,45 @@
 //! Loading a partition directory at open: clearing leftovers of interrupted
-//! operations, opening segments, and (after an unclean shutdown) checking
-//! every batch past the recovery point and cutting off a torn or corrupt tail.
+//! operations, completing an interrupted cleaner swap, opening segments,
+//! and (after an unclean shutdown) checking every batch past the recovery
+//! point and cutting off a torn or corrupt tail.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::cleaner::swap::{self, CLEANED_SUFFIX, SWAP_SUFFIX};
 use crate::error::{IoContext, Result, StorageError};
 use crate::producer_state::remove_if_exists;
 use crate::segment::{self, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 
-/// Suffixes of files an interrupted operation may leave behind. We never
-/// compact, so a `.cleaned` or `.swap` file can only be debris; `.deleted`
-/// files were on their way out; `.tmp` files are half-written checkpoints.
-const LEFTOVER_SUFFIXES: [&str; 4] = [".cleaned", ".swap", ".deleted", ".tmp"];
+/// Suffixes of files an interrupted operation may leave behind: `.cleaned`
+/// files are a clean that never reached its swap, `.deleted` files were on
+/// their way out, `.tmp` files are half-written checkpoints.
+const LEFTOVER_SUFFIXES: [&str; 3] = [CLEANED_SUFFIX, ".deleted", ".tmp"];
+
+/// Removes leftovers and finishes interrupted swaps (see `cleaner::swap`).
+/// An index `.swap` is dropped rather than trusted: the index is rebuilt
+/// from its log, whichever step the swap stopped at.
+fn clear_leftovers(dir: &Path) -> Result<()> {
+    let mut swaps = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if let Some(base) = swap::parse_log_swap(&name) {
+            swaps.push(base);
+        } else if LEFTOVER_SUFFIXES.iter().any(|s| name.ends_with(s)) || name.ends_with(SWAP_SUFFIX)
+        {
+            tracing::info!(file = %entry.path().display(), "removing leftover file");
+            remove_if_exists(&entry.path())?;
+        }
+    }
+    swaps.sort_unstable();
+    for &base in &swaps {
+        swap::complete_swap(dir, base)?;
+    }
+    Ok(())
+}
 
 /// Opens every segment in `dir`, in offset order. With `recover_from =
 /// Some(p)`, segments holding offsets ≥ `p` are checked batch by batch; at
@@ -22,6 +49,7 @@ pub(crate) fn load_segments(
     recover_from: Option<i64>,
     index_interval_bytes: u32,
 ) -> Result<BTreeMap<i64, Segment>> {
+    clear_leftovers(dir)?;
     let mut bases = Vec::new();
     let mut index_files = Vec::new();
     for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
@@ -29,10 +57,7 @@ pub(crate) fn load_segments(
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if LEFTOVER_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-            tracing::info!(file = %entry.path().display(), "removing leftover file");
-            remove_if_exists(&entry.path())?;
-        } else if let Some(base) = segment::parse_file_name(&name, LOG_SUFFIX) {
+        if let Some(base) = segment::parse_file_name(&name, LOG_SUFFIX) {
             bases.push(base);
         } else if let Some(base) = segment::parse_file_name(&name, INDEX_SUFFIX)
             .or_else(|| segment::parse_file_name(&name, TIME_INDEX_SUFFIX))

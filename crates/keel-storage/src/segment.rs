@@ -1,12 +1,15 @@
 //! One segment: a `.log` file of batches plus its `.index` and `.timeindex`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use keel_types::limits::{RECORD_BATCH_HEADER_BYTES, SEGMENT_RELATIVE_OFFSET_MAX};
+use keel_types::limits::{
+    RECORD_BATCH_HEADER_BYTES, SEGMENT_BYTES_MAX, SEGMENT_RELATIVE_OFFSET_MAX,
+};
 
 use crate::batch::{check_crc, check_framing, RecordBatchHeader};
 use crate::error::{IoContext, Result, StorageError};
@@ -16,6 +19,10 @@ use crate::time_index::TimeIndex;
 pub(crate) const LOG_SUFFIX: &str = ".log";
 pub(crate) const INDEX_SUFFIX: &str = ".index";
 pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
+
+/// The three files of a segment, in the order the cleaner's swap renames
+/// them: log first, so that a `.log.swap` exists whenever any index does.
+pub(crate) const SEGMENT_SUFFIXES: [&str; 3] = [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX];
 
 /// Kafka names every segment file by its base offset, 20 digits wide.
 pub(crate) fn file_name(base_offset: i64, suffix: &str) -> String {
@@ -170,6 +177,9 @@ pub(crate) struct Segment {
     offset_of_max_timestamp: i64,
     /// When the segment got its first batch; drives `segment.ms`.
     rolling_ms: Option<i64>,
+    /// The first batch's max timestamp (Kafka's `getFirstBatchTimestamp`):
+    /// how long its records have waited, for `max.compaction.lag.ms`.
+    first_batch_timestamp: Option<i64>,
     bytes_since_index_entry: u64,
 }
 
@@ -237,6 +247,7 @@ impl Segment {
             max_timestamp: keel_types::NO_TIMESTAMP,
             offset_of_max_timestamp: base_offset,
             rolling_ms: None,
+            first_batch_timestamp: None,
             bytes_since_index_entry: 0,
         })
     }
@@ -344,6 +355,7 @@ impl Segment {
             max_timestamp,
             offset_of_max_timestamp: offset_of_max,
             rolling_ms,
+            first_batch_timestamp: rolling_ms,
             bytes_since_index_entry: bytes_since,
         }))
     }
@@ -376,11 +388,8 @@ impl Segment {
             |pos, h| {
                 rolling_ms.get_or_insert(h.max_timestamp);
                 next_offset = h.next_offset();
-                if let Some((last, (ts, ts_offset))) = cursor.step(h, index_interval_bytes) {
-                    push_offset_entry(&mut offsets, base_offset, last, pos);
-                    if times.last().is_none_or(|&(t, _)| ts > t) {
-                        times.push((ts, (ts_offset - base_offset) as u32));
-                    }
+                if let Some(due) = cursor.step(h, index_interval_bytes) {
+                    push_index_entries(&mut offsets, &mut times, base_offset, pos, due);
                 }
                 Ok(())
             },
@@ -410,6 +419,7 @@ impl Segment {
             max_timestamp: cursor.max_timestamp,
             offset_of_max_timestamp: cursor.offset_of_max_timestamp,
             rolling_ms,
+            first_batch_timestamp: rolling_ms,
             bytes_since_index_entry: cursor.bytes_since_index_entry,
         };
         Ok((seg, truncated))
@@ -432,6 +442,18 @@ impl Segment {
     }
     pub(crate) fn rolling_ms(&self) -> Option<i64> {
         self.rolling_ms
+    }
+    pub(crate) fn first_batch_timestamp(&self) -> Option<i64> {
+        self.first_batch_timestamp
+    }
+    /// Bytes in the offset and time indexes, which bound how many segments
+    /// the cleaner may merge into one.
+    pub(crate) fn index_sizes(&self) -> (u64, u64) {
+        (self.index.size_bytes(), self.time_index.size_bytes())
+    }
+    /// Where a scan for `offset` may start, from the offset index alone.
+    pub(crate) fn index_position(&self, offset: i64) -> u64 {
+        u64::from(self.index.lookup(offset))
     }
     pub(crate) fn file(&self) -> &Arc<File> {
         &self.log
@@ -466,6 +488,8 @@ impl Segment {
             return Err(e).ctx(|| format!("appending to {}", self.log_path.display()));
         }
         self.rolling_ms.get_or_insert(now_ms);
+        self.first_batch_timestamp
+            .get_or_insert(first.max_timestamp);
         let mut cursor = IndexCursor {
             max_timestamp: self.max_timestamp,
             offset_of_max_timestamp: self.offset_of_max_timestamp,
@@ -611,10 +635,153 @@ impl Segment {
     }
 }
 
-fn push_offset_entry(entries: &mut Vec<(u32, u32)>, base_offset: i64, last_offset: i64, pos: u64) {
+/// Adds the entries `IndexCursor::step` asked for to in-memory indexes
+/// being built whole: `(last offset, (timestamp, its offset))` of the batch
+/// at `pos`.
+fn push_index_entries(
+    offsets: &mut Vec<(u32, u32)>,
+    times: &mut Vec<(i64, u32)>,
+    base_offset: i64,
+    pos: u64,
+    (last_offset, (ts, ts_offset)): (i64, (i64, i64)),
+) {
     let rel = (last_offset - base_offset) as u32;
     let pos = pos as u32;
-    if entries.last().is_none_or(|&(r, p)| rel > r && pos > p) {
-        entries.push((rel, pos));
+    if offsets.last().is_none_or(|&(r, p)| rel > r && pos > p) {
+        offsets.push((rel, pos));
+    }
+    push_time_entry(times, base_offset, ts, ts_offset);
+}
+
+/// Time index entries only ever raise the timestamp.
+fn push_time_entry(times: &mut Vec<(i64, u32)>, base_offset: i64, ts: i64, ts_offset: i64) {
+    if times.last().is_none_or(|&(t, _)| ts > t) {
+        times.push((ts, (ts_offset - base_offset) as u32));
+    }
+}
+
+/// Writes a new, closed segment's three files under temporary names
+/// (`<base>.log<suffix>`, ...), with the indexes that appends and a final
+/// `on_become_inactive` would have made. The cleaner writes its output
+/// through this, then renames the files into place.
+pub(crate) struct SegmentWriter {
+    base_offset: i64,
+    log_path: PathBuf,
+    index_path: PathBuf,
+    time_index_path: PathBuf,
+    log: BufWriter<File>,
+    size: u64,
+    /// Where the next batch may start.
+    next_offset: i64,
+    cursor: IndexCursor,
+    offsets: Vec<(u32, u32)>,
+    times: Vec<(i64, u32)>,
+    index_interval_bytes: u32,
+}
+
+impl SegmentWriter {
+    /// Creates (truncating) the three files.
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: i64,
+        suffix: &str,
+        index_interval_bytes: u32,
+    ) -> Result<SegmentWriter> {
+        let [log_path, index_path, time_index_path] =
+            SEGMENT_SUFFIXES.map(|s| dir.join(file_name(base_offset, &format!("{s}{suffix}"))));
+        let log = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&log_path)
+            .ctx(|| format!("creating {}", log_path.display()))?;
+        Ok(SegmentWriter {
+            base_offset,
+            log_path,
+            index_path,
+            time_index_path,
+            log: BufWriter::with_capacity(256 * 1024, log),
+            size: 0,
+            next_offset: base_offset,
+            cursor: IndexCursor {
+                max_timestamp: keel_types::NO_TIMESTAMP,
+                offset_of_max_timestamp: base_offset,
+                bytes_since_index_entry: 0,
+            },
+            offsets: Vec::new(),
+            times: Vec::new(),
+            index_interval_bytes,
+        })
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends one whole batch; its offsets must follow the previous one's.
+    pub(crate) fn append(&mut self, batch: &[u8], header: &RecordBatchHeader) -> Result<()> {
+        assert_eq!(header.total_size(), batch.len() as u64, "one whole batch");
+        assert!(
+            header.base_offset >= self.next_offset,
+            "batch at {} after offset {}",
+            header.base_offset,
+            self.next_offset
+        );
+        assert!(
+            header.last_offset() - self.base_offset <= SEGMENT_RELATIVE_OFFSET_MAX,
+            "the cleaner groups segments so relative offsets fit the index"
+        );
+        let end = self.size + batch.len() as u64;
+        if end > SEGMENT_BYTES_MAX {
+            // Recompression can grow a batch; index positions are u32.
+            return Err(StorageError::RecordListTooLarge {
+                size: end,
+                max: SEGMENT_BYTES_MAX,
+            });
+        }
+        self.log
+            .write_all(batch)
+            .ctx(|| format!("writing {}", self.log_path.display()))?;
+        if let Some(due) = self.cursor.step(header, self.index_interval_bytes) {
+            push_index_entries(
+                &mut self.offsets,
+                &mut self.times,
+                self.base_offset,
+                self.size,
+                due,
+            );
+        }
+        self.size = end;
+        self.next_offset = header.next_offset();
+        Ok(())
+    }
+
+    /// Writes the indexes, fsyncs all three files and stamps the log with
+    /// `modified` (Kafka keeps the replaced segments' last-modified time,
+    /// which time retention falls back on).
+    pub(crate) fn finish(mut self, modified: Option<SystemTime>) -> Result<()> {
+        if self.size > 0 {
+            push_time_entry(
+                &mut self.times,
+                self.base_offset,
+                self.cursor.max_timestamp,
+                self.cursor.offset_of_max_timestamp,
+            );
+        }
+        self.log
+            .flush()
+            .ctx(|| format!("writing {}", self.log_path.display()))?;
+        let log = self
+            .log
+            .into_inner()
+            .map_err(|e| StorageError::Io(e.into_error()))?;
+        if let Some(modified) = modified {
+            log.set_modified(modified)
+                .ctx(|| format!("stamping {}", self.log_path.display()))?;
+        }
+        log.sync_all()
+            .ctx(|| format!("fsync {}", self.log_path.display()))?;
+        OffsetIndex::create(&self.index_path, self.base_offset, self.offsets)?.sync()?;
+        TimeIndex::create(&self.time_index_path, self.base_offset, self.times)?.sync()
     }
 }

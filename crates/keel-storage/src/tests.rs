@@ -414,12 +414,29 @@ fn removes_leftover_files() {
     log.close().unwrap();
     for name in [
         "00000000000000000000.log.deleted",
-        "00000000000000000000.log.swap",
+        "00000000000000000000.log.cleaned",
+        "00000000000000000000.index.swap",
         "x.cleaned",
         &file_name(50, ".index"),
     ] {
         std::fs::write(log_dir.join(name), b"junk").unwrap();
     }
+    // A `.log.swap` is a committed clean: it is completed, never dropped,
+    // so one that does not parse stops the open.
+    let swap = log_dir.join("00000000000000000000.log.swap");
+    std::fs::write(&swap, b"junk").unwrap();
+    assert!(matches!(
+        Log::open(
+            log_dir.clone(),
+            "topic-id",
+            LogConfig::default(),
+            None,
+            DAY_MS,
+            NOW
+        ),
+        Err(StorageError::Corrupt(_))
+    ));
+    std::fs::remove_file(&swap).unwrap();
     let log = open(dir.path(), LogConfig::default(), None);
     assert_eq!(log.log_end_offset(), 1);
     let mut names: Vec<String> = std::fs::read_dir(&log_dir)
@@ -806,4 +823,32 @@ fn bench_append_and_read() {
     }
     let secs = start.elapsed().as_secs_f64();
     println!("read: {:.1} MiB/s", bytes as f64 / secs / (1 << 20) as f64);
+}
+
+#[test]
+fn reads_skip_batches_the_cleaner_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    let data = batch_with(2, NOW, 10);
+    log.append_as_follower(&data).unwrap();
+    // What the cleaner leaves at the end of a segment whose last records
+    // were all superseded: a header-only batch keeping offsets 2..=4.
+    let mut superseded = BatchBuilder::new(2).last_offset_delta(2);
+    superseded.push(Some(b"k"), Some(b"old"), &[], NOW);
+    let superseded = superseded.build();
+    let emptied = crate::batch::empty_batch_like(&RecordBatchHeader::parse(&superseded).unwrap());
+    log.append_as_follower(&emptied).unwrap();
+    log.roll_active().unwrap();
+    let mut later = BatchBuilder::new(5);
+    later.push(Some(b"k"), Some(b"v"), &[], NOW);
+    log.append_as_follower(&later.build()).unwrap();
+
+    for offset in [2, 3, 4] {
+        let headers = read_headers(&log, offset, 1 << 20);
+        assert_eq!(headers.len(), 1, "from {offset}");
+        assert_eq!(headers[0].base_offset(), 5, "from {offset}");
+    }
+    // Earlier data is read as it is, with the emptied batch behind it.
+    let headers = read_headers(&log, 0, 1 << 20);
+    assert_eq!(headers[0].base_offset(), 0);
 }

@@ -54,6 +54,10 @@ impl TimeIndex {
         self.file.path()
     }
 
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.file.size_bytes()
+    }
+
     pub(crate) fn is_full(&self, index_bytes_max: u32) -> bool {
         self.file.is_full(index_bytes_max)
     }

@@ -9,8 +9,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
-use kafka_protocol::messages::DescribeLogDirsRequest;
 use rdkafka::admin::{AlterConfig, ConfigSource, NewPartitions, ResourceSpecifier};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
@@ -121,28 +119,6 @@ async fn delete_records_moves_the_log_start_and_survives_a_crash() {
         (40, 100),
         "deleted records came back after a crash"
     );
-}
-
-/// Sizes of a topic's partitions through DescribeLogDirs.
-fn partition_sizes(broker: &TestBroker, topic: &str, partitions: Vec<i32>) -> Vec<(i32, i64)> {
-    let mut conn = RawConn::connect(broker.addr()).unwrap();
-    let request =
-        DescribeLogDirsRequest::default().with_topics(Some(vec![DescribableLogDirTopic::default(
-        )
-        .with_topic(kafka_protocol::messages::TopicName(
-            kafka_protocol::protocol::StrBytes::from_string(topic.to_string()),
-        ))
-        .with_partitions(partitions)]));
-    let response = conn.request(4, &request).expect("DescribeLogDirs");
-    assert_eq!(response.error_code, 0);
-    assert_eq!(response.results.len(), 1);
-    let dir = &response.results[0];
-    assert!(dir.total_bytes > 0 && dir.usable_bytes > 0, "{dir:?}");
-    dir.topics
-        .iter()
-        .flat_map(|t| t.partitions.iter())
-        .map(|p| (p.partition_index, p.partition_size))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+use kafka_protocol::messages::{DescribeLogDirsRequest, RequestHeader, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use rand::{Rng, SeedableRng};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -426,6 +427,26 @@ pub async fn topic_configs(
         .entries
         .iter()
         .map(|e| (e.name.clone(), (e.value.clone(), format!("{:?}", e.source))))
+        .collect()
+}
+
+/// Sizes of a topic's partitions through DescribeLogDirs.
+pub fn partition_sizes(broker: &TestBroker, topic: &str, partitions: Vec<i32>) -> Vec<(i32, i64)> {
+    let mut conn = RawConn::connect(broker.addr()).unwrap();
+    let request =
+        DescribeLogDirsRequest::default()
+            .with_topics(Some(vec![DescribableLogDirTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(partitions)]));
+    let response = conn.request(4, &request).expect("DescribeLogDirs");
+    assert_eq!(response.error_code, 0);
+    assert_eq!(response.results.len(), 1);
+    let dir = &response.results[0];
+    assert!(dir.total_bytes > 0 && dir.usable_bytes > 0, "{dir:?}");
+    dir.topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| (p.partition_index, p.partition_size))
         .collect()
 }
 
