@@ -1,0 +1,130 @@
+//! The controller listener: accepts peers' connections and hands their
+//! AppendEntries, Vote and InstallSnapshot requests to the local Raft. A
+//! connection that sends a bad frame, or lingers, is closed; nothing a peer
+//! sends can take the node down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::frame::{decode, encode, read_frame, write_frame, FrameError, Request, Response};
+use crate::limits::{CONTROLLER_CONNECTIONS_MAX, SNAPSHOT_BYTES_MAX};
+use crate::type_config::Raft;
+
+pub(crate) struct ServerTimeouts {
+    /// How long a connection may wait between requests.
+    pub idle: Duration,
+    /// How long a request may take to arrive once started, and its
+    /// response to leave.
+    pub request: Duration,
+}
+
+/// The running listener; dropping `stop` or sending on it ends the accept
+/// loop and every connection.
+pub(crate) struct Server {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    pub(crate) fn spawn(listener: TcpListener, raft: Raft, timeouts: ServerTimeouts) -> Server {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, raft, Arc::new(timeouts), stopped));
+        Server { stop, task }
+    }
+
+    pub(crate) async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    raft: Raft,
+    timeouts: Arc<ServerTimeouts>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(CONTROLLER_CONNECTIONS_MAX));
+    // Dropped with the loop, which aborts every connection task.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            Some(_) = connections.join_next() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "controller listener accept failed");
+                        continue;
+                    }
+                };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(%peer, "controller listener full, closing connection");
+                    continue;
+                };
+                let (raft, timeouts) = (raft.clone(), Arc::clone(&timeouts));
+                connections.spawn(async move {
+                    if let Err(e) = serve(stream, &raft, &timeouts).await {
+                        tracing::warn!(%peer, error = %e, "closing controller connection");
+                    }
+                    drop(slot);
+                });
+            }
+        }
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    raft: &Raft,
+    timeouts: &ServerTimeouts,
+) -> Result<(), FrameError> {
+    stream.set_nodelay(true)?;
+    loop {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(timeouts.idle, stream.peek(&mut first)).await {
+            Err(_) | Ok(Ok(0)) => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(_)) => {}
+        }
+        let body = match tokio::time::timeout(timeouts.request, read_frame(&mut stream)).await {
+            Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+            Ok(frame) => match frame? {
+                Some(body) => body,
+                None => return Ok(()),
+            },
+        };
+        let response = match decode::<Request>(&body)? {
+            Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
+            Request::InstallSnapshot(rpc) => {
+                // The receiving side buffers a snapshot whole, at the
+                // offsets the leader names.
+                let end = rpc.offset.saturating_add(rpc.data.len() as u64);
+                if end > SNAPSHOT_BYTES_MAX {
+                    return Err(FrameError::Decode(format!(
+                        "snapshot chunk ends at {end}, past {SNAPSHOT_BYTES_MAX}"
+                    )));
+                }
+                Response::InstallSnapshot(raft.install_snapshot(rpc).await)
+            }
+        };
+        let body = encode(&response)?;
+        tokio::time::timeout(timeouts.request, write_frame(&mut stream, &body))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    }
+}
+
+/// Binds the controller listener.
+pub(crate) async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
