@@ -180,6 +180,21 @@ async fn a_compacted_topic_refuses_records_without_a_key() {
         "{error:?}"
     );
     assert_eq!(send_keyed(&producer, &topic, "k", Some("v")).await, 0);
+
+    // Kafka refuses DeleteRecords where the policy does not include delete.
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&topic, 0, Offset::Offset(1))
+        .unwrap();
+    let result = admin(&bootstrap)
+        .delete_records(&offsets, &admin_options())
+        .await
+        .expect("DeleteRecords");
+    let error = result.find_partition(&topic, 0).unwrap().error();
+    assert!(
+        matches!(error, Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PolicyViolation)),
+        "DeleteRecords on a compacted topic"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

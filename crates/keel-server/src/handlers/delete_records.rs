@@ -37,6 +37,14 @@ pub fn handle(
                             .with_low_watermark(-1)
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
+                    // Kafka's Partition.deleteRecordsOnLeader: a log that is only
+                    // compacted keeps every key's latest value, whatever the offset.
+                    if !partition.with_log(|log| log.config().cleanup_policy.delete) {
+                        tracing::info!(partition = %tp, "DeleteRecords refused on a compacted topic");
+                        return result
+                            .with_low_watermark(-1)
+                            .with_error_code(ResponseError::PolicyViolation.code());
+                    }
                     let high_watermark = partition.high_watermark();
                     let offset = match p.offset {
                         HIGH_WATERMARK => high_watermark,
