@@ -43,6 +43,7 @@ trap 'exit 130' INT TERM
     --override "log.dirs=$work/data" \
     --override "listeners=PLAINTEXT://127.0.0.1:0" \
     --override "group.initial.rebalance.delay.ms=0" \
+    --override "log.cleaner.backoff.ms=100" \
     >"$work/stdout" 2>"$work/broker.log" &
 broker_pid=$!
 
@@ -69,7 +70,9 @@ passed=0
 failed=0
 for test in "$here"/kcat_test.sh "$here"/confluent_kafka_test.py "$here"/kafka_python_test.py \
     "$here"/kcat_group_test.sh "$here"/confluent_kafka_group_test.py \
-    "$here"/kafka_python_group_test.py "$here"/aiokafka_group_test.py; do
+    "$here"/kafka_python_group_test.py "$here"/aiokafka_group_test.py \
+    "$here"/confluent_kafka_admin_test.py "$here"/kafka_python_admin_test.py \
+    "$here"/confluent_kafka_compaction_test.py; do
     name=$(basename "$test")
     case "$test" in
         *.py) runner=(python3 "$test") ;;

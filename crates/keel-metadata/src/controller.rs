@@ -394,10 +394,14 @@ pub fn alter_configs(
             continue;
         }
         match resource {
-            ConfigResource::Topic(_) => validate_topic_config(name, value),
-            _ => validate_dynamic_broker_config(name, value),
+            ConfigResource::Topic(_) => {
+                validate_topic_config(name, value).map_err(ControllerError::InvalidConfig)?
+            }
+            // Kafka answers INVALID_REQUEST for broker config changes it
+            // refuses (ConfigAdminManager, kept for compatibility by KAFKA-13609).
+            _ => validate_dynamic_broker_config(name, value)
+                .map_err(ControllerError::InvalidRequest)?,
         }
-        .map_err(ControllerError::InvalidConfig)?;
     }
     let removed = current
         .keys()
@@ -790,7 +794,7 @@ mod tests {
                 &incremental(vec![set("listeners", "PLAINTEXT://:1")])
             )
             .unwrap_err(),
-            ControllerError::InvalidConfig(m) if m.contains("dynamically")
+            ControllerError::InvalidRequest(m) if m.contains("dynamically")
         ));
     }
 
