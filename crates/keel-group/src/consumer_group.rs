@@ -11,6 +11,13 @@
 //! as Kafka's `ConsumerGroup*` records; committed offsets go through the
 //! usual offset records. After a restart a returning member keeps its member
 //! id, epoch and assignment.
+//!
+//! A member subscribes by topic names, by a regular expression
+//! (`SubscribedTopicRegex`, matched against whole topic names as Kafka's
+//! `Pattern.matcher(topic).matches()` does), or both. The group resolves
+//! every regex against the broker's topics once per heartbeat; when what a
+//! regex matches changes, so do the group's subscribed topics, which bumps
+//! the group epoch and recomputes the target assignment.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,6 +33,7 @@ use kafka_protocol::messages::{
     GroupId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use regex::Regex;
 use uuid::Uuid;
 
 use crate::assignor::{self, Assignment, AssignorMember, ASSIGNORS, DEFAULT_ASSIGNOR};
@@ -37,6 +45,8 @@ use crate::state_machine::{
 /// The broker implements it from its metadata image.
 pub trait TopicMetadata: Send + Sync {
     fn partitions(&self, topic: &str) -> Option<(Uuid, i32)>;
+    /// Every topic's name, for resolving regex subscriptions.
+    fn topic_names(&self) -> Box<dyn Iterator<Item = &str> + '_>;
 }
 
 /// No topics at all (a service nobody gave metadata to).
@@ -47,11 +57,98 @@ impl TopicMetadata for NoTopics {
     fn partitions(&self, _topic: &str) -> Option<(Uuid, i32)> {
         None
     }
+
+    fn topic_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(std::iter::empty())
+    }
 }
 
 impl TopicMetadata for BTreeMap<String, (Uuid, i32)> {
     fn partitions(&self, topic: &str) -> Option<(Uuid, i32)> {
         self.get(topic).copied()
+    }
+
+    fn topic_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(self.keys().map(String::as_str))
+    }
+}
+
+/// Internal topics (`__consumer_offsets`, `__transaction_state`, ...) are
+/// never matched by a regex subscription.
+fn is_internal(topic: &str) -> bool {
+    topic.starts_with("__")
+}
+
+/// Compiles a `SubscribedTopicRegex` to match whole topic names, as Kafka's
+/// `Pattern.matcher(topic).matches()` does; the error is a one-line reason.
+fn compile_topic_regex(pattern: &str) -> Result<Regex, String> {
+    // One line of the regex crate's multi-line report: the reason, without
+    // the pattern drawn above it.
+    let reason = |e: regex::Error| {
+        let text = e.to_string();
+        let last = text.lines().last().unwrap_or_default();
+        last.strip_prefix("error: ").unwrap_or(last).to_owned()
+    };
+    // The pattern alone first: inside the anchors' group, `a)|(b` would
+    // compile.
+    Regex::new(pattern).map_err(reason)?;
+    Regex::new(&format!("^(?:{pattern})$")).map_err(reason)
+}
+
+/// One regex subscription as the group last resolved it (Kafka's
+/// `ResolvedRegularExpression`).
+#[derive(Debug, Clone)]
+pub struct ResolvedRegex {
+    /// Compiled once for the group, not on every heartbeat.
+    matcher: Regex,
+    /// The topics it matched, internal ones aside.
+    pub topics: BTreeSet<String>,
+}
+
+impl ResolvedRegex {
+    fn new(matcher: Regex) -> Self {
+        ResolvedRegex {
+            matcher,
+            topics: BTreeSet::new(),
+        }
+    }
+}
+
+/// Keeps a resolution for each regex some member subscribes with, and
+/// resolves each against `topic_names` (Kafka's `refreshRegularExpressions`).
+fn resolve_regexes<'a>(
+    resolved: &mut BTreeMap<String, ResolvedRegex>,
+    members: &BTreeMap<String, ConsumerMember>,
+    topic_names: impl Iterator<Item = &'a str>,
+) {
+    let wanted: BTreeSet<&str> = members
+        .values()
+        .filter_map(|m| m.subscribed_topic_regex.as_deref())
+        .collect();
+    resolved.retain(|pattern, _| wanted.contains(pattern.as_str()));
+    for pattern in wanted {
+        if !resolved.contains_key(pattern) {
+            // A heartbeat's new regex is compiled when it is validated; only
+            // members restored from records get here. A pattern that does
+            // not compile (a record Keel did not write) matches nothing;
+            // `complete_consumer_load` warned about it.
+            if let Ok(matcher) = compile_topic_regex(pattern) {
+                resolved.insert(pattern.to_owned(), ResolvedRegex::new(matcher));
+            }
+        }
+    }
+    if resolved.is_empty() {
+        return;
+    }
+    for r in resolved.values_mut() {
+        r.topics.clear();
+    }
+    for name in topic_names.filter(|n| !is_internal(n)) {
+        for r in resolved.values_mut() {
+            if r.matcher.is_match(name) {
+                r.topics.insert(name.to_owned());
+            }
+        }
     }
 }
 
@@ -93,7 +190,11 @@ pub struct ConsumerMember {
     pub rack_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
+    /// `SubscribedTopicNames`.
     pub subscribed: BTreeSet<String>,
+    /// `SubscribedTopicRegex`; `None` when it subscribes by names only (an
+    /// empty regex in a request clears it).
+    pub subscribed_topic_regex: Option<String>,
     pub server_assignor: Option<String>,
     pub rebalance_timeout_ms: i32,
     pub member_epoch: i32,
@@ -119,6 +220,10 @@ pub struct ConsumerGroup {
     pub target: BTreeMap<String, Assignment>,
     /// The subscribed topics that exist: name → (id, partition count).
     pub topics: BTreeMap<String, (Uuid, i32)>,
+    /// The members' regex subscriptions by pattern. Not persisted: rebuilt
+    /// from `topics` on load and against the broker's topics on every
+    /// heartbeat.
+    pub resolved_regexes: BTreeMap<String, ResolvedRegex>,
     pub state_timestamp_ms: i64,
 }
 
@@ -132,6 +237,7 @@ impl ConsumerGroup {
             members: BTreeMap::new(),
             target: BTreeMap::new(),
             topics: BTreeMap::new(),
+            resolved_regexes: BTreeMap::new(),
             state_timestamp_ms: now_ms,
         }
     }
@@ -168,6 +274,44 @@ impl ConsumerGroup {
             .unwrap_or_else(|| DEFAULT_ASSIGNOR.to_owned())
     }
 
+    /// The topics one member subscribes to: its names, and what its regex
+    /// matched at the last resolution.
+    fn member_topics<'a>(&'a self, m: &'a ConsumerMember) -> impl Iterator<Item = &'a str> {
+        let matched = m
+            .subscribed_topic_regex
+            .as_ref()
+            .and_then(|r| self.resolved_regexes.get(r))
+            .into_iter()
+            .flat_map(|r| &r.topics);
+        m.subscribed.iter().chain(matched).map(String::as_str)
+    }
+
+    /// Every topic some member subscribes to, by name or through its regex
+    /// (Kafka's `ConsumerGroup.subscribedTopicNames`).
+    pub fn subscribed_topic_names(&self) -> BTreeSet<&str> {
+        self.members
+            .values()
+            .flat_map(|m| self.member_topics(m))
+            .collect()
+    }
+
+    /// Re-resolves the members' regexes against the broker's topics.
+    pub(crate) fn refresh_regexes(&mut self, topics: &dyn TopicMetadata) {
+        resolve_regexes(
+            &mut self.resolved_regexes,
+            &self.members,
+            topics.topic_names(),
+        );
+    }
+
+    /// Rebuilds the regex resolutions after a load from `topics`, the
+    /// subscribed topics as the last resolution saw them: a regex matched
+    /// exactly those of them it matches.
+    pub(crate) fn restore_regexes(&mut self) {
+        let names = self.topics.keys().map(String::as_str);
+        resolve_regexes(&mut self.resolved_regexes, &self.members, names);
+    }
+
     /// Recomputes the target assignment for the current group epoch.
     pub fn compute_target(&mut self) {
         self.assignor = self.preferred_assignor();
@@ -178,9 +322,8 @@ impl ConsumerGroup {
                 .values()
                 .map(|m| AssignorMember {
                     member_id: &m.member_id,
-                    topics: m
-                        .subscribed
-                        .iter()
+                    topics: self
+                        .member_topics(m)
                         .filter_map(|t| self.topics.get(t).map(|(id, _)| *id))
                         .collect(),
                     previous: self.target.get(&m.member_id),
@@ -309,6 +452,41 @@ impl GroupCoordinator {
         self.consumer_groups.get(group_id)
     }
 
+    /// Validates a heartbeat's `SubscribedTopicRegex` (Kafka's
+    /// `throwIfRegularExpressionIsInvalid`): the pattern and its compiled
+    /// form if the group does not have it yet, `None` if it has or there is
+    /// none (an empty regex clears the member's).
+    fn compile_new_regex(
+        &self,
+        group_id: &str,
+        req: &ConsumerGroupHeartbeatRequest,
+    ) -> Result<Option<(String, Regex)>, HbError> {
+        let Some(pattern) = req
+            .subscribed_topic_regex
+            .as_ref()
+            .map(|r| r.as_str())
+            .filter(|r| !r.is_empty())
+        else {
+            return Ok(None);
+        };
+        let known = self
+            .consumer_groups
+            .get(group_id)
+            .is_some_and(|g| g.resolved_regexes.contains_key(pattern));
+        if known {
+            return Ok(None);
+        }
+        match compile_topic_regex(pattern) {
+            Ok(matcher) => Ok(Some((pattern.to_owned(), matcher))),
+            Err(reason) => Err((
+                ResponseError::InvalidRegularExpression,
+                Some(format!(
+                    "SubscribedTopicRegex `{pattern}` is not a valid regular expression: {reason}."
+                )),
+            )),
+        }
+    }
+
     /// ConsumerGroupHeartbeat v0-1: join (epoch 0), heartbeat, leave (-1, -2).
     pub fn consumer_group_heartbeat(
         &mut self,
@@ -379,17 +557,6 @@ impl GroupCoordinator {
                 ));
             }
         }
-        // librdkafka sends an empty regex next to its topic names (an empty
-        // regex clears a regex subscription); only a real one is refused.
-        let regex = req
-            .subscribed_topic_regex
-            .as_ref()
-            .filter(|r| !r.is_empty());
-        if regex.is_some() {
-            return Err(invalid(
-                "SubscribedTopicRegex is not supported by this broker yet; subscribe by names.",
-            ));
-        }
         if let Some(a) = &req.server_assignor {
             if !ASSIGNORS.contains(&a.as_str()) {
                 return Err((
@@ -449,6 +616,7 @@ impl GroupCoordinator {
                 .with_heartbeat_interval_ms(0));
         }
 
+        let new_regex = self.compile_new_regex(&group_id, req)?;
         if !self.consumer_groups.contains_key(&group_id) {
             if let Some(classic) = self.groups.get(&group_id) {
                 if !classic.members.is_empty() || !classic.pending_members.is_empty() {
@@ -553,6 +721,7 @@ impl GroupCoordinator {
                             client_id: String::new(),
                             client_host: String::new(),
                             subscribed: BTreeSet::new(),
+                            subscribed_topic_regex: None,
                             server_assignor: None,
                             rebalance_timeout_ms: req.rebalance_timeout_ms,
                             member_epoch: 0,
@@ -592,6 +761,15 @@ impl GroupCoordinator {
                 bump = true;
             }
         }
+        if let Some(r) = &req.subscribed_topic_regex {
+            // librdkafka sends an empty regex next to its topic names: it
+            // clears a regex subscription.
+            let regex = (!r.is_empty()).then(|| r.to_string());
+            if regex != m.subscribed_topic_regex {
+                m.subscribed_topic_regex = regex;
+                bump = true;
+            }
+        }
         if let Some(a) = &req.server_assignor {
             if m.server_assignor.as_deref() != Some(a.as_str()) {
                 m.server_assignor = Some(a.to_string());
@@ -622,11 +800,19 @@ impl GroupCoordinator {
             m.session_deadline_ms,
         );
 
-        // The subscribed topics as they are now.
-        let names: BTreeSet<&String> = group.members.values().flat_map(|m| &m.subscribed).collect();
-        let fresh: BTreeMap<String, (Uuid, i32)> = names
+        // The subscribed topics as they are now: by name, and whatever the
+        // regexes match today. A topic created or deleted changes them, and
+        // with them the group epoch.
+        if let Some((pattern, matcher)) = new_regex {
+            group
+                .resolved_regexes
+                .insert(pattern, ResolvedRegex::new(matcher));
+        }
+        group.refresh_regexes(topics);
+        let fresh: BTreeMap<String, (Uuid, i32)> = group
+            .subscribed_topic_names()
             .into_iter()
-            .filter_map(|n| topics.partitions(n).map(|v| (n.clone(), v)))
+            .filter_map(|n| topics.partitions(n).map(|v| (n.to_owned(), v)))
             .collect();
         if fresh != group.topics {
             group.topics = fresh;
@@ -652,7 +838,7 @@ impl GroupCoordinator {
         }
         let full = epoch == 0
             || (req.rebalance_timeout_ms != -1
-                && req.subscribed_topic_names.is_some()
+                && (req.subscribed_topic_names.is_some() || req.subscribed_topic_regex.is_some())
                 && req.topic_partitions.is_some());
         let mut response = ConsumerGroupHeartbeatResponse::default()
             .with_member_id(Some(sb(&member_id)))
@@ -835,6 +1021,9 @@ impl GroupCoordinator {
                             .with_client_host(sb(&m.client_host))
                             .with_subscribed_topic_names(
                                 m.subscribed.iter().map(|t| TopicName(sb(t))).collect(),
+                            )
+                            .with_subscribed_topic_regex(
+                                m.subscribed_topic_regex.as_deref().map(sb),
                             )
                             .with_assignment(describe(&m.assigned))
                             .with_target_assignment(describe(

@@ -7,7 +7,9 @@
 //! first, and `emit_consumer_group_diff` writes the records whose value
 //! changed and tombstones for the keys that went away. Replaying the records
 //! in order rebuilds the group; `complete_consumer_load` then gives every
-//! restored member a fresh session.
+//! restored member a fresh session and re-resolves the regex subscriptions
+//! (their resolutions are not records of their own, unlike Kafka's
+//! `ConsumerGroupRegularExpression`: Keel resolves on every heartbeat).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,6 +60,7 @@ fn blank_member(member_id: &str) -> ConsumerMember {
         client_id: String::new(),
         client_host: String::new(),
         subscribed: BTreeSet::new(),
+        subscribed_topic_regex: None,
         server_assignor: None,
         rebalance_timeout_ms: -1,
         member_epoch: 0,
@@ -98,7 +101,7 @@ fn group_records(g: &ConsumerGroup) -> Vec<(usize, Vec<u8>, Vec<u8>)> {
             client_id: m.client_id.clone(),
             client_host: m.client_host.clone(),
             subscribed_topic_names: m.subscribed.iter().cloned().collect(),
-            subscribed_topic_regex: None,
+            subscribed_topic_regex: m.subscribed_topic_regex.clone(),
             rebalance_timeout_ms: m.rebalance_timeout_ms,
             server_assignor: m.server_assignor.clone(),
         };
@@ -284,6 +287,8 @@ impl GroupCoordinator {
                 m.client_id = v.client_id;
                 m.client_host = v.client_host;
                 m.subscribed = v.subscribed_topic_names.into_iter().collect();
+                // Kafka writes an empty regex for a member that cleared it.
+                m.subscribed_topic_regex = v.subscribed_topic_regex.filter(|r| !r.is_empty());
                 m.server_assignor = v.server_assignor;
                 m.rebalance_timeout_ms = v.rebalance_timeout_ms;
             }
@@ -324,6 +329,19 @@ impl GroupCoordinator {
         for g in self.consumer_groups.values_mut() {
             g.assignor = g.preferred_assignor();
             g.state_timestamp_ms = now_ms;
+            g.restore_regexes();
+            for m in g.members.values() {
+                if let Some(pattern) = &m.subscribed_topic_regex {
+                    if !g.resolved_regexes.contains_key(pattern) {
+                        tracing::warn!(
+                            group_id = g.group_id,
+                            member_id = m.member_id,
+                            pattern,
+                            "restored SubscribedTopicRegex does not compile; it matches nothing"
+                        );
+                    }
+                }
+            }
             for m in g.members.values_mut() {
                 m.session_deadline_ms = now_ms + session_ms;
                 m.revocation_deadline_ms = None;

@@ -1,5 +1,6 @@
 //! Unit tests of KIP-848 consumer groups: the heartbeat state machine, the
-//! assignors, reconciliation, timeouts, describe and offsets.
+//! assignors, reconciliation, timeouts, describe, offsets and regex
+//! subscriptions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -126,6 +127,29 @@ impl H {
         };
         apply(&mut c, &r);
         (c, r)
+    }
+
+    /// Joins with a regex subscription, and topic names if given.
+    fn join_regex(&mut self, id: &str, regex: &str, names: Option<&[&str]>) -> Client {
+        let req = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_member_id(s(id))
+            .with_member_epoch(0)
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_names(
+                names.map(|ns| ns.iter().map(|t| TopicName(s(t))).collect()),
+            )
+            .with_subscribed_topic_regex(Some(s(regex)))
+            .with_topic_partitions(Some(vec![]));
+        let r = self.hb_raw(req, 1);
+        assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+        let mut c = Client {
+            id: id.to_owned(),
+            epoch: r.member_epoch,
+            owned: Assignment::new(),
+        };
+        apply(&mut c, &r);
+        c
     }
 
     fn join(&mut self, id: &str) -> Client {
@@ -496,9 +520,9 @@ fn request_validation() {
         inv
     );
     assert_eq!(
-        h.hb_raw(base.clone().with_subscribed_topic_regex(Some(s("t.*"))), 1)
+        h.hb_raw(base.clone().with_subscribed_topic_regex(Some(s("t.("))), 1)
             .error_code,
-        inv
+        ResponseError::InvalidRegularExpression.code()
     );
     assert_eq!(
         h.hb_raw(base.clone().with_server_assignor(Some(s("sticky"))), 1)
@@ -1142,4 +1166,264 @@ fn a_deleted_consumer_group_stays_deleted_after_replay() {
     assert!(h.c.consumer_group("g").is_none());
     assert!(h.c.group("g").is_none());
     assert!(h.c.committed_offsets("g").is_empty());
+}
+
+// ---------------------------------------------------------------- regex subscriptions
+
+const T3: Uuid = Uuid::from_u128(0x3333);
+const X1: Uuid = Uuid::from_u128(0x7771);
+
+/// Every partition of the given topics, as `all_owned` lists them.
+fn partitions_of(topics: &[(Uuid, i32)]) -> Vec<(Uuid, i32)> {
+    let mut v: Vec<(Uuid, i32)> = topics
+        .iter()
+        .flat_map(|&(t, n)| (0..n).map(move |p| (t, p)))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_regex_subscription_gets_the_partitions_of_the_matching_topics() {
+    let mut h = H::new();
+    // Matched against whole names: `t\d` does not take `xt1`.
+    h.topics.insert("xt1".into(), (X1, 3));
+    let mut all = vec![
+        h.join_regex("a", r"t\d", None),
+        h.join_regex("b", r"t\d", None),
+    ];
+    h.settle(&mut all);
+    assert_eq!(all_owned(&all), partitions_of(&[(T1, 6), (T2, 4)]));
+    assert_no_double_ownership(&all);
+    assert!(all.iter().all(|c| count(&c.owned) == 5), "{all:?}");
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(
+        g.topics.keys().collect::<Vec<_>>(),
+        vec!["t1", "t2"],
+        "the group's subscribed topics"
+    );
+    assert_eq!(g.group_epoch, 2, "one bump per join, none for resolving");
+    let d = h.describe();
+    assert_eq!(d.group_state.as_str(), "Stable");
+    for m in &d.members {
+        assert_eq!(m.subscribed_topic_regex.as_deref(), Some(r"t\d"));
+        assert!(m.subscribed_topic_names.is_empty());
+    }
+}
+
+#[test]
+fn an_invalid_regex_is_refused_with_invalid_regular_expression() {
+    let mut h = H::new();
+    let join = |h: &mut H, regex: &str| {
+        let req = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_member_id(s("a"))
+            .with_member_epoch(0)
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_regex(Some(s(regex)))
+            .with_topic_partitions(Some(vec![]));
+        h.hb_raw(req, 1)
+    };
+    let r = join(&mut h, "t(");
+    assert_eq!(r.error_code, ResponseError::InvalidRegularExpression.code());
+    let message = r.error_message.unwrap();
+    assert!(
+        message.starts_with("SubscribedTopicRegex `t(` is not a valid regular expression: "),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "one line: {message}");
+    // Valid only once wrapped in the anchors' group: still refused.
+    assert_eq!(
+        join(&mut h, "a)|(b").error_code,
+        ResponseError::InvalidRegularExpression.code()
+    );
+    assert!(h.c.consumer_group("g").is_none(), "no group was created");
+    // A member in the group that changes to an invalid regex keeps its old
+    // subscription.
+    let mut a = h.join_regex("a", "t.*", None);
+    let req = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(s("a"))
+        .with_member_epoch(a.epoch)
+        .with_rebalance_timeout_ms(-1)
+        .with_subscribed_topic_regex(Some(s("[t")));
+    assert_eq!(
+        h.hb_raw(req, 1).error_code,
+        ResponseError::InvalidRegularExpression.code()
+    );
+    assert_eq!(h.hb(&mut a).error_code, 0);
+    assert_eq!(count(&a.owned), 10);
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(
+        g.members["a"].subscribed_topic_regex.as_deref(),
+        Some("t.*")
+    );
+}
+
+#[test]
+fn a_topic_created_or_deleted_under_a_regex_bumps_the_epoch_and_moves_partitions() {
+    let mut h = H::new();
+    let mut all = vec![
+        h.join_regex("a", "t.*", None),
+        h.join_regex("b", "t.*", None),
+    ];
+    h.settle(&mut all);
+    let epoch = h.c.consumer_group("g").unwrap().group_epoch;
+    assert_eq!(all_owned(&all), partitions_of(&[(T1, 6), (T2, 4)]));
+    // Heartbeats with nothing new change nothing.
+    let written = h.records;
+    h.settle(&mut all);
+    assert_eq!(
+        h.records, written,
+        "resolving the same topics writes nothing"
+    );
+    assert_eq!(h.c.consumer_group("g").unwrap().group_epoch, epoch);
+
+    // A matching topic appears: the next heartbeat bumps the epoch and the
+    // members get its partitions.
+    h.topics.insert("t3".into(), (T3, 4));
+    h.hb(&mut all[0]);
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(g.group_epoch, epoch + 1);
+    assert_eq!(g.assignment_epoch, epoch + 1);
+    assert!(g.topics.contains_key("t3"));
+    h.settle(&mut all);
+    assert_no_double_ownership(&all);
+    assert_eq!(all_owned(&all), partitions_of(&[(T1, 6), (T2, 4), (T3, 4)]));
+    assert!(all
+        .iter()
+        .all(|c| c.epoch == epoch + 1 && count(&c.owned) == 7));
+    // A topic that does not match changes nothing.
+    h.topics.insert("other".into(), (X1, 2));
+    h.settle(&mut all);
+    assert_eq!(h.c.consumer_group("g").unwrap().group_epoch, epoch + 1);
+
+    // A matched topic is deleted: another bump, and its partitions go.
+    h.topics.remove("t1");
+    h.settle(&mut all);
+    assert_eq!(h.c.consumer_group("g").unwrap().group_epoch, epoch + 2);
+    assert_eq!(all_owned(&all), partitions_of(&[(T2, 4), (T3, 4)]));
+    assert_eq!(h.describe().group_state.as_str(), "Stable");
+}
+
+#[test]
+fn names_and_a_regex_subscribe_to_the_union() {
+    let mut h = H::new();
+    h.topics.insert("x1".into(), (X1, 2));
+    // librdkafka's way: names and a regex in one request.
+    let a = h.join_regex("a", "x.*", Some(&["t1"]));
+    // The other member subscribes by names, with librdkafka's empty regex.
+    let b = h.join_regex("b", "", Some(&["t2"]));
+    let mut all = vec![a, b];
+    h.settle(&mut all);
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(
+        g.subscribed_topic_names(),
+        BTreeSet::from(["t1", "t2", "x1"])
+    );
+    assert_eq!(g.members["b"].subscribed_topic_regex, None);
+    assert_eq!(all[0].owned.keys().collect::<Vec<_>>(), vec![&T1, &X1]);
+    assert_eq!(count(&all[0].owned), 8);
+    assert_eq!(all[1].owned.keys().collect::<Vec<_>>(), vec![&T2]);
+    assert_eq!(count(&all[1].owned), 4);
+    let d = h.describe();
+    let da = d
+        .members
+        .iter()
+        .find(|m| m.member_id.as_str() == "a")
+        .unwrap();
+    assert_eq!(da.subscribed_topic_regex.as_deref(), Some("x.*"));
+    assert_eq!(da.subscribed_topic_names[0].0.as_str(), "t1");
+
+    // An empty regex clears a's: x1 leaves the group's topics and a gives
+    // its partitions up.
+    let epoch = g.group_epoch;
+    let req = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(s("a"))
+        .with_member_epoch(all[0].epoch)
+        .with_rebalance_timeout_ms(-1)
+        .with_subscribed_topic_regex(Some(s("")))
+        .with_topic_partitions(Some(owned_tps(&all[0].owned)));
+    let r = h.hb_raw(req, 1);
+    assert_eq!(r.error_code, 0);
+    apply(&mut all[0], &r);
+    h.settle(&mut all);
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(g.group_epoch, epoch + 1, "one bump for the change");
+    assert!(g.resolved_regexes.is_empty(), "nobody subscribes with x.*");
+    assert_eq!(g.subscribed_topic_names(), BTreeSet::from(["t1", "t2"]));
+    assert_eq!(all_owned(&all), partitions_of(&[(T1, 6), (T2, 4)]));
+}
+
+#[test]
+fn regexes_never_match_internal_topics() {
+    let mut h = H::new();
+    h.topics
+        .insert("__consumer_offsets".into(), (Uuid::from_u128(0xc0), 50));
+    h.topics
+        .insert("__transaction_state".into(), (Uuid::from_u128(0x75), 50));
+    let mut all = vec![
+        h.join_regex("a", ".*", None),
+        h.join_regex("b", "__.*", None),
+    ];
+    h.settle(&mut all);
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(
+        g.resolved_regexes[".*"].topics,
+        BTreeSet::from(["t1".to_owned(), "t2".to_owned()])
+    );
+    assert!(g.resolved_regexes["__.*"].topics.is_empty());
+    assert_eq!(all_owned(&all), partitions_of(&[(T1, 6), (T2, 4)]));
+    assert_eq!(count(&all[1].owned), 0);
+}
+
+#[test]
+fn a_regex_subscription_survives_a_restart() {
+    let mut h = H::new();
+    let mut all = vec![
+        h.join_regex("a", "t.*", None),
+        h.join_regex("b", "t.*", Some(&["extra"])),
+    ];
+    h.settle(&mut all);
+    let described = h.describe();
+    let states = member_states(&h);
+    let group_epoch = h.c.consumer_group("g").unwrap().group_epoch;
+
+    h.restart();
+    assert_eq!(h.describe(), described);
+    assert_eq!(member_states(&h), states);
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(
+        g.members["a"].subscribed_topic_regex.as_deref(),
+        Some("t.*")
+    );
+    assert_eq!(
+        g.members["b"].subscribed.iter().collect::<Vec<_>>(),
+        vec!["extra"]
+    );
+    // Resolved again from the stored subscribed topics, before anyone
+    // heartbeats: a timer that recomputes the target keeps the regex topics.
+    assert_eq!(
+        g.resolved_regexes["t.*"].topics,
+        BTreeSet::from(["t1".to_owned(), "t2".to_owned()])
+    );
+    let written = h.records;
+    h.settle(&mut all);
+    assert_eq!(h.records, written, "nothing changed, nothing written");
+    assert_eq!(h.c.consumer_group("g").unwrap().group_epoch, group_epoch);
+
+    // a leaves; b, alone, still gets every matching partition.
+    let req = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(s("a"))
+        .with_member_epoch(-1);
+    assert_eq!(h.hb_raw(req, 1).error_code, 0);
+    let g = h.c.consumer_group("g").unwrap();
+    assert_eq!(count(&g.target["b"]), 10);
+    // And the regex goes on resolving: a new topic after the restart.
+    h.topics.insert("t3".into(), (T3, 2));
+    let mut b = all.pop().unwrap();
+    h.settle(std::slice::from_mut(&mut b));
+    assert_eq!(count(&b.owned), 12);
 }

@@ -387,4 +387,8 @@ impl keel_group::TopicMetadata for ImageTopics {
         let t = self.0.topic_by_name(topic)?;
         Some((t.topic_id, t.partitions.len() as i32))
     }
+
+    fn topic_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(self.0.topics().map(|t| t.name.as_str()))
+    }
 }

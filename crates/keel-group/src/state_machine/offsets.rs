@@ -393,9 +393,9 @@ impl GroupCoordinator {
             // A KIP-848 group: its members' subscriptions are known.
             (!cg.members.is_empty()).then(|| {
                 Some(
-                    cg.members
-                        .values()
-                        .flat_map(|m| m.subscribed.iter().cloned())
+                    cg.subscribed_topic_names()
+                        .into_iter()
+                        .map(str::to_owned)
                         .collect(),
                 )
             })
