@@ -309,6 +309,12 @@ impl GroupCoordinator {
         if let Some(delay) = &mut group.initial_delay {
             delay.new_member_added = true;
         }
+        tracing::info!(
+            group_id,
+            member_id,
+            state = group.state.as_str(),
+            "new member joins group"
+        );
         self.maybe_prepare_rebalance_or_complete_join(group_id, now_ms, fx);
     }
 
@@ -580,6 +586,12 @@ impl GroupCoordinator {
         group.protocol_name = group.select_protocol();
         assert!(group.protocol_name.is_some(), "members share no protocol");
         group.transition(GroupState::CompletingRebalance, now_ms);
+        tracing::info!(
+            group_id,
+            generation = group.generation_id,
+            members = group.members.len(),
+            "stabilized group"
+        );
         let ids: Vec<String> = group.members.keys().cloned().collect();
         for id in &ids {
             let parked = group.members[id.as_str()].awaiting_join;
