@@ -173,8 +173,25 @@ async fn clean(
         cleaner.finished(broker, &tp, None);
         return;
     }
-    match partition.with_log(|log| log.install_cleaned(cleaned)) {
-        Ok(CleanOutcome::Installed(stats)) => {
+    // The swap renames and fsyncs: a blocking thread's work, not a runtime
+    // worker's. The replaced files are closed after the lock is released.
+    let installing = partition.clone();
+    let installed = tokio::task::spawn_blocking(move || {
+        installing.with_log(|log| log.install_cleaned(cleaned))
+    })
+    .await;
+    let installed = match installed {
+        Ok(installed) => installed,
+        Err(e) => {
+            tracing::error!(partition = %tp, error = %e, "installing a clean panicked");
+            cleaner.uncleanable.lock().insert(tp.clone());
+            cleaner.finished(broker, &tp, None);
+            return;
+        }
+    };
+    match installed {
+        Ok(CleanOutcome::Installed(stats, retired)) => {
+            tokio::task::spawn_blocking(move || drop(retired));
             tracing::info!(
                 partition = %tp,
                 first_dirty,

@@ -44,7 +44,7 @@ pub use batch::{
 pub use checkpoint::{read_offset_checkpoint, write_offset_checkpoint, LeaderEpochCache};
 pub use cleaner::{
     filthiest_log, CleanOutcome, CleanedLog, CleanerConfig, CleanerStats, CleanerTask,
-    LogDirtiness, Throttler,
+    LogDirtiness, RetiredSegments, Throttler,
 };
 pub use config::{CleanupPolicy, LogConfig, TimestampType};
 pub use error::StorageError;

@@ -772,17 +772,22 @@ impl Log {
     /// Puts a cleaned segment in place of the closed segments it replaces,
     /// whose files are already gone. Offsets do not change, so neither the
     /// log start, the epochs nor the producer state do.
-    pub(crate) fn replace_segments(&mut self, replaced: &[i64], cleaned: Segment) {
+    /// Swaps `cleaned` in for the `replaced` segments, which it returns so
+    /// the caller can close their files outside the log's lock.
+    pub(crate) fn replace_segments(&mut self, replaced: &[i64], cleaned: Segment) -> Vec<Segment> {
         let active_base = self.active().base_offset;
         assert!(
             cleaned.base_offset < active_base,
             "the active segment is never cleaned"
         );
+        let mut removed = Vec::with_capacity(replaced.len());
         for base in replaced {
             assert!(base < &active_base, "the active segment is never cleaned");
-            self.segments
-                .remove(base)
-                .expect("install checked the replaced segments are present");
+            removed.push(
+                self.segments
+                    .remove(base)
+                    .expect("install checked the replaced segments are present"),
+            );
         }
         assert!(
             self.segments
@@ -792,6 +797,7 @@ impl Log {
             "a cleaned segment overlaps the next one"
         );
         self.segments.insert(cleaned.base_offset, cleaned);
+        removed
     }
 
     /// Removes producers idle for longer than `producer_id_expiration_ms`.

@@ -193,7 +193,7 @@ fn clean(
 
 fn installed(outcome: CleanOutcome) -> CleanerStats {
     match outcome {
-        CleanOutcome::Installed(stats) => stats,
+        CleanOutcome::Installed(stats, _) => stats,
         CleanOutcome::Aborted { reason } => panic!("aborted: {reason}"),
     }
 }
