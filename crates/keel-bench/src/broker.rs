@@ -1,7 +1,8 @@
 //! The broker under test: started here with a temporary data dir, or given.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -9,7 +10,8 @@ use anyhow::{bail, Context, Result};
 pub struct Broker {
     bootstrap: String,
     child: Option<Child>,
-    _data_dir: Option<tempfile::TempDir>,
+    /// Holds the log dir (`data`) and the broker's stderr (`stderr.log`).
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Broker {
@@ -17,21 +19,26 @@ impl Broker {
         Self {
             bootstrap,
             child: None,
-            _data_dir: None,
+            dir: None,
         }
     }
 
     pub fn start(keel: &Path, overrides: &[String]) -> Result<Self> {
         // On disk, not tmpfs, so the figures include the real write path.
-        let data_dir = tempfile::Builder::new()
+        let dir = tempfile::Builder::new()
             .prefix("keel-bench-")
             .tempdir_in(".")?;
+        let stderr = File::create(dir.path().join("stderr.log"))?;
         let mut command = Command::new(keel);
         command
+            // Plain INFO lines, whatever the caller's environment says: the
+            // compaction suite reads the cleaner's figures from them.
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .arg("server")
             .args([
                 "--override",
-                &format!("log.dirs={}", data_dir.path().display()),
+                &format!("log.dirs={}", dir.path().join("data").display()),
             ])
             .args(["--override", "listeners=PLAINTEXT://127.0.0.1:0"]);
         for o in overrides {
@@ -39,7 +46,7 @@ impl Broker {
         }
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", keel.display()))?;
         let stdout = child.stdout.take().expect("piped");
@@ -52,12 +59,22 @@ impl Broker {
         Ok(Self {
             bootstrap: addr.to_string(),
             child: Some(child),
-            _data_dir: Some(data_dir),
+            dir: Some(dir),
         })
     }
 
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
+    }
+
+    /// The log dir of a broker started here.
+    pub fn log_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.as_ref()?.path().join("data"))
+    }
+
+    /// The file a broker started here writes its log lines to.
+    pub fn stderr_path(&self) -> Option<PathBuf> {
+        Some(self.dir.as_ref()?.path().join("stderr.log"))
     }
 
     /// Current and peak resident set size, from /proc.

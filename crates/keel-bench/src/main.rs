@@ -1,16 +1,19 @@
 //! `keel-bench`: starts a broker (or uses one given with `--bootstrap`),
 //! drives it with librdkafka and prints one JSON line:
 //! produce and consume throughput, end-to-end latency percentiles at a fixed
-//! rate, and the broker's resident memory afterwards.
+//! rate, and the broker's resident memory afterwards; or consumer group
+//! figures (`--suite groups`), or log cleaner figures (`--suite compaction`).
 //!
 //! Figures are measured, never asserted: this is not a test.
 
 mod broker;
+mod compaction;
 mod groups;
 mod latency;
 mod throughput;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
@@ -43,8 +46,9 @@ struct Args {
     /// Length of the latency run, seconds.
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
-    /// Which figures: `log` (produce, consume, latency) or `groups`
-    /// (rebalance time and commit rate per group protocol).
+    /// Which figures: `log` (produce, consume, latency), `groups`
+    /// (rebalance time and commit rate per group protocol) or `compaction`
+    /// (cleaner throughput, and produce throughput while it cleans).
     #[arg(long, default_value = "log")]
     suite: String,
     /// Group protocols for `--suite groups`: classic assignment strategies,
@@ -58,6 +62,19 @@ struct Args {
     /// The members' `heartbeat.interval.ms` (librdkafka's default if unset).
     #[arg(long)]
     heartbeat_interval_ms: Option<u32>,
+    /// Size of each compacted log for `--suite compaction`, MiB.
+    #[arg(long, default_value_t = 1024)]
+    compaction_log_mib: u64,
+    /// Distinct keys among the compacted log's records.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    compaction_keys: u64,
+    /// Value size of the compacted log's records.
+    #[arg(long, default_value_t = 1024)]
+    compaction_value_bytes: usize,
+    /// How long the produce rate is measured with the cleaner idle, before
+    /// the clean and again after it, seconds.
+    #[arg(long, default_value_t = 10)]
+    compaction_baseline_seconds: u64,
 }
 
 fn main() -> Result<()> {
@@ -67,6 +84,13 @@ fn main() -> Result<()> {
         // The setting: no initial delay, so the figure is the protocol's.
         overrides.push("group.initial.rebalance.delay.ms=0".into());
     }
+    if args.suite == "compaction" {
+        // The cleaner looks for work this often (Kafka's default is 15 s),
+        // so a clean starts soon after the bench makes a log cleanable.
+        overrides.push("log.cleaner.backoff.ms=200".into());
+        // The produce topic's retention (see `compaction.rs`) must keep up.
+        overrides.push("log.retention.check.interval.ms=1000".into());
+    }
     let broker = match &args.bootstrap {
         Some(addr) => broker::Broker::external(addr.clone()),
         None => broker::Broker::start(&args.keel, &overrides)?,
@@ -74,6 +98,19 @@ fn main() -> Result<()> {
     let bootstrap = broker.bootstrap().to_string();
     if args.suite == "groups" {
         let line = json!({ "overrides": overrides, "heartbeat_interval_ms": args.heartbeat_interval_ms, "groups": groups::run(&bootstrap, &args.group_protocols, args.heartbeat_interval_ms)? });
+        println!("{line}");
+        return Ok(());
+    }
+    if args.suite == "compaction" {
+        let options = compaction::Options {
+            log_mib: args.compaction_log_mib,
+            keys: args.compaction_keys,
+            value_bytes: args.compaction_value_bytes,
+            baseline: Duration::from_secs(args.compaction_baseline_seconds),
+        };
+        let mut line = compaction::run(&broker, &options)?;
+        line["overrides"] = json!(overrides);
+        add_rss(&mut line, &broker);
         println!("{line}");
         return Ok(());
     }
@@ -101,10 +138,14 @@ fn main() -> Result<()> {
         "consume_100B": consume_small,
         "latency_1KiB_acks_all": latency,
     });
+    add_rss(&mut line, &broker);
+    println!("{line}");
+    Ok(())
+}
+
+fn add_rss(line: &mut serde_json::Value, broker: &broker::Broker) {
     if let Some((rss, peak)) = broker.rss_mib() {
         line["broker_rss_MiB"] = json!(rss);
         line["broker_peak_rss_MiB"] = json!(peak);
     }
-    println!("{line}");
-    Ok(())
 }

@@ -8,18 +8,19 @@ use anyhow::{bail, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, ToBytes};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
+/// Delivery reports so far, counted by librdkafka's polling thread.
 #[derive(Default)]
-struct Delivered {
-    ok: AtomicU64,
-    failed: AtomicU64,
+pub struct Delivered {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
 }
 
-struct Counting(Arc<Delivered>);
+pub struct Counting(Arc<Delivered>);
 
 impl ClientContext for Counting {}
 
@@ -44,6 +45,43 @@ fn figures(count: usize, record_bytes: usize, elapsed: Duration) -> Value {
     })
 }
 
+/// A producer tuned for throughput (large batches, a short linger), whose
+/// deliveries are counted. `queue_kbytes` bounds what librdkafka buffers.
+pub fn producer(
+    bootstrap: &str,
+    acks: &str,
+    queue_kbytes: u32,
+) -> Result<(ThreadedProducer<Counting>, Arc<Delivered>)> {
+    let delivered = Arc::new(Delivered::default());
+    let producer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", acks)
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", queue_kbytes.to_string())
+        .set("enable.idempotence", "false")
+        .create_with_context(Counting(delivered.clone()))?;
+    Ok((producer, delivered))
+}
+
+/// Sends one record, waiting while librdkafka's queue is full.
+pub fn send<K: ToBytes + ?Sized>(
+    producer: &ThreadedProducer<Counting>,
+    mut record: BaseRecord<'_, K, [u8]>,
+) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((e, _)) => bail!("produce failed: {e}"),
+        }
+    }
+}
+
 pub fn produce(
     bootstrap: &str,
     topic: &str,
@@ -51,16 +89,7 @@ pub fn produce(
     record_bytes: usize,
     acks: &str,
 ) -> Result<Value> {
-    let delivered = Arc::new(Delivered::default());
-    let producer: ThreadedProducer<Counting> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", acks)
-        .set("linger.ms", "5")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
-        .set("enable.idempotence", "false")
-        .create_with_context(Counting(delivered.clone()))?;
+    let (producer, delivered) = producer(bootstrap, acks, 1_048_576)?;
     // Create the topic and learn its leader before the clock starts, so the
     // figure is the steady-state rate rather than client start-up.
     producer
@@ -69,19 +98,12 @@ pub fn produce(
     let payload = vec![b'x'; record_bytes];
     let start = Instant::now();
     for _ in 0..count {
-        let mut record = BaseRecord::<(), [u8]>::to(topic)
-            .payload(&payload[..])
-            .partition(0);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err((e, _)) => bail!("produce failed: {e}"),
-            }
-        }
+        send(
+            &producer,
+            BaseRecord::<(), [u8]>::to(topic)
+                .payload(&payload[..])
+                .partition(0),
+        )?;
     }
     producer.flush(Duration::from_secs(120))?;
     let elapsed = start.elapsed();
