@@ -52,6 +52,14 @@ fn state_from(b: i8) -> MemberState {
 }
 
 /// A member as replay first sees it, before its records fill it in.
+/// The member a replayed record describes, made blank on its first record.
+fn replayed_member(group: &mut ConsumerGroup, member_id: String) -> &mut ConsumerMember {
+    group
+        .members
+        .entry(member_id)
+        .or_insert_with_key(|id| blank_member(id))
+}
+
 fn blank_member(member_id: &str) -> ConsumerMember {
     ConsumerMember {
         member_id: member_id.to_owned(),
@@ -278,10 +286,7 @@ impl GroupCoordinator {
                 value: Some(v),
                 ..
             } => {
-                let m = g
-                    .members
-                    .entry(member_id.clone())
-                    .or_insert_with(|| blank_member(&member_id));
+                let m = replayed_member(g, member_id);
                 m.instance_id = v.instance_id;
                 m.rack_id = v.rack_id;
                 m.client_id = v.client_id;
@@ -307,10 +312,7 @@ impl GroupCoordinator {
                 value: Some(v),
                 ..
             } => {
-                let m = g
-                    .members
-                    .entry(member_id.clone())
-                    .or_insert_with(|| blank_member(&member_id));
+                let m = replayed_member(g, member_id);
                 m.member_epoch = v.member_epoch;
                 m.previous_member_epoch = v.previous_member_epoch;
                 m.state = state_from(v.state);

@@ -496,35 +496,46 @@ impl BrokerConfig {
     }
 
     /// A broker setting's values, effective first: this broker's dynamic
-    /// value, the cluster-wide dynamic default, the static setting, the default.
+    /// value, the cluster-wide dynamic default, the static setting, the
+    /// default. Borrowed, so finding the effective value allocates nothing.
+    fn broker_config_layers<'a>(
+        &'a self,
+        image: &'a MetadataImage,
+        name: &'a str,
+        default: &'a str,
+    ) -> impl Iterator<Item = (&'a str, ConfigSource)> + 'a {
+        let dynamic = dynamic_broker_config(name).is_some();
+        let this_broker = image
+            .broker_configs
+            .get(&self.node_id)
+            .and_then(|c| c.get(name))
+            .filter(|_| dynamic)
+            .map(|v| (v.as_str(), ConfigSource::DynamicBroker));
+        let cluster_default = image
+            .broker_default_configs
+            .get(name)
+            .filter(|_| dynamic)
+            .map(|v| (v.as_str(), ConfigSource::DynamicDefaultBroker));
+        let static_setting = self
+            .explicit
+            .get(name)
+            .map(|v| (v.as_str(), ConfigSource::StaticBroker));
+        this_broker
+            .into_iter()
+            .chain(cluster_default)
+            .chain(static_setting)
+            .chain(std::iter::once((default, ConfigSource::Default)))
+    }
+
     fn broker_config_synonyms(
         &self,
         image: &MetadataImage,
         name: &str,
         default: &str,
     ) -> Vec<(String, String, ConfigSource)> {
-        let mut out = Vec::with_capacity(4);
-        if dynamic_broker_config(name).is_some() {
-            if let Some(v) = image
-                .broker_configs
-                .get(&self.node_id)
-                .and_then(|c| c.get(name))
-            {
-                out.push((name.to_string(), v.clone(), ConfigSource::DynamicBroker));
-            }
-            if let Some(v) = image.broker_default_configs.get(name) {
-                out.push((
-                    name.to_string(),
-                    v.clone(),
-                    ConfigSource::DynamicDefaultBroker,
-                ));
-            }
-        }
-        if let Some(v) = self.explicit.get(name) {
-            out.push((name.to_string(), v.clone(), ConfigSource::StaticBroker));
-        }
-        out.push((name.to_string(), default.to_string(), ConfigSource::Default));
-        out
+        self.broker_config_layers(image, name, default)
+            .map(|(value, source)| (name.to_string(), value.to_string(), source))
+            .collect()
     }
 
     /// The value a topic config takes for this topic, with every source it
@@ -544,27 +555,37 @@ impl BrokerConfig {
     }
 
     /// The effective value of one topic config.
-    pub fn topic_config(
-        &self,
+    pub fn topic_config<'a>(
+        &'a self,
         name: &str,
-        image: &MetadataImage,
-        topic_overrides: &BTreeMap<String, String>,
-    ) -> String {
+        image: &'a MetadataImage,
+        topic_overrides: &'a BTreeMap<String, String>,
+    ) -> &'a str {
         let def = topic_config_def(name).expect("topic config names are compile-time constants");
-        self.topic_config_synonyms(def, image, topic_overrides)
-            .swap_remove(0)
-            .1
+        match topic_overrides.get(def.name) {
+            Some(v) => v,
+            None => self.effective(image, def.broker_synonym, def.default),
+        }
     }
 
     /// The effective value of a dynamic broker setting.
-    pub fn dynamic_broker_config(&self, image: &MetadataImage, name: &str) -> String {
+    pub fn dynamic_broker_config<'a>(&'a self, image: &'a MetadataImage, name: &str) -> &'a str {
         let def = DYNAMIC_BROKER_CONFIGS
             .iter()
             .find(|d| d.name == name)
             .expect("dynamic broker config names are compile-time constants");
-        self.broker_config_synonyms(image, name, def.default)
-            .swap_remove(0)
-            .1
+        self.effective(image, def.name, def.default)
+    }
+
+    fn effective<'a>(
+        &'a self,
+        image: &'a MetadataImage,
+        name: &'a str,
+        default: &'a str,
+    ) -> &'a str {
+        self.broker_config_layers(image, name, default)
+            .next()
+            .map_or(default, |(value, _)| value)
     }
 
     /// The effective value of a numeric dynamic broker setting.
@@ -612,7 +633,7 @@ impl BrokerConfig {
             },
             flush_messages: num("flush.messages"),
             flush_ms: num("flush.ms"),
-            cleanup_policy: CleanupPolicy::parse(&self.topic_config(
+            cleanup_policy: CleanupPolicy::parse(self.topic_config(
                 "cleanup.policy",
                 image,
                 overrides,

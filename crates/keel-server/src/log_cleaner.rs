@@ -41,9 +41,8 @@ impl LogCleaner {
         }
     }
 
-    /// The first dirty offset of one log, for `keel topic describe`'s
-    /// compaction progress.
-    pub fn first_dirty_offset(&self, tp: &TopicPartition) -> Option<i64> {
+    /// The first dirty offset of one log, as the checkpoint holds it.
+    fn first_dirty_offset(&self, tp: &TopicPartition) -> Option<i64> {
         self.first_dirty_offsets.lock().get(tp).copied()
     }
 
@@ -84,28 +83,24 @@ impl LogCleaner {
     /// under the partition's lock.
     fn next_task(&self, broker: &Broker) -> Option<(Arc<Partition>, keel_storage::CleanerTask)> {
         let now = now_ms();
-        let busy: HashSet<TopicPartition> = {
-            let in_progress = self.in_progress.lock();
-            in_progress
-                .union(&self.uncleanable.lock())
-                .cloned()
+        let candidates: Vec<_> = {
+            let (in_progress, uncleanable) = (self.in_progress.lock(), self.uncleanable.lock());
+            broker
+                .replicas
+                .all()
+                .into_iter()
+                .filter(|p| !in_progress.contains(&p.tp) && !uncleanable.contains(&p.tp))
+                .filter_map(|p| {
+                    let upper_bound = p.high_watermark();
+                    let first_dirty = self.first_dirty_offset(&p.tp);
+                    let dirtiness =
+                        p.with_log(|log| log.dirtiness(first_dirty, upper_bound, now))?;
+                    Some(((p, upper_bound), dirtiness))
+                })
                 .collect()
         };
-        let candidates: Vec<(Arc<Partition>, keel_storage::LogDirtiness)> = broker
-            .replicas
-            .all()
-            .into_iter()
-            .filter(|p| !busy.contains(&p.tp))
-            .filter_map(|p| {
-                let first_dirty = self.first_dirty_offset(&p.tp);
-                let upper_bound = p.high_watermark();
-                let dirtiness = p.with_log(|log| log.dirtiness(first_dirty, upper_bound, now))?;
-                Some((p, dirtiness))
-            })
-            .collect();
-        let (partition, _) = filthiest_log(candidates)?;
-        let first_dirty = self.first_dirty_offset(&partition.tp);
-        let upper_bound = partition.high_watermark();
+        let ((partition, upper_bound), dirtiness) = filthiest_log(candidates)?;
+        let first_dirty = Some(dirtiness.first_dirty_offset);
         let task = partition.with_log(|log| log.prepare_clean(first_dirty, upper_bound, now))?;
         self.in_progress.lock().insert(partition.tp.clone());
         Some((partition, task))
@@ -141,6 +136,18 @@ async fn clean(
     task: keel_storage::CleanerTask,
     config: CleanerConfig,
 ) {
+    let tp = partition.tp.clone();
+    let stats = clean_and_install(broker, partition, task, config).await;
+    broker.log_cleaner.finished(broker, &tp, stats.as_ref());
+}
+
+/// One clean from start to swap; the stats when it was installed.
+async fn clean_and_install(
+    broker: &Broker,
+    partition: Arc<Partition>,
+    task: keel_storage::CleanerTask,
+    config: CleanerConfig,
+) -> Option<CleanerStats> {
     let cleaner = &broker.log_cleaner;
     let tp = partition.tp.clone();
     let first_dirty = task.first_dirty_offset();
@@ -151,44 +158,28 @@ async fn clean(
         "beginning cleaning of log"
     );
     let throttler = cleaner.throttler.clone();
-    let cleaned = tokio::task::spawn_blocking(move || task.clean(&config, &throttler)).await;
-    let cleaned = match cleaned {
+    let cleaned = match tokio::task::spawn_blocking(move || task.clean(&config, &throttler)).await {
         Ok(Ok(cleaned)) => cleaned,
-        Ok(Err(keel_storage::StorageError::CleanerStopped)) => {
-            cleaner.finished(broker, &tp, None);
-            return;
-        }
+        Ok(Err(keel_storage::StorageError::CleanerStopped)) => return None,
         Ok(Err(e)) => {
             tracing::error!(partition = %tp, error = %e, "cleaning failed; the log is left as it was");
-            cleaner.finished(broker, &tp, None);
-            return;
+            return None;
         }
         Err(e) => {
             tracing::error!(partition = %tp, error = %e, "cleaner thread panicked");
-            cleaner.finished(broker, &tp, None);
-            return;
+            return None;
         }
     };
     if partition.is_deleted() {
-        cleaner.finished(broker, &tp, None);
-        return;
+        return None;
     }
     // The swap renames and fsyncs: a blocking thread's work, not a runtime
     // worker's. The replaced files are closed after the lock is released.
-    let installing = partition.clone();
-    let installed = tokio::task::spawn_blocking(move || {
-        installing.with_log(|log| log.install_cleaned(cleaned))
-    })
-    .await;
-    let installed = match installed {
-        Ok(installed) => installed,
-        Err(e) => {
-            tracing::error!(partition = %tp, error = %e, "installing a clean panicked");
-            cleaner.uncleanable.lock().insert(tp.clone());
-            cleaner.finished(broker, &tp, None);
-            return;
-        }
-    };
+    let installed =
+        tokio::task::spawn_blocking(move || partition.with_log(|log| log.install_cleaned(cleaned)))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
     match installed {
         Ok(CleanOutcome::Installed(stats, retired)) => {
             tokio::task::spawn_blocking(move || drop(retired));
@@ -203,16 +194,16 @@ async fn clean(
                 elapsed_ms = stats.elapsed.as_millis() as u64,
                 "cleaned log"
             );
-            cleaner.finished(broker, &tp, Some(&stats));
+            Some(stats)
         }
         Ok(CleanOutcome::Aborted { reason }) => {
             tracing::info!(partition = %tp, %reason, "clean aborted; the log changed meanwhile");
-            cleaner.finished(broker, &tp, None);
+            None
         }
         Err(e) => {
             tracing::error!(partition = %tp, error = %e, "installing a clean failed part way; the log is not cleaned again until a restart recovers it");
-            cleaner.uncleanable.lock().insert(tp.clone());
-            cleaner.finished(broker, &tp, None);
+            cleaner.uncleanable.lock().insert(tp);
+            None
         }
     }
 }

@@ -260,6 +260,20 @@ pub(crate) fn check_crc(header: &RecordBatchHeader, batch: &[u8]) -> Result<()> 
 /// Validates one client batch without decompressing it. `batch` must hold
 /// exactly one batch (as yielded by [`BatchIter`]).
 pub fn validate_batch(batch: &[u8]) -> Result<RecordBatchHeader> {
+    validate_batch_keys(batch, Keys::Optional)
+}
+
+/// Whether every record of a batch must carry a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Keys {
+    Optional,
+    /// Kafka's rule for compacted topics.
+    Required,
+}
+
+/// [`validate_batch`], refusing keyless records when `keys` says so, in the
+/// same walk over the records (decompressing only when keys are required).
+pub(crate) fn validate_batch_keys(batch: &[u8], keys: Keys) -> Result<RecordBatchHeader> {
     let header = RecordBatchHeader::parse(batch)?;
     check_framing(&header)?;
     if header.total_size() != batch.len() as u64 {
@@ -292,13 +306,29 @@ pub fn validate_batch(batch: &[u8]) -> Result<RecordBatchHeader> {
             let mut records =
                 RecordIter::new(&header, &batch[field::RECORDS..], OffsetDeltas::Contiguous);
             for record in &mut records {
-                record?;
+                require_key(&record?, keys)?;
             }
             records.finish()?;
+        }
+        _ if keys == Keys::Required => {
+            let decoded =
+                BatchRecords::decode(batch, crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX)?;
+            for record in decoded.iter() {
+                require_key(&record?, keys)?;
+            }
         }
         _ => {}
     }
     Ok(header)
+}
+
+fn require_key(record: &RecordView<'_>, keys: Keys) -> Result<()> {
+    if keys == Keys::Required && record.key.is_none() {
+        return Err(StorageError::InvalidRecord(
+            "compacted topic cannot accept message without key".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Splits a buffer of concatenated batches. In lenient mode a trailing

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use keel_types::limits::SEGMENT_RELATIVE_OFFSET_MAX;
 
 use crate::batch::{
-    self, check_crc, check_framing, BatchIter, BatchRecords, Compression, RecordBatchHeader,
+    self, check_crc, check_framing, BatchIter, Compression, Keys, RecordBatchHeader,
 };
 use crate::checkpoint::{ensure_partition_metadata, sync_dir, LeaderEpochCache};
 use crate::config::{LogConfig, TimestampType};
@@ -286,7 +286,12 @@ impl Log {
                     max: max_message_bytes,
                 });
             }
-            let header = batch::validate_batch(&batches[range.clone()])?;
+            let keys = if self.config.cleanup_policy.compact {
+                Keys::Required
+            } else {
+                Keys::Optional
+            };
+            let header = batch::validate_batch_keys(&batches[range.clone()], keys)?;
             if header.is_control() {
                 return Err(StorageError::InvalidRecord(
                     "clients may not send control batches".into(),
@@ -294,9 +299,6 @@ impl Log {
             }
             if header.record_count == 0 {
                 return Err(StorageError::InvalidRecord("batch holds no records".into()));
-            }
-            if self.config.cleanup_policy.compact {
-                check_keys(&batches[range.clone()])?;
             }
             spans.push((header, range));
         }
@@ -584,15 +586,17 @@ impl Log {
             };
             // Batches the cleaner emptied (kept for their offsets) are
             // skipped: a response holding nothing else would look to
-            // librdkafka like a batch too large for its fetch size.
-            while first.record_count() == 0 && !first.is_control() {
+            // librdkafka like a batch too large for its fetch size. A
+            // segment holding nothing else is passed over.
+            let emptied = |h: &RecordBatchHeader| h.record_count() == 0 && !h.is_control();
+            while emptied(&first) {
                 let next = position + first.total_size();
-                match read_header_at(seg.file(), next, seg.size())? {
-                    Some(header) => (position, first) = (next, header),
-                    None => break,
-                }
+                let Some(header) = read_header_at(seg.file(), next, seg.size())? else {
+                    break;
+                };
+                (position, first) = (next, header);
             }
-            if first.record_count() == 0 && !first.is_control() {
+            if emptied(&first) {
                 continue;
             }
             if first.last_offset() >= max_offset {
@@ -770,10 +774,9 @@ impl Log {
     }
 
     /// Puts a cleaned segment in place of the closed segments it replaces,
-    /// whose files are already gone. Offsets do not change, so neither the
-    /// log start, the epochs nor the producer state do.
-    /// Swaps `cleaned` in for the `replaced` segments, which it returns so
-    /// the caller can close their files outside the log's lock.
+    /// whose files are already unlinked, and returns those so the caller can
+    /// close their files outside the log's lock. Offsets do not change, so
+    /// neither the log start, the epochs nor the producer state do.
     pub(crate) fn replace_segments(&mut self, replaced: &[i64], cleaned: Segment) -> Vec<Segment> {
         let active_base = self.active().base_offset;
         assert!(
@@ -875,18 +878,4 @@ impl Log {
         drop(self);
         std::fs::remove_dir_all(&dir).ctx(|| format!("deleting {}", dir.display()))
     }
-}
-
-/// Kafka: "Compacted topic cannot accept message without key". Looks inside
-/// compressed batches, within [`crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX`].
-fn check_keys(batch: &[u8]) -> Result<()> {
-    let decoded = BatchRecords::decode(batch, crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX)?;
-    for record in decoded.iter() {
-        if record?.key.is_none() {
-            return Err(StorageError::InvalidRecord(
-                "compacted topic cannot accept message without key".into(),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -8,8 +8,8 @@ use crate::batch::{field, BatchBuilder, BatchIter, RecordBatchHeader};
 use crate::segment::file_name;
 use crate::*;
 
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-const NOW: i64 = 1_700_000_000_000;
+pub(crate) const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+pub(crate) const NOW: i64 = 1_700_000_000_000;
 
 fn batch_with(records: usize, ts: i64, value_len: usize) -> Vec<u8> {
     let mut b = BatchBuilder::new(0);
@@ -33,7 +33,7 @@ fn idempotent(pid: i64, epoch: i16, seq: i32, records: usize) -> Vec<u8> {
     b.build()
 }
 
-fn open(dir: &Path, config: LogConfig, recover_from: Option<i64>) -> Log {
+pub(crate) fn open(dir: &Path, config: LogConfig, recover_from: Option<i64>) -> Log {
     Log::open(
         dir.join("t-0"),
         "topic-id",

@@ -20,36 +20,32 @@ use crate::errors::admin_error;
 /// An error code and message for one resource of an alter request.
 pub(super) type Refusal = (ResponseError, String);
 
+/// One resource of an alter request: type, name, and the change it asks for
+/// (or why the request itself is refused).
+pub(super) type AlterResource<'a> = (i8, &'a StrBytes, Result<ConfigChange, Refusal>);
+
 pub fn handle(
     broker: &Broker,
     _ctx: &RequestContext<'_>,
     request: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
-    let keys: Vec<(i8, &str)> = request
-        .resources
-        .iter()
-        .map(|r| (r.resource_type, r.resource_name.as_str()))
-        .collect();
-    let duplicates = duplicate_resources(&keys);
-    let responses = request
-        .resources
-        .iter()
-        .map(|resource| {
-            // Kafka drops entries without a value: they are simply not set.
-            let configs = resource
-                .configs
-                .iter()
-                .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
-                .collect();
-            let outcome = alter_resource(
-                broker,
-                resource.resource_type,
-                &resource.resource_name,
-                duplicates.contains(&(resource.resource_type, resource.resource_name.as_str())),
-                Ok(ConfigChange::Replace(configs)),
-                request.validate_only,
-            );
-            let (code, message) = outcome_fields(outcome);
+    let resources = request.resources.iter().map(|resource| {
+        // Kafka drops entries without a value: they are simply not set.
+        let configs = resource
+            .configs
+            .iter()
+            .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+            .collect();
+        (
+            resource.resource_type,
+            &resource.resource_name,
+            Ok(ConfigChange::Replace(configs)),
+        )
+    });
+    let responses = alter_resources(broker, resources.collect(), request.validate_only)
+        .into_iter()
+        .zip(&request.resources)
+        .map(|((code, message), resource)| {
             AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone())
@@ -60,37 +56,51 @@ pub fn handle(
     AlterConfigsResponse::default().with_responses(responses)
 }
 
-/// Resources named more than once in one request; Kafka refuses each of them.
-pub(super) fn duplicate_resources<'a>(keys: &[(i8, &'a str)]) -> Vec<(i8, &'a str)> {
+/// Applies each resource's change through the controller and returns each
+/// one's error code and message, in request order. A resource named twice
+/// is refused both times, as Kafka does.
+pub(super) fn alter_resources(
+    broker: &Broker,
+    resources: Vec<AlterResource<'_>>,
+    validate_only: bool,
+) -> Vec<(i16, Option<StrBytes>)> {
     let mut seen: HashMap<(i8, &str), usize> = HashMap::new();
-    for key in keys {
-        *seen.entry(*key).or_default() += 1;
+    for (resource_type, name, _) in &resources {
+        *seen.entry((*resource_type, name.as_str())).or_default() += 1;
     }
-    seen.into_iter()
-        .filter(|(_, n)| *n > 1)
-        .map(|(k, _)| k)
+    resources
+        .iter()
+        .map(|(resource_type, name, change)| {
+            let outcome = if seen[&(*resource_type, name.as_str())] > 1 {
+                Err((
+                    ResponseError::InvalidRequest,
+                    "Error due to duplicate resources in request".into(),
+                ))
+            } else {
+                alter_resource(broker, *resource_type, name, change, validate_only)
+            };
+            match outcome {
+                Ok(()) => (0, None),
+                Err((error, message)) => {
+                    tracing::info!(?error, %message, "config change refused");
+                    (error.code(), Some(str_bytes(&message)))
+                }
+            }
+        })
         .collect()
 }
 
-/// Resolves the resource and applies the change through the controller.
-pub(super) fn alter_resource(
+fn alter_resource(
     broker: &Broker,
     resource_type: i8,
     resource_name: &StrBytes,
-    duplicate: bool,
-    change: Result<ConfigChange, Refusal>,
+    change: &Result<ConfigChange, Refusal>,
     validate_only: bool,
 ) -> Result<(), Refusal> {
-    if duplicate {
-        return Err((
-            ResponseError::InvalidRequest,
-            "Error due to duplicate resources in request".into(),
-        ));
-    }
     let resource = config_resource(broker, resource_type, resource_name.as_str())?;
-    let change = change?;
+    let change = change.as_ref().map_err(Clone::clone)?;
     broker
-        .alter_configs(&resource, &change, validate_only)
+        .alter_configs(&resource, change, validate_only)
         .map_err(|e| (admin_error(&e), e.to_string()))?;
     if !validate_only {
         tracing::info!(?resource, ?change, "altered configs");
@@ -117,16 +127,5 @@ fn config_resource(
             ResponseError::InvalidRequest,
             format!("Keel cannot alter configs of resource type {other}"),
         )),
-    }
-}
-
-/// The response's error fields, logging a refusal.
-pub(super) fn outcome_fields(outcome: Result<(), Refusal>) -> (i16, Option<StrBytes>) {
-    match outcome {
-        Ok(()) => (0, None),
-        Err((error, message)) => {
-            tracing::info!(?error, %message, "config change refused");
-            (error.code(), Some(str_bytes(&message)))
-        }
     }
 }

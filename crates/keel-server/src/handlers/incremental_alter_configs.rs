@@ -7,7 +7,7 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 use kafka_protocol::ResponseError;
 use keel_metadata::controller::{ConfigChange, ConfigOp};
 
-use super::alter_configs::{alter_resource, duplicate_resources, outcome_fields, Refusal};
+use super::alter_configs::{alter_resources, Refusal};
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 
@@ -16,31 +16,19 @@ pub fn handle(
     _ctx: &RequestContext<'_>,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
-    let keys: Vec<(i8, &str)> = request
-        .resources
-        .iter()
-        .map(|r| (r.resource_type, r.resource_name.as_str()))
-        .collect();
-    let duplicates = duplicate_resources(&keys);
-    let responses = request
-        .resources
-        .iter()
-        .map(|resource| {
-            let change = resource
-                .configs
-                .iter()
-                .map(config_op)
-                .collect::<Result<Vec<_>, _>>()
-                .map(ConfigChange::Incremental);
-            let outcome = alter_resource(
-                broker,
-                resource.resource_type,
-                &resource.resource_name,
-                duplicates.contains(&(resource.resource_type, resource.resource_name.as_str())),
-                change,
-                request.validate_only,
-            );
-            let (code, message) = outcome_fields(outcome);
+    let resources = request.resources.iter().map(|resource| {
+        let change = resource
+            .configs
+            .iter()
+            .map(config_op)
+            .collect::<Result<Vec<_>, _>>()
+            .map(ConfigChange::Incremental);
+        (resource.resource_type, &resource.resource_name, change)
+    });
+    let responses = alter_resources(broker, resources.collect(), request.validate_only)
+        .into_iter()
+        .zip(&request.resources)
+        .map(|((code, message), resource)| {
             AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone())

@@ -58,13 +58,12 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                     error(ResponseError::CorruptMessage, Some("null records".into()))
                 }
                 (Some(partition), Some(records)) => {
-                    let min_isr = broker.config.min_insync_replicas(
-                        &image,
-                        &resolved.expect("partition implies topic").configs,
-                    );
                     // This node is the whole ISR of every partition it leads.
                     let isr_size = 1;
-                    if acks == -1 && isr_size < min_isr {
+                    let topic_configs = &resolved.expect("partition implies topic").configs;
+                    if acks == -1
+                        && isr_size < broker.config.min_insync_replicas(&image, topic_configs)
+                    {
                         error(ResponseError::NotEnoughReplicas, None)
                     } else {
                         // Copy out of the request frame so offsets and

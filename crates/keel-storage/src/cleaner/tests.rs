@@ -12,10 +12,8 @@ use crate::batch::{
 };
 use crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX;
 use crate::config::CleanupPolicy;
+use crate::tests::{open as open_at, DAY_MS, NOW};
 use crate::{LogManager, StorageError, TimestampType};
-
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-const NOW: i64 = 1_700_000_000_000;
 
 type Key = Vec<u8>;
 type Value = Option<Vec<u8>>;
@@ -36,18 +34,6 @@ fn compacted() -> LogConfig {
         index_interval_bytes: 128,
         ..LogConfig::default()
     }
-}
-
-fn open_at(dir: &Path, config: LogConfig, recover_from: Option<i64>) -> Log {
-    Log::open(
-        dir.join("t-0"),
-        "topic-id",
-        config,
-        recover_from,
-        7 * DAY_MS,
-        NOW,
-    )
-    .unwrap()
 }
 
 fn open(dir: &Path, config: LogConfig) -> Log {
