@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,22 +15,10 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// Runs `keel group ARGS --bootstrap-server ADDR`; panics unless it exits 0.
 fn keel_group(bootstrap: &str, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("group")
-        .args(args)
-        .arg("--bootstrap-server")
-        .arg(bootstrap)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("running keel");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "keel group {args:?} exited with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    let args: Vec<&str> = std::iter::once("group")
+        .chain(args.iter().copied())
+        .collect();
+    keel_cli_ok(bootstrap, &args)
 }
 
 /// `keel group describe GROUP --json`, and its entry for `topic`-0.

@@ -388,6 +388,31 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs:
     });
 }
 
+/// Runs the `keel` CLI with `ARGS --bootstrap-server ADDR`.
+pub fn keel_cli(bootstrap: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .arg("--bootstrap-server")
+        .arg(bootstrap)
+        .env("NO_COLOR", "1")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running keel")
+}
+
+/// [`keel_cli`], which must exit 0; returns its stdout.
+pub fn keel_cli_ok(bootstrap: &str, args: &[&str]) -> String {
+    let output = keel_cli(bootstrap, args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "keel {args:?} exited with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Produces one record and returns its offset.
 pub async fn send(
     producer: &FutureProducer,
