@@ -41,12 +41,20 @@ use crate::state_machine::{
     Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey,
 };
 
-/// Where the assignor learns the topics: partition count and id by name.
-/// The broker implements it from its metadata image.
+/// Where the coordinator learns the topics: the assignor their partition
+/// counts and ids by name, OffsetCommit and OffsetFetch v10 their names by
+/// id. The broker implements it from its metadata image.
 pub trait TopicMetadata: Send + Sync {
     fn partitions(&self, topic: &str) -> Option<(Uuid, i32)>;
     /// Every topic's name, for resolving regex subscriptions.
     fn topic_names(&self) -> Box<dyn Iterator<Item = &str> + '_>;
+    /// The name of the topic with this id. The default walks every topic;
+    /// an implementation that indexes its topics by id should answer from
+    /// the index, as this runs once per topic of a v10 offset request.
+    fn topic_name(&self, topic_id: &Uuid) -> Option<&str> {
+        self.topic_names()
+            .find(|name| self.partitions(name).is_some_and(|(id, _)| id == *topic_id))
+    }
 }
 
 /// No topics at all (a service nobody gave metadata to).

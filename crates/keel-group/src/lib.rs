@@ -14,6 +14,9 @@
 //!   their membership as Kafka's `ConsumerGroup*` records, written on every
 //!   change and replayed on load.
 //! - `records.rs`: the `__consumer_offsets` key and value formats.
+//! - `topic_ids.rs`: OffsetCommit and OffsetFetch v10 name topics by id;
+//!   the service resolves them to names around the coordinator, which keeps
+//!   offsets by name for every version.
 //! - `service.rs` (`GroupService`): **API Boundary.** The async entry the
 //!   broker's handlers call; it owns the mutex, the timers and the log.
 //!
@@ -30,6 +33,7 @@ mod offsets;
 pub mod records;
 mod service;
 pub mod state_machine;
+mod topic_ids;
 
 pub use consumer_group::{
     ConsumerGroup, ConsumerGroupState, ConsumerMember, MemberState, NoTopics, TopicMetadata,

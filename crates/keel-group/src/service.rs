@@ -14,9 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
-use kafka_protocol::messages::offset_commit_response::{
-    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
-};
 use kafka_protocol::messages::{
     ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
     ConsumerGroupHeartbeatResponse, DeleteGroupsRequest, DeleteGroupsResponse,
@@ -32,8 +29,10 @@ use uuid::Uuid;
 
 use crate::consumer_group::TopicMetadata;
 use crate::state_machine::{
-    join_error, Effects, GroupCoordinator, JoinContext, OutRecord, RequestToken, Response, TimerKey,
+    commit_answer, join_error, Effects, GroupCoordinator, JoinContext, OutRecord, RequestToken,
+    Response, TimerKey,
 };
+use crate::topic_ids;
 use crate::GroupConfig;
 
 /// One `__consumer_offsets` record: key and value (`None` = tombstone).
@@ -287,47 +286,56 @@ impl GroupService {
         }
     }
 
+    /// OffsetCommit v2-10. v10 names topics by id: `topics` resolves them,
+    /// and an id it does not know is answered UNKNOWN_TOPIC_ID without
+    /// reaching the coordinator.
     pub async fn offset_commit(
         &self,
-        req: OffsetCommitRequest,
+        mut req: OffsetCommitRequest,
         version: i16,
+        topics: &dyn TopicMetadata,
     ) -> OffsetCommitResponse {
-        match self
-            .call(|c, token, now| c.offset_commit(token, &req, version, now))
-            .await
-        {
-            Some(Response::OffsetCommit(r)) => r,
-            _ => OffsetCommitResponse::default().with_topics(
-                req.topics
-                    .iter()
-                    .map(|t| {
-                        let mut out = OffsetCommitResponseTopic::default().with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    OffsetCommitResponsePartition::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(UNAVAILABLE)
-                                })
-                                .collect(),
-                        );
-                        if version <= 9 {
-                            out = out.with_name(t.name.clone());
-                        } else {
-                            out = out.with_topic_id(t.topic_id);
-                        }
-                        out
-                    })
-                    .collect(),
-            ),
-        }
+        let unknown = topic_ids::resolve_commit(&mut req, version, topics);
+        // As Kafka's KafkaApis, a request with nothing left to commit is
+        // answered without the coordinator: it validates no member and
+        // creates no group.
+        let mut response = if req.topics.is_empty() {
+            OffsetCommitResponse::default()
+        } else {
+            match self
+                .call(|c, token, now| c.offset_commit(token, &req, version, now))
+                .await
+            {
+                Some(Response::OffsetCommit(r)) => r,
+                _ => OffsetCommitResponse::default().with_topics(
+                    req.topics
+                        .iter()
+                        .map(|t| commit_answer(t, |_| UNAVAILABLE))
+                        .collect(),
+                ),
+            }
+        };
+        // Kafka's OffsetCommitResponse.Builder lists them first.
+        response.topics.splice(0..0, unknown);
+        response
     }
 
-    /// OffsetFetch: v1-7 for one group, v8+ for a batch of groups. It waits
-    /// for in-flight appends, so it never returns an offset not yet in the log.
-    pub async fn offset_fetch(&self, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
-        let _ordered = self.write_lock.lock().await;
-        self.coordinator.lock().offset_fetch(&req, version)
+    /// OffsetFetch: v1-7 for one group, v8+ for a batch of groups, v10 with
+    /// topics named by id (resolved through `topics`). It waits for
+    /// in-flight appends, so it never returns an offset not yet in the log.
+    pub async fn offset_fetch(
+        &self,
+        mut req: OffsetFetchRequest,
+        version: i16,
+        topics: &dyn TopicMetadata,
+    ) -> OffsetFetchResponse {
+        let unknown = topic_ids::resolve_fetch(&mut req, version, topics);
+        let mut response = {
+            let _ordered = self.write_lock.lock().await;
+            self.coordinator.lock().offset_fetch(&req, version)
+        };
+        topic_ids::complete_fetch(&mut response, &req, unknown, version, topics);
+        response
     }
 
     pub async fn offset_delete(
@@ -533,8 +541,9 @@ async fn timer_loop(service: Weak<GroupService>, wakeup: Arc<Notify>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::NoTopics;
     use bytes::Bytes;
     use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
     use kafka_protocol::messages::offset_commit_request::{
@@ -547,7 +556,7 @@ mod tests {
 
     /// `__consumer_offsets` as vectors in memory.
     #[derive(Default)]
-    struct MemoryLog {
+    pub(crate) struct MemoryLog {
         partitions: Mutex<HashMap<i32, Vec<LogRecord>>>,
     }
 
@@ -671,7 +680,7 @@ mod tests {
                 .with_partitions(vec![OffsetCommitRequestPartition::default()
                     .with_partition_index(0)
                     .with_committed_offset(42)])]);
-        let r = svc.offset_commit(commit, 8).await;
+        let r = svc.offset_commit(commit, 8, &NoTopics).await;
         assert_eq!(r.topics[0].partitions[0].error_code, 0);
         assert_eq!(svc.committed_offsets("g"), vec![("t".to_string(), 0, 42)]);
         let partition = svc.partition_for("g");
@@ -690,7 +699,7 @@ mod tests {
             .with_topics(Some(vec![OffsetFetchRequestTopic::default()
                 .with_name(TopicName(s("t")))
                 .with_partition_indexes(vec![0, 1])]));
-        let r = again.offset_fetch(fetch, 7).await;
+        let r = again.offset_fetch(fetch, 7, &NoTopics).await;
         assert_eq!(r.topics[0].partitions[0].committed_offset, 42);
         assert_eq!(r.topics[0].partitions[1].committed_offset, -1);
         let d = again.describe_groups(

@@ -186,6 +186,14 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         validator: Validator::AtLeast(1),
         doc: "Age at which the active segment is rolled.",
     },
+    TopicConfigDef {
+        name: "unclean.leader.election.enable",
+        broker_synonym: "unclean.leader.election.enable",
+        default: "false",
+        kind: ConfigType::Boolean,
+        validator: Validator::Any,
+        doc: "Let an out-of-sync replica lead when no in-sync one is alive, losing what it lacks.",
+    },
 ];
 
 pub fn topic_config_def(name: &str) -> Option<&'static TopicConfigDef> {

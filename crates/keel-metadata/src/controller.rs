@@ -7,15 +7,17 @@
 use std::collections::BTreeMap;
 
 use keel_types::limits::{PARTITIONS_PER_TOPIC_MAX, TOPIC_NAME_CHARS_MAX};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::cluster::placement_order;
 use crate::config::{
     config_kind, topic_config_def, validate_dynamic_broker_config, validate_topic_config,
     ConfigType, TOPIC_CONFIGS,
 };
 use crate::{ConfigResource, MetadataImage, MetadataRecord};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ControllerError {
     #[error("Topic '{0}' already exists.")]
     TopicAlreadyExists(String),
@@ -35,10 +37,18 @@ pub enum ControllerError {
     UnknownTopicOrPartition,
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("The request came from a broker that does not lead the partition.")]
+    NotLeaderOrFollower,
+    #[error("The leader epoch in the request is older than the controller's.")]
+    FencedLeaderEpoch,
+    #[error("The partition epoch in the request does not match the controller's.")]
+    InvalidUpdateVersion,
+    #[error("A replica added to the ISR is fenced or not registered.")]
+    IneligibleReplica,
 }
 
 /// A CreateTopics entry, after the handler has decoded it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewTopic {
     pub name: String,
     /// -1 means the broker's `num.partitions`.
@@ -50,10 +60,14 @@ pub struct NewTopic {
     pub configs: Vec<(String, String)>,
 }
 
+/// The active controller's own settings that its decisions use.
 #[derive(Debug, Clone, Copy)]
 pub struct TopicDefaults {
     pub num_partitions: i32,
     pub replication_factor: i16,
+    /// The static `unclean.leader.election.enable`, below topic overrides
+    /// and the dynamic cluster default.
+    pub unclean_leader_election_enable: bool,
 }
 
 /// Kafka's rules for a legal topic name (`Topic.validate`).
@@ -143,6 +157,7 @@ pub fn create_topic(
                 isr: replicas.clone(),
                 replicas,
                 leader_epoch: 0,
+                partition_epoch: 0,
             }),
     );
     Ok(records)
@@ -177,7 +192,7 @@ fn place_replicas(
             "Replication factor must be larger than 0.".into(),
         ));
     }
-    let brokers: Vec<i32> = image.brokers.keys().copied().collect();
+    let brokers = placement_order(image);
     if replication_factor as usize > brokers.len() {
         return Err(ControllerError::InvalidReplicationFactor(format!(
             "Unable to replicate the partition {replication_factor} time(s): The target replication factor of {replication_factor} cannot be reached because only {} broker(s) are registered.",
@@ -296,7 +311,7 @@ pub fn create_partitions(
         .map_or(1, |p| p.replicas.len() as i16);
     let placement = match assignments {
         None => {
-            let brokers: Vec<i32> = image.brokers.keys().copied().collect();
+            let brokers = placement_order(image);
             if brokers.len() < replication_factor as usize {
                 return Err(ControllerError::InvalidReplicationFactor(format!(
                     "Unable to replicate the partition {replication_factor} time(s): only {} broker(s) are registered.",
@@ -333,12 +348,13 @@ pub fn create_partitions(
             isr: replicas.clone(),
             replicas,
             leader_epoch: 0,
+            partition_epoch: 0,
         })
         .collect())
 }
 
 /// One IncrementalAlterConfigs operation (Kafka's `AlterConfigOp`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfigOp {
     Set(String),
     Delete,
@@ -349,7 +365,7 @@ pub enum ConfigOp {
 }
 
 /// What one resource of an AlterConfigs or IncrementalAlterConfigs request asks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfigChange {
     /// AlterConfigs: these become the resource's whole set of dynamic configs.
     Replace(Vec<(String, String)>),
@@ -504,6 +520,7 @@ mod tests {
                         host: "127.0.0.1".into(),
                         port: 9092,
                         rack: None,
+                        incarnation_id: None,
                     },
                 )
                 .unwrap();
@@ -524,6 +541,7 @@ mod tests {
     const DEFAULTS: TopicDefaults = TopicDefaults {
         num_partitions: 1,
         replication_factor: 1,
+        unclean_leader_election_enable: false,
     };
 
     fn apply_all(image: &mut MetadataImage, records: &[MetadataRecord]) {
@@ -556,6 +574,7 @@ mod tests {
         let defaults = TopicDefaults {
             num_partitions: 3,
             replication_factor: 1,
+            unclean_leader_election_enable: false,
         };
         let records =
             create_topic(&image, &new_topic("t", -1, -1), defaults, Uuid::new_v4()).unwrap();

@@ -8,7 +8,7 @@ use crate::records::{ConfigResource, MetadataRecord};
 /// The cluster as the metadata log describes it at one offset. Handlers read
 /// an `Arc<MetadataImage>`; applying records produces a new image, so a reader
 /// never sees half an update.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetadataImage {
     pub cluster_id: String,
     /// Offset of the last record applied; -1 for the empty image.
@@ -30,6 +30,8 @@ pub struct BrokerImage {
     pub host: String,
     pub port: i32,
     pub rack: Option<String>,
+    pub incarnation_id: Option<Uuid>,
+    pub fenced: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +50,22 @@ pub struct PartitionImage {
     pub isr: Vec<i32>,
     pub leader: i32,
     pub leader_epoch: i32,
+    pub partition_epoch: i32,
+}
+
+impl PartitionImage {
+    /// The record that sets this partition's whole state.
+    pub fn to_record(&self, topic_id: Uuid) -> MetadataRecord {
+        MetadataRecord::Partition {
+            topic_id,
+            partition: self.partition,
+            replicas: self.replicas.clone(),
+            isr: self.isr.clone(),
+            leader: self.leader,
+            leader_epoch: self.leader_epoch,
+            partition_epoch: self.partition_epoch,
+        }
+    }
 }
 
 impl MetadataImage {
@@ -82,6 +100,74 @@ impl MetadataImage {
         }
     }
 
+    /// Records that rebuild this image when applied to an empty one: the
+    /// body of a metadata snapshot, as KRaft's snapshots are records too.
+    pub fn to_records(&self) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        if !self.cluster_id.is_empty() {
+            records.push(MetadataRecord::ClusterId {
+                cluster_id: self.cluster_id.clone(),
+            });
+        }
+        for b in self.brokers.values() {
+            records.push(MetadataRecord::RegisterBroker {
+                broker_id: b.broker_id,
+                host: b.host.clone(),
+                port: b.port,
+                rack: b.rack.clone(),
+                incarnation_id: b.incarnation_id,
+            });
+            if b.fenced {
+                records.push(MetadataRecord::FenceBroker {
+                    broker_id: b.broker_id,
+                });
+            }
+        }
+        let configs = |resource: ConfigResource, configs: &BTreeMap<String, String>| {
+            configs
+                .iter()
+                .map(|(name, value)| MetadataRecord::Config {
+                    resource: resource.clone(),
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut topics: Vec<&Arc<TopicImage>> = self.topics.values().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        for topic in topics {
+            records.push(MetadataRecord::Topic {
+                name: topic.name.clone(),
+                topic_id: topic.topic_id,
+            });
+            records.extend(configs(
+                ConfigResource::Topic(topic.name.clone()),
+                &topic.configs,
+            ));
+            records.extend(
+                topic
+                    .partitions
+                    .values()
+                    .map(|p| p.to_record(topic.topic_id)),
+            );
+        }
+        let mut brokers: Vec<_> = self.broker_configs.iter().collect();
+        brokers.sort_by_key(|(id, _)| **id);
+        for (id, c) in brokers {
+            records.extend(configs(ConfigResource::Broker(*id), c));
+        }
+        records.extend(configs(
+            ConfigResource::BrokerDefault,
+            &self.broker_default_configs,
+        ));
+        if self.next_producer_id > 0 {
+            records.push(MetadataRecord::ProducerIds {
+                next_block_start: self.next_producer_id,
+            });
+        }
+        records
+    }
+
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }
@@ -90,8 +176,10 @@ impl MetadataImage {
     /// refers to something missing is a bug in the controller, not bad input:
     /// we skip it with a warning-worthy `Err` rather than panic, because the
     /// log is also read back after crashes and must always replay.
+    ///
+    /// The records of one proposal to the quorum share its offset.
     pub fn apply(&mut self, offset: i64, record: &MetadataRecord) -> Result<(), String> {
-        assert!(offset > self.offset, "metadata offsets go backwards");
+        assert!(offset >= self.offset, "metadata offsets go backwards");
         self.offset = offset;
         match record {
             MetadataRecord::ClusterId { cluster_id } => self.cluster_id = cluster_id.clone(),
@@ -100,6 +188,7 @@ impl MetadataImage {
                 host,
                 port,
                 rack,
+                incarnation_id,
             } => {
                 self.brokers.insert(
                     *broker_id,
@@ -108,8 +197,18 @@ impl MetadataImage {
                         host: host.clone(),
                         port: *port,
                         rack: rack.clone(),
+                        incarnation_id: *incarnation_id,
+                        fenced: false,
                     },
                 );
+            }
+            MetadataRecord::FenceBroker { broker_id }
+            | MetadataRecord::UnfenceBroker { broker_id } => {
+                let broker = self
+                    .brokers
+                    .get_mut(broker_id)
+                    .ok_or_else(|| format!("fencing of unknown broker {broker_id}"))?;
+                broker.fenced = matches!(record, MetadataRecord::FenceBroker { .. });
             }
             MetadataRecord::Topic { name, topic_id } => {
                 self.topic_ids_by_name.insert(name.clone(), *topic_id);
@@ -130,6 +229,7 @@ impl MetadataImage {
                 isr,
                 leader,
                 leader_epoch,
+                partition_epoch,
             } => {
                 let topic = self
                     .topics
@@ -143,6 +243,7 @@ impl MetadataImage {
                         isr: isr.clone(),
                         leader: *leader,
                         leader_epoch: *leader_epoch,
+                        partition_epoch: *partition_epoch,
                     },
                 );
             }
@@ -221,6 +322,7 @@ mod tests {
                     isr: vec![1],
                     leader: 1,
                     leader_epoch: 0,
+                    partition_epoch: 0,
                 },
             )
             .unwrap();
@@ -274,5 +376,61 @@ mod tests {
             )
             .unwrap();
         assert!(before.topic_by_id(&id).unwrap().configs.is_empty());
+    }
+
+    #[test]
+    fn an_image_rebuilds_from_its_snapshot_records() {
+        let mut image = MetadataImage::empty();
+        let records = [
+            MetadataRecord::ClusterId {
+                cluster_id: "c".into(),
+            },
+            MetadataRecord::RegisterBroker {
+                broker_id: 2,
+                host: "h".into(),
+                port: 9092,
+                rack: Some("r1".into()),
+                incarnation_id: Some(Uuid::from_u128(9)),
+            },
+            MetadataRecord::Topic {
+                name: "t".into(),
+                topic_id: Uuid::from_u128(7),
+            },
+            MetadataRecord::Partition {
+                topic_id: Uuid::from_u128(7),
+                partition: 0,
+                replicas: vec![2],
+                isr: vec![2],
+                leader: 2,
+                leader_epoch: 3,
+                partition_epoch: 4,
+            },
+            MetadataRecord::Config {
+                resource: ConfigResource::Topic("t".into()),
+                name: "retention.ms".into(),
+                value: Some("5".into()),
+            },
+            MetadataRecord::Config {
+                resource: ConfigResource::Broker(2),
+                name: "log.cleaner.threads".into(),
+                value: Some("2".into()),
+            },
+            MetadataRecord::Config {
+                resource: ConfigResource::BrokerDefault,
+                name: "log.cleaner.backoff.ms".into(),
+                value: Some("9".into()),
+            },
+            MetadataRecord::ProducerIds {
+                next_block_start: 1000,
+            },
+        ];
+        for record in &records {
+            image.apply(10, record).unwrap();
+        }
+        let mut rebuilt = MetadataImage::empty();
+        for record in image.to_records() {
+            rebuilt.apply(10, &record).unwrap();
+        }
+        assert_eq!(rebuilt, image);
     }
 }

@@ -7,10 +7,13 @@
 //! data dir, later a Raft quorum); this crate only decides *which* records to
 //! append and what the cluster looks like once they are applied.
 
+pub mod cluster;
 pub mod config;
 pub mod controller;
 mod image;
 mod records;
+pub mod request;
 
 pub use image::{BrokerImage, MetadataImage, PartitionImage, TopicImage};
 pub use records::{ConfigResource, MetadataRecord};
+pub use request::{ControllerReply, ControllerRequest};

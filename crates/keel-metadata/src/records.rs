@@ -13,11 +13,24 @@ pub enum MetadataRecord {
     ClusterId {
         cluster_id: String,
     },
+    /// A broker's (re)registration. A new `incarnation_id` means the
+    /// process restarted: it may have lost unflushed data, so it leads
+    /// nothing and rejoins ISRs only by catching up again.
     RegisterBroker {
         broker_id: i32,
         host: String,
         port: i32,
         rack: Option<String>,
+        #[serde(default)]
+        incarnation_id: Option<Uuid>,
+    },
+    /// The broker missed heartbeats for `broker.session.timeout.ms`: it
+    /// leads nothing and is out of every ISR.
+    FenceBroker {
+        broker_id: i32,
+    },
+    UnfenceBroker {
+        broker_id: i32,
     },
     Topic {
         name: String,
@@ -28,8 +41,13 @@ pub enum MetadataRecord {
         partition: i32,
         replicas: Vec<i32>,
         isr: Vec<i32>,
+        /// -1 when no eligible replica is alive (the partition is offline).
         leader: i32,
         leader_epoch: i32,
+        /// Bumped by every change of the partition, so a leader's ISR change
+        /// based on an older state is refused (Kafka's partition epoch).
+        #[serde(default)]
+        partition_epoch: i32,
     },
     /// Sets (`Some`) or removes (`None`) one dynamic config.
     Config {

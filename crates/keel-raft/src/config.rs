@@ -19,7 +19,9 @@ pub(crate) const METADATA_TOPIC_ID: &str = "metadata";
 /// turned into underscores; defaults are Kafka's.
 #[derive(Clone, Debug)]
 pub struct QuorumConfig {
-    /// `node.id`: this controller's id; must be one of `voters`.
+    /// `node.id`. A node among `voters` is a voter; any other is an
+    /// observer (`process.roles=broker`), which follows the log and never
+    /// votes.
     pub node_id: i32,
     /// `controller.quorum.voters`, parsed by [`parse_voters`]. Addresses here
     /// are where this node dials each peer; the membership in the log only
@@ -31,6 +33,10 @@ pub struct QuorumConfig {
     /// The controller listener's bind address (`listeners`, CONTROLLER).
     /// Port 0 picks a free port; see `MetadataQuorum::listener_addr`.
     pub listener: String,
+    /// Where voters dial an observer's controller listener. `None`: the
+    /// address it bound, which must then not be a wildcard. Voters are
+    /// dialled at their `voters` address instead.
+    pub advertised_listener: Option<String>,
     /// `controller.quorum.election.timeout.ms`: the random extra wait
     /// before an election, so that voters do not all stand at once.
     pub election_timeout_ms: u64,
@@ -62,6 +68,7 @@ impl QuorumConfig {
             voters,
             metadata_log_dir,
             listener: "0.0.0.0:9093".to_string(),
+            advertised_listener: None,
             election_timeout_ms: 1000,
             fetch_timeout_ms: 2000,
             request_timeout_ms: 2000,

@@ -18,6 +18,15 @@ pub enum QuorumError {
     /// A proposal above `limits::PROPOSAL_BYTES_MAX`.
     #[error("proposal of {size} bytes exceeds {max}")]
     ProposalTooLarge { size: usize, max: usize },
+    /// A forwarded request, or the active controller's answer to it, above
+    /// `limits::CONTROLLER_REQUEST_BYTES_MAX`.
+    #[error("controller request or answer of {size} bytes exceeds {max}")]
+    RequestTooLarge { size: usize, max: usize },
+    /// The active controller could not be reached, or the connection broke
+    /// before its answer came: the request may or may not have been
+    /// carried out. Retry; the leader may have moved meanwhile.
+    #[error("active controller {leader_id} unreachable: {error}")]
+    ControllerUnreachable { leader_id: i32, error: String },
     /// The settings cannot form a quorum member.
     #[error("controller quorum config: {0}")]
     Config(String),

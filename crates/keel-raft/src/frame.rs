@@ -5,6 +5,7 @@
 //! arrives, so a peer that announces much and sends little costs little.
 
 use bincode::Options;
+use bytes::Bytes;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -22,6 +23,14 @@ pub(crate) enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// The application's request for the active controller, opaque here:
+    /// `MetadataQuorum::forward`.
+    Forward(Bytes),
+    /// An observer asking to be replicated to at `addr`.
+    AddObserver {
+        node_id: u64,
+        addr: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,6 +38,18 @@ pub(crate) enum Response {
     AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The handler's answer, or its size if it is too large to send back.
+    Forward(Result<Bytes, usize>),
+    AddObserver(Result<(), AddObserverError>),
+}
+
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+pub(crate) enum AddObserverError {
+    /// Only the leader adds members; it is this one, if known.
+    #[error("not the leader (leader {0:?})")]
+    NotLeader(Option<u64>),
+    #[error("{0}")]
+    Refused(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,11 @@
 /// entry: Kafka's `KafkaRaftClient.MAX_BATCH_SIZE_BYTES`.
 pub const PROPOSAL_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// The largest request `MetadataQuorum::forward` carries to the active
+/// controller, and the largest answer it brings back: each travels in one
+/// frame, with the room a proposal has.
+pub const CONTROLLER_REQUEST_BYTES_MAX: usize = PROPOSAL_BYTES_MAX;
+
 /// Log bytes read for one AppendEntries; at least one entry is always sent,
 /// however large.
 pub(crate) const REPLICATION_BYTES_MAX: usize = 1024 * 1024;

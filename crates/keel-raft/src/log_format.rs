@@ -15,8 +15,9 @@
 //! One entry per batch keeps truncation exact: `Log::truncate_to` removes
 //! whole batches. Logs written by the pre-Raft `MetadataStore` hold data
 //! batches of many records at leader epoch 0; each such record reads as one
-//! entry of term 0 with one record. Raft itself never writes a data batch
-//! at epoch 0, since leaders are elected from term 1.
+//! entry of term 0 with one record. Raft itself proposes nothing at epoch
+//! 0, since leaders are elected from term 1; it only copies such entries
+//! to observers, as batches of one record each.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -132,14 +133,16 @@ pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
     let builder = BatchBuilder::new(offset(entry.log_id.index)).partition_leader_epoch(epoch);
     let batch = match &entry.payload {
         EntryPayload::Normal(proposal) => {
-            assert!(epoch > 0, "proposals are only written by elected leaders");
+            // Term 0 holds only a pre-Raft log's records, one per entry,
+            // which a voter adopted and now replicates to observers: they
+            // are written back as they are read, bare.
+            let value = match (epoch, proposal.records.as_slice()) {
+                (0, [record]) => record.to_vec(),
+                (0, _) => return Err(corrupt(format!("{}: a term-0 proposal", entry.log_id))),
+                _ => encode_records(&proposal.records),
+            };
             let mut b = builder;
-            b.push(
-                None,
-                Some(&encode_records(&proposal.records)),
-                &[],
-                proposal.timestamp_ms,
-            );
+            b.push(None, Some(&value), &[], proposal.timestamp_ms);
             b.build()
         }
         EntryPayload::Blank => {
@@ -258,6 +261,19 @@ mod tests {
                 nodes,
             )),
         });
+    }
+
+    #[test]
+    fn legacy_entries_round_trip_one_per_batch() {
+        let legacy = |records: Vec<Bytes>| Entry {
+            log_id: log_id(0, 4),
+            payload: EntryPayload::Normal(Proposal {
+                timestamp_ms: 11,
+                records,
+            }),
+        };
+        round_trip(legacy(vec![Bytes::from_static(b"r4")]));
+        assert!(encode_entry(&legacy(vec![Bytes::new(), Bytes::new()])).is_err());
     }
 
     #[test]

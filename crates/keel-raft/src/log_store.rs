@@ -120,6 +120,10 @@ impl LogStore {
         &self.quorum_state
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.lock().last_log.is_none()
+    }
+
     /// Reads `[from, to)`; stops early at `bytes_max` log bytes but returns
     /// at least one entry when the range holds any.
     pub(crate) fn read(

@@ -2,6 +2,7 @@
 //! over plain TCP, one request per round trip, connections pooled per peer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::frame::{decode, encode, read_frame, write_frame, FrameError, Request, Response};
 use crate::limits::IDLE_CONNECTIONS_PER_PEER_MAX;
+use crate::stop::Running;
 use crate::type_config::TypeConfig;
 
 type RpcError<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
@@ -43,8 +45,30 @@ impl Pool {
     }
 }
 
+/// The latest term in which a peer refused this node's vote request because
+/// the peer's log is longer. openraft does not raise a refusing peer's
+/// term, so a shorter-log candidate that keeps standing stays a term ahead
+/// of the peer, and refuses the peer's own requests, having voted for
+/// itself in their term: neither wins. openraft therefore holds back such a
+/// node's next election (`smaller_log_timeout`); `break_split_votes` reads
+/// this so as not to undo that.
+#[derive(Clone, Default)]
+pub(crate) struct Outlogged(Arc<AtomicU64>);
+
+impl Outlogged {
+    fn record(&self, term: u64) {
+        self.0.fetch_max(term, Ordering::Relaxed);
+    }
+
+    pub(crate) fn term(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Builds a client per peer; openraft asks for one per replication stream
 /// and per election, so connections outlive clients in the shared pool.
+/// The quorum's own requests (forwarding, observers joining) go through it
+/// too.
 #[derive(Clone)]
 pub(crate) struct Network {
     local_id: u64,
@@ -52,6 +76,8 @@ pub(crate) struct Network {
     voters: Arc<BTreeMap<u64, String>>,
     request_timeout: Duration,
     pool: Arc<Pool>,
+    outlogged: Outlogged,
+    running: Running,
 }
 
 impl Network {
@@ -59,12 +85,46 @@ impl Network {
         local_id: u64,
         voters: BTreeMap<u64, String>,
         request_timeout: Duration,
+        running: Running,
     ) -> Network {
         Network {
             local_id,
             voters: Arc::new(voters),
             request_timeout,
             pool: Arc::default(),
+            outlogged: Outlogged::default(),
+            running,
+        }
+    }
+
+    pub(crate) fn outlogged(&self) -> Outlogged {
+        self.outlogged.clone()
+    }
+
+    pub(crate) fn voter_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.voters.keys().copied()
+    }
+
+    /// A client for a voter, at its configured address.
+    pub(crate) fn voter(&self, target: u64) -> Option<Peer> {
+        let addr = self.voters.get(&target)?.clone();
+        Some(self.peer_at(target, addr))
+    }
+
+    /// A client for any member. Voters are dialled where the local
+    /// configuration says, as in KRaft with static voters, and the
+    /// membership's copy is only a fallback; observers are found at the
+    /// address they registered.
+    pub(crate) fn peer(&self, target: u64, node: &BasicNode) -> Peer {
+        self.voter(target)
+            .unwrap_or_else(|| self.peer_at(target, node.addr.clone()))
+    }
+
+    fn peer_at(&self, target: u64, addr: String) -> Peer {
+        Peer {
+            target,
+            addr,
+            network: self.clone(),
         }
     }
 }
@@ -73,18 +133,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
-        // Addresses come from the local configuration, as in KRaft with
-        // static voters; the membership's copy is a fallback.
-        let addr = self
-            .voters
-            .get(&target)
-            .cloned()
-            .unwrap_or_else(|| node.addr.clone());
-        Peer {
-            target,
-            addr,
-            network: self.clone(),
-        }
+        self.peer(target, node)
     }
 }
 
@@ -129,6 +178,27 @@ impl Peer {
         Ok(response)
     }
 
+    /// Sends `request` and reads the response, unless this node stops
+    /// first: then the connection is dropped wherever it was, and nothing
+    /// more is sent.
+    pub(crate) async fn send(&self, request: &Request) -> Result<Response, FrameError> {
+        // `limits` sizes frames for the largest entry, snapshot chunk and
+        // forwarded request.
+        let body = encode(request).expect("requests fit a frame");
+        let response = self
+            .network
+            .running
+            .unless_stopped(self.exchange(&body))
+            .await
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "this node is stopping",
+                )
+            })??;
+        decode(&response)
+    }
+
     async fn call<E: std::error::Error>(
         &self,
         action: RPCTypes,
@@ -136,9 +206,7 @@ impl Peer {
         option: &RPCOption,
     ) -> Result<Response, RpcError<E>> {
         let ttl = option.hard_ttl().min(self.network.request_timeout);
-        // `limits` sizes frames for the largest entry and snapshot chunk.
-        let body = encode(&request).expect("requests fit a frame");
-        match tokio::time::timeout(ttl, self.exchange(&body)).await {
+        match tokio::time::timeout(ttl, self.send(&request)).await {
             Err(_) => Err(RPCError::Timeout(Timeout {
                 action,
                 id: self.network.local_id,
@@ -146,7 +214,7 @@ impl Peer {
                 timeout: ttl,
             })),
             Ok(Err(e)) => Err(unreachable(&e)),
-            Ok(Ok(response)) => decode(&response).map_err(|e| unreachable(&e)),
+            Ok(Ok(response)) => Ok(response),
         }
     }
 
@@ -197,11 +265,19 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RpcError> {
+        let (term, last_log_id) = (rpc.vote.leader_id().term, rpc.last_log_id);
         match self
             .call(RPCTypes::Vote, Request::Vote(rpc), &option)
             .await?
         {
-            Response::Vote(r) => self.remote(r),
+            Response::Vote(r) => {
+                if r.as_ref()
+                    .is_ok_and(|r| !r.vote_granted && r.last_log_id > last_log_id)
+                {
+                    self.network.outlogged.record(term);
+                }
+                self.remote(r)
+            }
             other => Err(mismatched(&other)),
         }
     }

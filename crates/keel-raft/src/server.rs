@@ -1,7 +1,9 @@
 //! The controller listener: accepts peers' connections and hands their
-//! AppendEntries, Vote and InstallSnapshot requests to the local Raft. A
-//! connection that sends a bad frame, or lingers, is closed; nothing a peer
-//! sends can take the node down.
+//! AppendEntries, Vote and InstallSnapshot requests to the local Raft,
+//! forwarded controller requests to the application's handler, and
+//! observers' requests to join to `observer`. A connection that sends a bad
+//! frame, or lingers, is closed; nothing a peer sends can take the node
+//! down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::forward::{answer, ControllerRequestHandler};
 use crate::frame::{decode, encode, read_frame, write_frame, FrameError, Request, Response};
 use crate::limits::{CONTROLLER_CONNECTIONS_MAX, SNAPSHOT_BYTES_MAX};
+use crate::observer::add_observer;
 use crate::type_config::Raft;
 
 pub(crate) struct ServerTimeouts {
@@ -23,6 +27,13 @@ pub(crate) struct ServerTimeouts {
     pub request: Duration,
 }
 
+/// What the listener serves requests with.
+pub(crate) struct Services {
+    pub raft: Raft,
+    pub requests: Arc<dyn ControllerRequestHandler>,
+    pub timeouts: ServerTimeouts,
+}
+
 /// The running listener; dropping `stop` or sending on it ends the accept
 /// loop and every connection.
 pub(crate) struct Server {
@@ -31,9 +42,9 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn spawn(listener: TcpListener, raft: Raft, timeouts: ServerTimeouts) -> Server {
+    pub(crate) fn spawn(listener: TcpListener, services: Services) -> Server {
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, raft, Arc::new(timeouts), stopped));
+        let task = tokio::spawn(accept_loop(listener, Arc::new(services), stopped));
         Server { stop, task }
     }
 
@@ -45,16 +56,19 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
-    raft: Raft,
-    timeouts: Arc<ServerTimeouts>,
+    services: Arc<Services>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(CONTROLLER_CONNECTIONS_MAX));
-    // Dropped with the loop, which aborts every connection task.
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => {
+                // Waits for the aborted tasks too, so that no response
+                // leaves once `shutdown` has returned.
+                connections.shutdown().await;
+                return;
+            }
             Some(_) = connections.join_next() => {}
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -68,9 +82,9 @@ async fn accept_loop(
                     tracing::warn!(%peer, "controller listener full, closing connection");
                     continue;
                 };
-                let (raft, timeouts) = (raft.clone(), Arc::clone(&timeouts));
+                let services = Arc::clone(&services);
                 connections.spawn(async move {
-                    if let Err(e) = serve(stream, &raft, &timeouts).await {
+                    if let Err(e) = serve(stream, &services).await {
                         tracing::warn!(%peer, error = %e, "closing controller connection");
                     }
                     drop(slot);
@@ -80,11 +94,12 @@ async fn accept_loop(
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    raft: &Raft,
-    timeouts: &ServerTimeouts,
-) -> Result<(), FrameError> {
+async fn serve(mut stream: TcpStream, services: &Services) -> Result<(), FrameError> {
+    let Services {
+        raft,
+        requests,
+        timeouts,
+    } = services;
     stream.set_nodelay(true)?;
     loop {
         let mut first = [0u8; 1];
@@ -113,6 +128,10 @@ async fn serve(
                     )));
                 }
                 Response::InstallSnapshot(raft.install_snapshot(rpc).await)
+            }
+            Request::Forward(request) => Response::Forward(answer(&**requests, request).await),
+            Request::AddObserver { node_id, addr } => {
+                Response::AddObserver(add_observer(raft, node_id, addr).await)
             }
         };
         let body = encode(&response)?;

@@ -16,6 +16,7 @@ use openraft::{
 use tokio::sync::Notify;
 
 use crate::snapshot::{snapshot_id, SnapshotStore, StoredSnapshot};
+use crate::stop::Running;
 use crate::type_config::{
     leader_epoch, offset, Entry, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership,
     TypeConfig,
@@ -88,6 +89,9 @@ pub(crate) struct StateMachine {
     membership: StoredMembership,
     snapshots: SnapshotStore,
     trigger: Arc<SnapshotTrigger>,
+    /// openraft's state-machine worker owns this and outlives its core:
+    /// shutdown waits for it to be dropped (see `stop`).
+    running: Running,
 }
 
 impl StateMachine {
@@ -97,6 +101,7 @@ impl StateMachine {
         snapshots: SnapshotStore,
         latest: Option<StoredSnapshot>,
         trigger: Arc<SnapshotTrigger>,
+        running: Running,
     ) -> Result<StateMachine, StorageError> {
         let (last_applied, membership) = match latest {
             Some(s) => {
@@ -116,6 +121,7 @@ impl StateMachine {
             membership,
             snapshots,
             trigger,
+            running,
         })
     }
 
@@ -134,6 +140,9 @@ pub(crate) struct SnapshotBuilder {
     meta: SnapshotMeta,
     data: Bytes,
     snapshots: SnapshotStore,
+    /// Builds run in tasks of their own, which may write after the worker
+    /// has gone.
+    _running: Running,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -194,6 +203,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: self.meta(),
             data: self.app.snapshot(),
             snapshots: self.snapshots.clone(),
+            _running: self.running.clone(),
         }
     }
 

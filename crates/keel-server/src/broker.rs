@@ -1,13 +1,16 @@
 //! The broker's shared state and the operations that span its parts.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_group::GroupService;
+use keel_metadata::cluster::IsrChange;
 use keel_metadata::controller::{self, ConfigChange, ControllerError, NewTopic, TopicDefaults};
-use keel_metadata::{ConfigResource, MetadataImage, MetadataRecord};
+use keel_metadata::{ConfigResource, ControllerReply, ControllerRequest, MetadataImage};
 use keel_storage::{LogManager, StorageError};
 use parking_lot::Mutex;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
@@ -15,7 +18,8 @@ use crate::fetch_session::FetchSessionCache;
 use crate::log_cleaner::LogCleaner;
 use crate::metadata_store::{MetadataError, MetadataStore};
 use crate::offsets_log::{ConsumerOffsetsLog, OFFSETS_TOPIC};
-use crate::replica_manager::ReplicaManager;
+use crate::replica_fetcher::ReplicaFetchers;
+use crate::replica_manager::{IsrProposal, Partition, ReplicaManager};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -25,6 +29,8 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
     #[error("loading consumer groups: {0}")]
     Groups(String),
+    #[error("the controller refused this broker's registration: {0}")]
+    Registration(String),
 }
 
 pub fn now_ms() -> i64 {
@@ -38,63 +44,53 @@ pub fn now_ms() -> i64 {
 /// one InitProducerId rarely costs an fsync.
 const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
+/// A leader's ISR change on its way to the controller.
+type IsrChangeRequest = (Arc<Partition>, IsrProposal);
+
 pub struct Broker {
-    pub config: BrokerConfig,
+    pub config: Arc<BrokerConfig>,
     pub metadata: MetadataStore,
     pub replicas: Arc<ReplicaManager>,
     pub groups: Arc<GroupService>,
     pub fetch_sessions: FetchSessionCache,
     pub log_cleaner: LogCleaner,
     /// `(next id to hand out, end of the reserved block)`.
-    producer_ids: Mutex<(i64, i64)>,
+    producer_ids: tokio::sync::Mutex<(i64, i64)>,
+    /// The `__consumer_offsets` partitions this broker leads.
+    led_offsets_partitions: Mutex<BTreeSet<i32>>,
+    /// Follower fetchers, one per leader this broker follows.
+    fetchers: ReplicaFetchers,
+    /// ISR changes this broker, as leader, asks of the controller, sent
+    /// from the fetch path and the upkeep task, one at a time, in order.
+    isr_changes: mpsc::UnboundedSender<IsrChangeRequest>,
+    isr_change_queue: Mutex<Option<mpsc::UnboundedReceiver<IsrChangeRequest>>>,
     /// The id of the `__consumer_offsets` the coordinator has loaded. A
     /// deleted or recreated topic has another id (or none) and is reloaded.
-    loaded_offsets_topic: Mutex<Option<Uuid>>,
+    loaded_offsets_topic: tokio::sync::Mutex<Option<Uuid>>,
 }
 
 impl Broker {
-    /// Opens the data dir: replays the metadata log (creating the cluster and
-    /// registering this broker on first start) and opens every hosted log.
-    pub fn open(config: BrokerConfig) -> Result<Arc<Self>, BrokerError> {
-        let now = now_ms();
-        let log_manager = LogManager::open(config.log_dir.clone())?;
-        let metadata = MetadataStore::open(&log_manager, now)?;
-        let registration = MetadataRecord::RegisterBroker {
-            broker_id: config.node_id,
-            host: config.advertised_host.clone(),
-            port: config.advertised_port,
-            rack: config.rack.clone(),
-        };
-        metadata
-            .submit(now, |image| {
-                let mut records = Vec::new();
-                if image.cluster_id.is_empty() {
-                    records.push(MetadataRecord::ClusterId {
-                        cluster_id: new_cluster_id(),
-                    });
-                }
-                let registered = image.brokers.get(&config.node_id);
-                if registered.is_none_or(|b| {
-                    (&b.host, b.port, &b.rack)
-                        != (
-                            &config.advertised_host,
-                            config.advertised_port,
-                            &config.rack,
-                        )
-                }) {
-                    records.push(registration);
-                }
-                Ok::<_, std::convert::Infallible>((records, ()))
-            })?
-            .expect("infallible");
+    /// Opens the data dir: joins the metadata quorum, registers this broker
+    /// with the active controller (creating the cluster on first start),
+    /// and opens every hosted log once its image has caught up.
+    pub async fn open(config: BrokerConfig) -> Result<Arc<Self>, BrokerError> {
+        let dir = config.log_dir.clone();
+        let log_manager = blocking(move || LogManager::open(dir)).await?;
+        let metadata = MetadataStore::start(config.quorum.clone(), config.topic_defaults()).await?;
+        register(&metadata, &config).await?;
         let replicas = Arc::new(ReplicaManager::new(
             config.node_id,
             log_manager,
             config.producer_id_expiration_ms,
         ));
         let image = metadata.image();
-        replicas.quarantine_strays(&image)?;
-        replicas.apply_image(&image, &config, now)?;
+        let (opening, opening_config) = (replicas.clone(), config.clone());
+        let opened_image = image.clone();
+        blocking(move || {
+            opening.quarantine_strays(&opened_image)?;
+            opening.apply_image(&opened_image, &opening_config, now_ms())
+        })
+        .await?;
         tracing::info!(
             cluster_id = %image.cluster_id,
             node_id = config.node_id,
@@ -107,20 +103,28 @@ impl Broker {
                 replicas: replicas.clone(),
             }),
         );
-        groups.load().map_err(BrokerError::Groups)?;
+        let loading = groups.clone();
+        blocking(move || loading.load())
+            .await
+            .map_err(BrokerError::Groups)?;
         let loaded_offsets_topic = image.topic_by_name(OFFSETS_TOPIC).map(|t| t.topic_id);
-        let log_cleaner = LogCleaner::new(replicas.log_manager().read_cleaner_checkpoint()?);
+        let cleaner_checkpoint = replicas.log_manager().read_cleaner_checkpoint()?;
+        let (isr_changes, isr_change_queue) = mpsc::unbounded_channel();
         let broker = Arc::new(Self {
-            log_cleaner,
-            loaded_offsets_topic: Mutex::new(loaded_offsets_topic),
+            fetchers: ReplicaFetchers::default(),
+            led_offsets_partitions: Mutex::new(offsets_partitions_led(&image, config.node_id)),
+            isr_changes,
+            isr_change_queue: Mutex::new(Some(isr_change_queue)),
+            log_cleaner: LogCleaner::new(cleaner_checkpoint),
+            loaded_offsets_topic: tokio::sync::Mutex::new(loaded_offsets_topic),
             groups,
             fetch_sessions: FetchSessionCache::new(config.fetch_session_cache_slots),
-            config,
+            config: Arc::new(config),
             metadata,
             replicas,
-            producer_ids: Mutex::new((0, 0)),
+            producer_ids: tokio::sync::Mutex::new((0, 0)),
         });
-        if let Err(e) = broker.compact_offsets_topic() {
+        if let Err(e) = broker.compact_offsets_topic().await {
             tracing::error!(error = %e, "{OFFSETS_TOPIC} stays as it was configured");
         }
         Ok(broker)
@@ -131,70 +135,127 @@ impl Broker {
     }
 
     pub fn topic_defaults(&self) -> TopicDefaults {
-        TopicDefaults {
-            num_partitions: self.config.num_partitions,
-            replication_factor: self.config.default_replication_factor,
+        self.config.topic_defaults()
+    }
+
+    /// Brings the hosted partitions in line with `image`.
+    async fn publish(&self, image: Arc<MetadataImage>) -> Result<(), StorageError> {
+        let (replicas, config) = (self.replicas.clone(), self.config.clone());
+        let applied = image.clone();
+        blocking(move || replicas.apply_image(&applied, &config, now_ms())).await?;
+        self.follow_offsets_leadership(&image).await;
+        Ok(())
+    }
+
+    /// The group coordinator moves with the leadership of
+    /// `__consumer_offsets` partitions: when this broker starts to lead one,
+    /// it rebuilds its groups from the replicated log (Kafka's
+    /// `onElection`), which holds every commit the old leader
+    /// acknowledged.
+    async fn follow_offsets_leadership(&self, image: &MetadataImage) {
+        let led = offsets_partitions_led(image, self.config.node_id);
+        let gained = {
+            let mut previous = self.led_offsets_partitions.lock();
+            let gained = led.difference(&previous).next().is_some();
+            *previous = led;
+            gained
+        };
+        if gained {
+            let groups = self.groups.clone();
+            match blocking(move || groups.load()).await {
+                Ok(()) => {
+                    tracing::info!("reloaded consumer groups after gaining offsets partitions")
+                }
+                Err(e) => tracing::error!(error = %e, "reloading consumer groups failed"),
+            }
         }
     }
 
-    /// Runs one controller decision through the metadata log and brings the
-    /// hosted partitions in line with the result. With `validate_only` the
-    /// decision is checked and nothing is written.
-    fn submit_admin(
-        &self,
-        validate_only: bool,
-        decide: impl FnOnce(&MetadataImage) -> Result<Vec<MetadataRecord>, ControllerError>,
-    ) -> Result<Arc<MetadataImage>, AdminError> {
-        let now = now_ms();
-        let (image, ()) = self.metadata.submit(now, |image| {
-            let records = decide(image)?;
-            Ok::<_, ControllerError>((if validate_only { vec![] } else { records }, ()))
-        })??;
-        if !validate_only {
-            self.replicas.apply_image(&image, &self.config, now)?;
-        }
-        Ok(image)
+    /// Asks the active controller for a change and, once this broker's
+    /// image has it, brings the hosted partitions in line.
+    async fn request(&self, request: ControllerRequest) -> Result<ControllerReply, AdminError> {
+        let (image, reply) = self.metadata.request(request).await??;
+        self.publish(image).await?;
+        Ok(reply)
     }
 
-    /// Creates one topic through the metadata log and opens its partitions.
-    pub fn create_topic(
+    /// Queues an ISR change for the controller (Kafka's AlterPartition).
+    pub fn propose_isr_change(&self, partition: Arc<Partition>, change: IsrProposal) {
+        // The receiver lives as long as the background task; after it,
+        // nothing needs the ISR to change.
+        let _ = self.isr_changes.send((partition, change));
+    }
+
+    async fn send_isr_changes(&self, mut queue: mpsc::UnboundedReceiver<IsrChangeRequest>) {
+        while let Some((partition, change)) = queue.recv().await {
+            let request = ControllerRequest::AlterPartition(IsrChange {
+                topic_id: partition.topic_id,
+                partition: partition.tp.partition,
+                leader_id: self.config.node_id,
+                leader_epoch: change.leader_epoch,
+                partition_epoch: change.partition_epoch,
+                new_isr: change.new_isr.clone(),
+            });
+            match self.request(request).await {
+                Ok(_) => {
+                    tracing::info!(partition = %partition.tp, isr = ?change.new_isr, "ISR changed")
+                }
+                Err(e) => {
+                    tracing::info!(partition = %partition.tp, isr = ?change.new_isr, error = %e, "ISR change refused");
+                    partition.isr_change_failed();
+                }
+            }
+        }
+    }
+
+    /// Creates one topic through the controller and opens its partitions.
+    pub async fn create_topic(
         &self,
         topic: &NewTopic,
         validate_only: bool,
     ) -> Result<(Uuid, Arc<MetadataImage>), AdminError> {
         let topic_id = Uuid::new_v4();
-        let defaults = self.topic_defaults();
-        let image = self.submit_admin(validate_only, |image| {
-            controller::create_topic(image, topic, defaults, topic_id)
-        })?;
-        Ok((topic_id, image))
+        self.request(ControllerRequest::CreateTopic {
+            topic: topic.clone(),
+            topic_id,
+            validate_only,
+        })
+        .await?;
+        Ok((topic_id, self.image()))
     }
 
     /// CreatePartitions for one topic.
-    pub fn create_partitions(
+    pub async fn create_partitions(
         &self,
         topic: &str,
         count: i32,
-        assignments: Option<&[Vec<i32>]>,
+        assignments: Option<Vec<Vec<i32>>>,
         validate_only: bool,
     ) -> Result<(), AdminError> {
-        self.submit_admin(validate_only, |image| {
-            controller::create_partitions(image, topic, count, assignments)
-        })?;
+        self.request(ControllerRequest::CreatePartitions {
+            topic: topic.to_string(),
+            count,
+            assignments,
+            validate_only,
+        })
+        .await?;
         Ok(())
     }
 
     /// AlterConfigs or IncrementalAlterConfigs for one resource. Logs pick
     /// up their new settings at once; background tasks at their next round.
-    pub fn alter_configs(
+    pub async fn alter_configs(
         &self,
         resource: &ConfigResource,
         change: &ConfigChange,
         validate_only: bool,
     ) -> Result<(), AdminError> {
-        self.submit_admin(validate_only, |image| {
-            controller::alter_configs(image, resource, change)
-        })?;
+        self.request(ControllerRequest::AlterConfigs {
+            resource: resource.clone(),
+            change: change.clone(),
+            validate_only,
+        })
+        .await?;
         Ok(())
     }
 
@@ -203,8 +264,8 @@ impl Broker {
     /// that this broker is its coordinator: concurrent callers wait here until
     /// every partition is open, instead of finding the topic in the metadata
     /// before its partitions exist.
-    pub fn ensure_offsets_topic(&self) -> Result<(), AdminError> {
-        let mut loaded = self.loaded_offsets_topic.lock();
+    pub async fn ensure_offsets_topic(&self) -> Result<(), AdminError> {
+        let mut loaded = self.loaded_offsets_topic.lock().await;
         let current = self
             .image()
             .topic_by_name(OFFSETS_TOPIC)
@@ -229,11 +290,18 @@ impl Broker {
                     ),
                 ],
             };
-            self.create_topic(&topic, false)?;
-            tracing::info!(partitions = topic.num_partitions, "created {OFFSETS_TOPIC}");
+            match self.create_topic(&topic, false).await {
+                Ok(_) => {
+                    tracing::info!(partitions = topic.num_partitions, "created {OFFSETS_TOPIC}")
+                }
+                // Another broker asked first.
+                Err(AdminError::Controller(ControllerError::TopicAlreadyExists(_))) => {}
+                Err(e) => return Err(e),
+            }
         }
-        self.groups
-            .load()
+        let groups = self.groups.clone();
+        blocking(move || groups.load())
+            .await
             .map_err(|e| AdminError::Broker(BrokerError::Groups(e)))?;
         *loaded = self
             .image()
@@ -244,7 +312,7 @@ impl Broker {
 
     /// Data dirs from before the log cleaner existed hold an offsets topic
     /// kept whole by `retention.ms=-1`; it becomes compacted like Kafka's.
-    fn compact_offsets_topic(&self) -> Result<(), AdminError> {
+    async fn compact_offsets_topic(&self) -> Result<(), AdminError> {
         let resource = ConfigResource::Topic(OFFSETS_TOPIC.to_string());
         let configs = self.image().dynamic_configs(&resource).cloned();
         if configs.is_some_and(|c| c.get("cleanup.policy").map(String::as_str) != Some("compact")) {
@@ -255,34 +323,31 @@ impl Broker {
                 ),
                 ("retention.ms".into(), controller::ConfigOp::Delete),
             ]);
-            self.alter_configs(&resource, &change, false)?;
+            self.alter_configs(&resource, &change, false).await?;
             tracing::info!("{OFFSETS_TOPIC} is now compacted");
         }
         Ok(())
     }
 
-    pub fn delete_topic(&self, topic_id: Uuid) -> Result<(), AdminError> {
-        self.submit_admin(false, |image| controller::delete_topic(image, topic_id))?;
+    pub async fn delete_topic(&self, topic_id: Uuid) -> Result<(), AdminError> {
+        self.request(ControllerRequest::DeleteTopic { topic_id })
+            .await?;
         Ok(())
     }
 
-    /// Hands out a producer id, reserving a new block in the metadata log
-    /// when the current one is used up.
-    pub fn next_producer_id(&self) -> Result<i64, BrokerError> {
-        let mut ids = self.producer_ids.lock();
+    /// Hands out a producer id, reserving a new block through the
+    /// controller when the current one is used up.
+    pub async fn next_producer_id(&self) -> Result<i64, AdminError> {
+        let mut ids = self.producer_ids.lock().await;
         if ids.0 >= ids.1 {
-            let (_, start) = self
-                .metadata
-                .submit(now_ms(), |image| {
-                    let start = image.next_producer_id;
-                    Ok::<_, std::convert::Infallible>((
-                        vec![MetadataRecord::ProducerIds {
-                            next_block_start: start + PRODUCER_ID_BLOCK_SIZE,
-                        }],
-                        start,
-                    ))
-                })?
-                .expect("infallible");
+            let reply = self
+                .request(ControllerRequest::AllocateProducerIds {
+                    block_size: PRODUCER_ID_BLOCK_SIZE,
+                })
+                .await?;
+            let ControllerReply::ProducerIdBlock { start } = reply else {
+                unreachable!("the controller answers AllocateProducerIds with a block")
+            };
             *ids = (start, start + PRODUCER_ID_BLOCK_SIZE);
         }
         let id = ids.0;
@@ -292,7 +357,7 @@ impl Broker {
 
     /// Writes every log's recovery point and log start offset.
     pub fn checkpoint(&self) -> Result<(), StorageError> {
-        self.replicas.checkpoint(&[self.metadata.recovery_point()])
+        self.replicas.checkpoint()
     }
 
     /// Runs retention, time-based upkeep and checkpoints until `shutdown` fires.
@@ -301,6 +366,12 @@ impl Broker {
             .config
             .log_cleaner_enable
             .then(|| tokio::spawn(LogCleaner::run(self.clone(), shutdown.clone())));
+        let liveness = tokio::spawn(self.clone().run_liveness(shutdown.clone()));
+        let isr_sender = self.isr_change_queue.lock().take().map(|queue| {
+            let broker = self.clone();
+            tokio::spawn(async move { broker.send_isr_changes(queue).await })
+        });
+        self.fetchers.sync(&self);
         let mut retention = tokio::time::interval(Duration::from_millis(
             self.config.log_retention_check_interval_ms,
         ));
@@ -308,9 +379,24 @@ impl Broker {
         let mut checkpoint = tokio::time::interval(Duration::from_millis(
             self.config.log_flush_offset_checkpoint_interval_ms.max(1),
         ));
+        let mut images = self.metadata.subscribe();
         loop {
             tokio::select! {
+                Ok(()) = images.changed() => {
+                    // Changes decided elsewhere: another broker's request,
+                    // or one replayed from the log.
+                    let image = images.borrow_and_update().clone();
+                    if let Err(e) = self.publish(image).await {
+                        tracing::error!(error = %e, "applying the metadata image failed");
+                    }
+                    self.fetchers.sync(&self);
+                }
                 _ = shutdown.changed() => {
+                    let _ = liveness.await;
+                    self.fetchers.stop();
+                    if let Some(sender) = isr_sender {
+                        sender.abort();
+                    }
                     if let Some(cleaner) = cleaner {
                         // Stops cleans in flight; their partial files go.
                         let _ = cleaner.await;
@@ -324,6 +410,10 @@ impl Broker {
                 _ = upkeep.tick() => {
                     let broker = self.clone();
                     let _ = tokio::task::spawn_blocking(move || broker.replicas.tick(now_ms())).await;
+                    for (partition, change) in self.replicas.isr_shrinks(self.config.replica_lag_time_max_ms, now_ms()) {
+                        self.propose_isr_change(partition, change);
+                    }
+                    self.fetchers.sync(&self);
                 }
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.checkpoint() {
@@ -334,12 +424,34 @@ impl Broker {
         }
     }
 
+    /// Heartbeats to the active controller and, while this node is the
+    /// active controller, fences brokers whose heartbeats stopped.
+    async fn run_liveness(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let session_timeout = Duration::from_millis(self.config.broker_session_timeout_ms);
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            self.config.broker_heartbeat_interval_ms,
+        ));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let heartbeat = ControllerRequest::BrokerHeartbeat {
+                broker_id: self.config.node_id,
+            };
+            match self.metadata.request(heartbeat).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(refused)) => tracing::warn!(error = %refused, "heartbeat refused"),
+                Err(e) => tracing::debug!(error = %e, "heartbeat did not reach the controller"),
+            }
+            self.metadata.fence_silent_brokers(session_timeout).await;
+        }
+    }
+
     /// Flushes everything and marks the shutdown clean, so the next start
     /// skips recovery.
     pub fn shutdown(&self) -> Result<(), BrokerError> {
-        self.metadata.close()?;
-        let mut points = self.replicas.close_all()?;
-        points.push(self.metadata.recovery_point());
+        let points = self.replicas.close_all()?;
         self.replicas.log_manager().write_checkpoints(&points)?;
         self.replicas.log_manager().mark_clean_shutdown()?;
         Ok(())
@@ -369,6 +481,61 @@ impl From<StorageError> for AdminError {
     }
 }
 
+fn offsets_partitions_led(image: &MetadataImage, node_id: i32) -> BTreeSet<i32> {
+    image
+        .topic_by_name(OFFSETS_TOPIC)
+        .map(|t| {
+            t.partitions
+                .values()
+                .filter(|p| p.leader == node_id)
+                .map(|p| p.partition)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn blocking<T: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking broker task panicked")
+}
+
+/// How long a starting broker waits between attempts to reach the active
+/// controller, and how often it says so.
+const REGISTRATION_RETRY: Duration = Duration::from_millis(200);
+const REGISTRATION_LOG_EVERY: u32 = 25;
+
+/// Registers this broker with the active controller, waiting as long as it
+/// takes for one to be elected: a broker without the cluster's metadata
+/// must not serve. On return the image holds everything committed before
+/// the registration, so partitions it does not know really are strays.
+async fn register(metadata: &MetadataStore, config: &BrokerConfig) -> Result<(), BrokerError> {
+    let request = ControllerRequest::RegisterBroker {
+        broker_id: config.node_id,
+        host: config.advertised_host.clone(),
+        port: config.advertised_port,
+        rack: config.rack.clone(),
+        incarnation_id: Uuid::new_v4(),
+        new_cluster_id: new_cluster_id(),
+    };
+    for attempt in 1u32.. {
+        match metadata.request(request.clone()).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(refused)) => return Err(BrokerError::Registration(refused.to_string())),
+            Err(MetadataError::NotController(why)) => {
+                if attempt % REGISTRATION_LOG_EVERY == 0 {
+                    tracing::info!(%why, "waiting for an active controller to register with");
+                }
+                tokio::time::sleep(REGISTRATION_RETRY).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("registration retries until it succeeds or fails")
+}
+
 /// Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
 fn new_cluster_id() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -386,6 +553,10 @@ impl keel_group::TopicMetadata for ImageTopics {
     fn partitions(&self, topic: &str) -> Option<(Uuid, i32)> {
         let t = self.0.topic_by_name(topic)?;
         Some((t.topic_id, t.partitions.len() as i32))
+    }
+
+    fn topic_name(&self, topic_id: &Uuid) -> Option<&str> {
+        self.0.topic_by_id(topic_id).map(|t| t.name.as_str())
     }
 
     fn topic_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {

@@ -11,7 +11,9 @@ use keel_metadata::config::{
     dynamic_broker_config, topic_config_def, validate_value, BrokerConfigDef, ConfigType,
     TopicConfigDef, Validator, DYNAMIC_BROKER_CONFIGS, TOPIC_CONFIGS,
 };
+use keel_metadata::controller::TopicDefaults;
 use keel_metadata::{MetadataImage, TopicImage};
+use keel_raft::{parse_voters, QuorumConfig};
 use keel_storage::{CleanupPolicy, LogConfig, TimestampType};
 
 const fn def(
@@ -61,6 +63,83 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
         "Addresses given to clients; defaults to listeners.",
     ),
     def("broker.rack", "", Str, Any, "Rack of this broker."),
+    def(
+        "controller.listener.names",
+        "CONTROLLER",
+        List,
+        Any,
+        "Names of the listeners the controller quorum uses; the first is this node's.",
+    ),
+    def(
+        "controller.quorum.voters",
+        "",
+        List,
+        Any,
+        "The controller voters as id@host:port; empty makes this node the only voter.",
+    ),
+    def(
+        "controller.quorum.election.timeout.ms",
+        "1000",
+        Int,
+        AtLeast(1),
+        "Largest random wait before a voter stands for election.",
+    ),
+    def(
+        "controller.quorum.fetch.timeout.ms",
+        "2000",
+        Int,
+        AtLeast(4),
+        "How long a voter goes without hearing from the leader before it stands.",
+    ),
+    def(
+        "controller.quorum.request.timeout.ms",
+        "2000",
+        Int,
+        AtLeast(1),
+        "How long one request to another controller may take.",
+    ),
+    def(
+        "broker.heartbeat.interval.ms",
+        "2000",
+        Int,
+        AtLeast(1),
+        "How often a broker tells the active controller it is alive.",
+    ),
+    def(
+        "broker.session.timeout.ms",
+        "9000",
+        Int,
+        AtLeast(1),
+        "How long a broker may go without a heartbeat before it is fenced.",
+    ),
+    def(
+        "replica.lag.time.max.ms",
+        "30000",
+        Long,
+        AtLeast(1),
+        "How long a follower may go without catching up before it leaves the ISR.",
+    ),
+    def(
+        "replica.fetch.wait.max.ms",
+        "500",
+        Int,
+        AtLeast(0),
+        "Longest a follower's fetch waits at the leader for new data.",
+    ),
+    def(
+        "replica.fetch.max.bytes",
+        "1048576",
+        Int,
+        AtLeast(0),
+        "Bytes a follower asks for per partition and fetch.",
+    ),
+    def(
+        "metadata.log.max.record.bytes.between.snapshots",
+        "20971520",
+        Long,
+        AtLeast(1),
+        "Metadata record bytes after which a new snapshot is taken.",
+    ),
     def(
         "log.dirs",
         "./keel-data",
@@ -266,9 +345,16 @@ pub struct DescribedConfig {
 pub struct BrokerConfig {
     pub node_id: i32,
     pub listener: std::net::SocketAddr,
+    /// The controller quorum's settings, under KRaft's names.
+    pub quorum: QuorumConfig,
     pub advertised_host: String,
     pub advertised_port: i32,
     pub rack: Option<String>,
+    pub broker_heartbeat_interval_ms: u64,
+    pub broker_session_timeout_ms: u64,
+    pub replica_lag_time_max_ms: i64,
+    pub replica_fetch_wait_max_ms: i32,
+    pub replica_fetch_max_bytes: i32,
     pub log_dir: PathBuf,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
@@ -288,15 +374,27 @@ pub struct BrokerConfig {
     explicit: BTreeMap<String, String>,
 }
 
-fn parse_listener(listener: &str) -> Result<(String, u16), ConfigError> {
-    let err = || {
-        ConfigError(format!(
-            "listener {listener:?} is not PLAINTEXT://host:port"
-        ))
-    };
+/// The `host:port` of the listener called `name` in a `listeners`-shaped
+/// list (`PLAINTEXT://host:port,CONTROLLER://host:port`), if present.
+fn find_listener(listeners: &str, name: &str) -> Result<Option<(String, u16)>, ConfigError> {
+    for listener in listeners.split(',').filter(|l| !l.trim().is_empty()) {
+        let (listener_name, _) = listener
+            .trim()
+            .split_once("://")
+            .ok_or_else(|| ConfigError(format!("listener {listener:?} is not NAME://host:port")))?;
+        if listener_name == name {
+            return parse_listener(listener, name).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+fn parse_listener(listener: &str, name: &str) -> Result<(String, u16), ConfigError> {
+    let err = || ConfigError(format!("listener {listener:?} is not {name}://host:port"));
     let rest = listener
         .trim()
-        .strip_prefix("PLAINTEXT://")
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix("://"))
         .ok_or_else(err)?;
     let (host, port) = rest.rsplit_once(':').ok_or_else(err)?;
     let port = port.parse().map_err(|_| err())?;
@@ -353,7 +451,19 @@ impl BrokerConfig {
                 })
                 .unwrap_or_default()
         };
-        let (host, port) = parse_listener(get("listeners").split(',').next().unwrap_or(""))?;
+        let controller_name = get("controller.listener.names");
+        let controller_name = controller_name.split(',').next().unwrap_or("").trim();
+        for listener in get("listeners").split(',').filter(|l| !l.trim().is_empty()) {
+            let name = listener.trim().split_once("://").map(|(n, _)| n);
+            if name != Some("PLAINTEXT") && name != Some(controller_name) {
+                return Err(ConfigError(format!(
+                    "listener {listener:?}: only PLAINTEXT and {controller_name} listeners are supported"
+                )));
+            }
+        }
+        let (host, port) = find_listener(&get("listeners"), "PLAINTEXT")?.ok_or_else(|| {
+            ConfigError("listeners has no PLAINTEXT listener; every node is a broker".into())
+        })?;
         let listener = format!("{host}:{port}")
             .parse()
             .or_else(|_| {
@@ -372,22 +482,76 @@ impl BrokerConfig {
             };
             (host, port)
         } else {
-            parse_listener(advertised.split(',').next().unwrap_or(""))?
+            find_listener(&advertised, "PLAINTEXT")?.ok_or_else(|| {
+                ConfigError("advertised.listeners has no PLAINTEXT listener".into())
+            })?
+        };
+        let node_id = parse_num("node.id", &get("node.id"))?;
+        // A lone voter needs no address others can reach: any free port does.
+        let controller_listener = match find_listener(&get("listeners"), controller_name)? {
+            Some((host, port)) => format!("{host}:{port}"),
+            None => "127.0.0.1:0".to_string(),
+        };
+        let voters = match get("controller.quorum.voters").trim() {
+            "" => BTreeMap::from([(node_id, controller_listener.clone())]),
+            voters => parse_voters(voters).map_err(|e| ConfigError(e.to_string()))?,
         };
         let rack = Some(get("broker.rack")).filter(|r| !r.is_empty());
+        let log_dir = PathBuf::from(
+            get("log.dirs")
+                .split(',')
+                .next()
+                .unwrap_or("./keel-data")
+                .trim(),
+        );
+        let mut quorum = QuorumConfig::new(node_id, voters, log_dir.clone());
+        quorum.listener = controller_listener;
+        quorum.election_timeout_ms = parse_num(
+            "controller.quorum.election.timeout.ms",
+            &get("controller.quorum.election.timeout.ms"),
+        )?;
+        quorum.fetch_timeout_ms = parse_num(
+            "controller.quorum.fetch.timeout.ms",
+            &get("controller.quorum.fetch.timeout.ms"),
+        )?;
+        quorum.request_timeout_ms = parse_num(
+            "controller.quorum.request.timeout.ms",
+            &get("controller.quorum.request.timeout.ms"),
+        )?;
+        quorum.max_record_bytes_between_snapshots = parse_num(
+            "metadata.log.max.record.bytes.between.snapshots",
+            &get("metadata.log.max.record.bytes.between.snapshots"),
+        )?;
+        quorum.connections_max_idle_ms =
+            parse_num("connections.max.idle.ms", &get("connections.max.idle.ms"))?;
         let config = BrokerConfig {
-            node_id: parse_num("node.id", &get("node.id"))?,
+            node_id,
             listener,
+            quorum,
             advertised_host,
             advertised_port: advertised_port as i32,
             rack,
-            log_dir: PathBuf::from(
-                get("log.dirs")
-                    .split(',')
-                    .next()
-                    .unwrap_or("./keel-data")
-                    .trim(),
-            ),
+            log_dir,
+            broker_heartbeat_interval_ms: parse_num(
+                "broker.heartbeat.interval.ms",
+                &get("broker.heartbeat.interval.ms"),
+            )?,
+            broker_session_timeout_ms: parse_num(
+                "broker.session.timeout.ms",
+                &get("broker.session.timeout.ms"),
+            )?,
+            replica_lag_time_max_ms: parse_num(
+                "replica.lag.time.max.ms",
+                &get("replica.lag.time.max.ms"),
+            )?,
+            replica_fetch_wait_max_ms: parse_num(
+                "replica.fetch.wait.max.ms",
+                &get("replica.fetch.wait.max.ms"),
+            )?,
+            replica_fetch_max_bytes: parse_num(
+                "replica.fetch.max.bytes",
+                &get("replica.fetch.max.bytes"),
+            )?,
             num_partitions: parse_num("num.partitions", &get("num.partitions"))?,
             default_replication_factor: parse_num(
                 "default.replication.factor",
@@ -554,6 +718,19 @@ impl BrokerConfig {
         out
     }
 
+    /// The active controller's defaults for new topics and elections; the
+    /// dynamic cluster default of unclean election is applied over it.
+    pub fn topic_defaults(&self) -> TopicDefaults {
+        TopicDefaults {
+            num_partitions: self.num_partitions,
+            replication_factor: self.default_replication_factor,
+            unclean_leader_election_enable: self
+                .explicit
+                .get("unclean.leader.election.enable")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        }
+    }
+
     /// The effective value of one topic config.
     pub fn topic_config<'a>(
         &'a self,
@@ -655,7 +832,7 @@ impl BrokerConfig {
         &self,
         image: &MetadataImage,
         overrides: &BTreeMap<String, String>,
-    ) -> i32 {
+    ) -> usize {
         self.topic_config("min.insync.replicas", image, overrides)
             .parse()
             .unwrap_or(1)

@@ -32,9 +32,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    // v10 of both names topics by id (KIP-848); not built yet.
-    (ApiKey::OffsetCommit, 2, 9),
-    (ApiKey::OffsetFetch, 1, 9),
+    // v10 of both names topics by id (KIP-848): unstable in Kafka 4.1, whose
+    // brokers leave it out of ApiVersions, and stable from Kafka 4.2.
+    (ApiKey::OffsetCommit, 2, 10),
+    (ApiKey::OffsetFetch, 1, 10),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 6),
@@ -92,7 +93,7 @@ pub async fn dispatch(
             ResponseKind::ApiVersions(handlers::api_versions::handle(&ctx, r))
         }
         RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(handlers::metadata::handle(broker, &ctx, r))
+            ResponseKind::Metadata(handlers::metadata::handle(broker, &ctx, r).await)
         }
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(handlers::describe_cluster::handle(broker, &ctx, r))
@@ -117,14 +118,14 @@ pub async fn dispatch(
             ResponseKind::DescribeConfigs(handlers::describe_configs::handle(broker, &ctx, r))
         }
         RequestKind::AlterConfigs(r) => {
-            ResponseKind::AlterConfigs(handlers::alter_configs::handle(broker, &ctx, r))
+            ResponseKind::AlterConfigs(handlers::alter_configs::handle(broker, &ctx, r).await)
         }
         RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
-            handlers::incremental_alter_configs::handle(broker, &ctx, r),
+            handlers::incremental_alter_configs::handle(broker, &ctx, r).await,
         ),
-        RequestKind::CreatePartitions(r) => {
-            ResponseKind::CreatePartitions(handlers::create_partitions::handle(broker, &ctx, r))
-        }
+        RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(
+            handlers::create_partitions::handle(broker, &ctx, r).await,
+        ),
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(handlers::delete_records::handle(broker, &ctx, r))
         }
@@ -151,10 +152,13 @@ pub async fn dispatch(
             ResponseKind::LeaveGroup(broker.groups.leave_group(r, v).await)
         }
         RequestKind::OffsetCommit(r) => {
-            ResponseKind::OffsetCommit(broker.groups.offset_commit(r, v).await)
+            // v10 names topics by id; the coordinator resolves them here.
+            let topics = crate::broker::ImageTopics(broker.image());
+            ResponseKind::OffsetCommit(broker.groups.offset_commit(r, v, &topics).await)
         }
         RequestKind::OffsetFetch(r) => {
-            ResponseKind::OffsetFetch(broker.groups.offset_fetch(r, v).await)
+            let topics = crate::broker::ImageTopics(broker.image());
+            ResponseKind::OffsetFetch(broker.groups.offset_fetch(r, v, &topics).await)
         }
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(broker.groups.offset_delete(r, v).await)

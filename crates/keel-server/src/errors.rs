@@ -5,6 +5,7 @@ use keel_metadata::controller::ControllerError;
 use keel_storage::StorageError;
 
 use crate::broker::{AdminError, BrokerError};
+use crate::metadata_store::MetadataError;
 
 pub fn storage_error(e: &StorageError) -> ResponseError {
     match e {
@@ -35,6 +36,10 @@ pub fn controller_error(e: &ControllerError) -> ResponseError {
         ControllerError::UnknownTopicId => ResponseError::UnknownTopicId,
         ControllerError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
         ControllerError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        ControllerError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
+        ControllerError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+        ControllerError::InvalidUpdateVersion => ResponseError::InvalidUpdateVersion,
+        ControllerError::IneligibleReplica => ResponseError::IneligibleReplica,
     }
 }
 
@@ -49,7 +54,9 @@ pub fn broker_error(e: &BrokerError) -> ResponseError {
     tracing::error!(error = %e, "broker failure while serving a request");
     match e {
         BrokerError::Storage(e) => storage_error(e),
+        BrokerError::Metadata(MetadataError::NotController(_)) => ResponseError::NotController,
         BrokerError::Metadata(_) => ResponseError::KafkaStorageError,
+        BrokerError::Registration(_) => ResponseError::BrokerNotAvailable,
         BrokerError::Groups(_) => ResponseError::CoordinatorNotAvailable,
     }
 }

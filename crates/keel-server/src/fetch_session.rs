@@ -31,6 +31,10 @@ pub struct PartitionFetch {
     pub topic_id: Uuid,
     pub fetch_offset: i64,
     pub partition_max_bytes: i32,
+    /// The leader epoch the client believes current; -1 if it does not say.
+    pub current_leader_epoch: i32,
+    /// The epoch of the last batch the fetcher has (v12+); -1 if unknown.
+    pub last_fetched_epoch: i32,
 }
 
 #[derive(Clone, Debug)]
@@ -244,6 +248,8 @@ mod tests {
 
     fn fetch(offset: i64) -> PartitionFetch {
         PartitionFetch {
+            current_leader_epoch: -1,
+            last_fetched_epoch: -1,
             topic_id: Uuid::nil(),
             fetch_offset: offset,
             partition_max_bytes: 1024,

@@ -17,6 +17,7 @@ mod handlers;
 mod log_cleaner;
 pub mod metadata_store;
 mod offsets_log;
+mod replica_fetcher;
 pub mod replica_manager;
 mod server;
 

@@ -50,7 +50,7 @@ impl OffsetsLog for ConsumerOffsetsLog {
         let mut offset = source.log_start_offset();
         loop {
             let read = source
-                .read(offset, LOAD_READ_BYTES, true)
+                .read(offset, LOAD_READ_BYTES, true, false)
                 .map_err(|e| e.to_string())?;
             let Some(slice) = read.slice else { break };
             let bytes = slice.read_bytes().map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use keel_metadata::MetadataImage;
+use keel_metadata::{MetadataImage, PartitionImage};
 use keel_storage::{FetchSlice, Log, LogAppendResult, LogManager, StorageError};
 use keel_types::TopicPartition;
 use parking_lot::{Mutex, RwLock};
@@ -21,15 +21,66 @@ use crate::config::BrokerConfig;
 pub struct Partition {
     pub tp: TopicPartition,
     pub topic_id: Uuid,
-    pub leader_epoch: i32,
+    /// This broker's id.
+    node_id: i32,
     log: Mutex<Log>,
-    /// Fetchers waiting for data subscribe here; every append publishes the
-    /// new high watermark, which is what wakes a long poll.
+    /// Leadership and ISR as the metadata image says, plus, on the leader,
+    /// each follower's progress.
+    replication: Mutex<ReplicaState>,
+    /// Consumers' long polls wait here: the high watermark, published on
+    /// every advance.
     high_watermark: watch::Sender<i64>,
+    /// Followers' long polls wait here: the log end offset, published on
+    /// every append.
+    log_end: watch::Sender<i64>,
     /// Serialises fsyncs so concurrent producers share one (group commit).
     flush_lock: tokio::sync::Mutex<()>,
     /// Set once the partition is deleted, so late readers stop waiting on it.
     deleted: std::sync::atomic::AtomicBool,
+}
+
+/// A partition's replication state: Kafka's `Partition` fields that the
+/// metadata image sets (leader, epochs, replicas, ISR) and the leader's
+/// view of its followers.
+#[derive(Clone, Debug)]
+pub struct ReplicaState {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    followers: HashMap<i32, FollowerProgress>,
+    /// An ISR change was sent to the controller and the image does not show
+    /// its outcome yet: send no other (Kafka's pending ISR state).
+    isr_change_pending: bool,
+}
+
+/// What the leader knows of one follower (Kafka's `Replica`).
+#[derive(Clone, Copy, Debug)]
+struct FollowerProgress {
+    log_end_offset: i64,
+    /// The last time the follower was known to have every record the
+    /// leader had: `replica.lag.time.max.ms` counts from here.
+    last_caught_up_ms: i64,
+    /// The leader's log end offset and the time at the follower's previous
+    /// fetch: reaching that offset later means it was caught up then.
+    previous_fetch_leader_end: i64,
+    previous_fetch_ms: i64,
+}
+
+/// An ISR change the leader wants the controller to make.
+pub struct IsrProposal {
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub new_isr: Vec<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("this broker does not lead the partition")]
+    NotLeader,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// What a read returns besides the bytes.
@@ -40,17 +91,210 @@ pub struct ReadResult {
 }
 
 impl Partition {
-    fn new(tp: TopicPartition, topic_id: Uuid, leader_epoch: i32, log: Log) -> Self {
-        let (high_watermark, _) = watch::channel(log.log_end_offset());
+    fn new(
+        tp: TopicPartition,
+        topic_id: Uuid,
+        node_id: i32,
+        state: ReplicaState,
+        log: Log,
+    ) -> Self {
+        // A leader starts from what it has, a follower from what the leader
+        // will tell it: either way nothing above its own log end is visible.
+        let start = if state.isr == [node_id] {
+            log.log_end_offset()
+        } else {
+            log.recovery_point().min(log.log_end_offset())
+        };
+        let (high_watermark, _) = watch::channel(start);
+        let (log_end, _) = watch::channel(log.log_end_offset());
         Self {
             tp,
             topic_id,
-            leader_epoch,
+            node_id,
             log: Mutex::new(log),
+            replication: Mutex::new(state),
             high_watermark,
+            log_end,
             flush_lock: tokio::sync::Mutex::new(()),
             deleted: Default::default(),
         }
+    }
+
+    pub fn replica_state(&self) -> ReplicaState {
+        self.replication.lock().clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.replication.lock().leader == self.node_id
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.replication.lock().leader_epoch
+    }
+
+    /// Takes the leadership and ISR of a new image. A new leader epoch
+    /// resets what the leader knows of its followers.
+    fn update_replication(&self, p: &PartitionImage) {
+        let mut state = self.replication.lock();
+        if p.leader_epoch != state.leader_epoch || p.leader != state.leader {
+            state.followers.clear();
+            tracing::info!(
+                partition = %self.tp,
+                leader = p.leader,
+                leader_epoch = p.leader_epoch,
+                role = if p.leader == self.node_id { "leader" } else { "follower" },
+                "partition leadership changed"
+            );
+        }
+        state.leader = p.leader;
+        state.leader_epoch = p.leader_epoch;
+        state.partition_epoch = p.partition_epoch;
+        state.replicas = p.replicas.clone();
+        state.isr = p.isr.clone();
+        state.isr_change_pending = false;
+        drop(state);
+        self.maybe_advance_high_watermark();
+    }
+
+    /// The leader's high watermark: the lowest log end offset in the ISR.
+    /// It never moves back.
+    fn maybe_advance_high_watermark(&self) {
+        let state = self.replication.lock();
+        if state.leader != self.node_id {
+            return;
+        }
+        let mut candidate = self.log.lock().log_end_offset();
+        for follower in state.isr.iter().filter(|&&b| b != self.node_id) {
+            let end = state
+                .followers
+                .get(follower)
+                .map_or(-1, |f| f.log_end_offset);
+            candidate = candidate.min(end);
+        }
+        drop(state);
+        self.high_watermark.send_if_modified(|hw| {
+            let advanced = candidate > *hw;
+            if advanced {
+                *hw = candidate;
+            }
+            advanced
+        });
+    }
+
+    /// Records a follower's fetch from `fetch_offset` (all it has) and
+    /// returns the ISR change that follows, if any: a follower that has
+    /// caught up with the high watermark rejoins the ISR.
+    pub fn record_follower_fetch(
+        &self,
+        replica_id: i32,
+        fetch_offset: i64,
+        now_ms: i64,
+    ) -> Option<IsrProposal> {
+        let leader_end = self.log_end_offset();
+        let mut state = self.replication.lock();
+        if !state.replicas.contains(&replica_id) {
+            return None;
+        }
+        let progress = state
+            .followers
+            .entry(replica_id)
+            .or_insert(FollowerProgress {
+                log_end_offset: -1,
+                last_caught_up_ms: now_ms,
+                previous_fetch_leader_end: i64::MAX,
+                previous_fetch_ms: now_ms,
+            });
+        progress.log_end_offset = fetch_offset;
+        if fetch_offset >= leader_end {
+            progress.last_caught_up_ms = now_ms;
+        } else if fetch_offset >= progress.previous_fetch_leader_end {
+            progress.last_caught_up_ms = progress.last_caught_up_ms.max(progress.previous_fetch_ms);
+        }
+        progress.previous_fetch_leader_end = leader_end;
+        progress.previous_fetch_ms = now_ms;
+        let rejoin = !state.isr.contains(&replica_id)
+            && !state.isr_change_pending
+            && fetch_offset >= self.high_watermark()
+            && fetch_offset >= self.leader_epoch_start_offset(state.leader_epoch);
+        let proposal = rejoin.then(|| {
+            state.isr_change_pending = true;
+            let mut new_isr = state.isr.clone();
+            new_isr.push(replica_id);
+            IsrProposal {
+                leader_epoch: state.leader_epoch,
+                partition_epoch: state.partition_epoch,
+                new_isr,
+            }
+        });
+        drop(state);
+        self.maybe_advance_high_watermark();
+        proposal
+    }
+
+    /// The first offset this leader wrote in `epoch`; a follower must have
+    /// reached it before it can be in sync (Kafka's check on ISR expansion).
+    fn leader_epoch_start_offset(&self, epoch: i32) -> i64 {
+        let log = self.log.lock();
+        log.leader_epoch_cache()
+            .entries()
+            .iter()
+            .find(|(e, _)| *e == epoch)
+            .map_or(log.log_end_offset(), |(_, start)| *start)
+    }
+
+    /// On the leader: the ISR without followers that have not caught up
+    /// for `lag_max_ms`, if any must go.
+    pub fn isr_shrink(&self, lag_max_ms: i64, now_ms: i64) -> Option<IsrProposal> {
+        let mut state = self.replication.lock();
+        if state.leader != self.node_id || state.isr_change_pending {
+            return None;
+        }
+        let leader_epoch = state.leader_epoch;
+        let lagging = |b: &i32| {
+            *b != self.node_id
+                && state
+                    .followers
+                    .get(b)
+                    .is_none_or(|f| now_ms - f.last_caught_up_ms > lag_max_ms)
+        };
+        if !state.isr.iter().any(lagging) {
+            return None;
+        }
+        // A follower never heard from in this epoch gets a full lag period
+        // from the first check.
+        let new_isr: Vec<i32> = state.isr.iter().copied().filter(|b| !lagging(b)).collect();
+        let unseen: Vec<i32> = state
+            .isr
+            .iter()
+            .copied()
+            .filter(|b| *b != self.node_id && !state.followers.contains_key(b))
+            .collect();
+        if !unseen.is_empty() {
+            for b in unseen {
+                state.followers.insert(
+                    b,
+                    FollowerProgress {
+                        log_end_offset: -1,
+                        last_caught_up_ms: now_ms,
+                        previous_fetch_leader_end: i64::MAX,
+                        previous_fetch_ms: now_ms,
+                    },
+                );
+            }
+            return None;
+        }
+        state.isr_change_pending = true;
+        Some(IsrProposal {
+            leader_epoch,
+            partition_epoch: state.partition_epoch,
+            new_isr,
+        })
+    }
+
+    /// The controller refused or never answered an ISR change: the next
+    /// fetch or check may propose again.
+    pub fn isr_change_failed(&self) {
+        self.replication.lock().isr_change_pending = false;
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -69,21 +313,78 @@ impl Partition {
         self.high_watermark.subscribe()
     }
 
+    /// Changes of the log end offset, which a follower's fetch waits for.
+    pub fn subscribe_log_end(&self) -> watch::Receiver<i64> {
+        self.log_end.subscribe()
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Appends a produce request's batches (already copied out of the request
     /// so offsets can be patched in place).
-    pub fn append(&self, batches: &mut [u8], now_ms: i64) -> Result<LogAppendResult, StorageError> {
+    pub fn append(&self, batches: &mut [u8], now_ms: i64) -> Result<LogAppendResult, AppendError> {
+        let leader_epoch = {
+            let state = self.replication.lock();
+            if state.leader != self.node_id {
+                return Err(AppendError::NotLeader);
+            }
+            state.leader_epoch
+        };
         let mut log = self.log.lock();
-        let result = log.append_as_leader(batches, self.leader_epoch, now_ms)?;
+        let result = log.append_as_leader(batches, leader_epoch, now_ms)?;
         let log_end_offset = log.log_end_offset();
         drop(log);
         if !result.duplicate {
-            self.high_watermark.send_replace(log_end_offset);
+            self.log_end.send_replace(log_end_offset);
+            self.maybe_advance_high_watermark();
         }
         Ok(result)
+    }
+
+    /// Appends what the leader sent, with the leader's offsets and epochs,
+    /// and takes the leader's high watermark as far as this log reaches.
+    pub fn append_as_follower(
+        &self,
+        batches: &[u8],
+        leader_high_watermark: i64,
+    ) -> Result<(), StorageError> {
+        let mut log = self.log.lock();
+        if !batches.is_empty() {
+            log.append_as_follower(batches)?;
+        }
+        let log_end_offset = log.log_end_offset();
+        drop(log);
+        self.log_end.send_replace(log_end_offset);
+        self.set_follower_high_watermark(leader_high_watermark.min(log_end_offset));
+        Ok(())
+    }
+
+    fn set_follower_high_watermark(&self, offset: i64) {
+        self.high_watermark.send_if_modified(|hw| {
+            let changed = *hw != offset;
+            *hw = offset;
+            changed
+        });
+    }
+
+    /// Removes records the leader does not have (after a divergence): the
+    /// log and the high watermark end at `offset`.
+    pub fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
+        let mut log = self.log.lock();
+        if offset >= log.log_end_offset() {
+            return Ok(());
+        }
+        tracing::warn!(partition = %self.tp, from = log.log_end_offset(), to = offset, "truncating a diverged follower log");
+        log.truncate_to(offset)?;
+        let log_end_offset = log.log_end_offset();
+        drop(log);
+        self.log_end.send_replace(log_end_offset);
+        if self.high_watermark() > log_end_offset {
+            self.set_follower_high_watermark(log_end_offset);
+        }
+        Ok(())
     }
 
     /// Makes everything up to `offset` durable. Producers that arrive while
@@ -112,18 +413,26 @@ impl Partition {
 
     /// Locates data for a fetch. The bytes are read afterwards, outside the
     /// log's lock, by `FetchSlice::read_bytes`.
+    /// Consumers read below the high watermark; a follower
+    /// (`to_log_end`) reads everything the leader has.
     pub fn read(
         &self,
         offset: i64,
         max_bytes: u32,
         min_one_batch: bool,
+        to_log_end: bool,
     ) -> Result<ReadResult, StorageError> {
         let log = self.log.lock();
         let high_watermark = self.high_watermark();
-        let slice = if offset == high_watermark && offset >= log.log_start_offset() {
+        let upper = if to_log_end {
+            log.log_end_offset()
+        } else {
+            high_watermark
+        };
+        let slice = if offset == upper && offset >= log.log_start_offset() {
             None
         } else {
-            Some(log.read(offset, max_bytes, high_watermark, min_one_batch)?)
+            Some(log.read(offset, max_bytes, upper, min_one_batch)?)
         };
         Ok(ReadResult {
             slice,
@@ -145,6 +454,8 @@ pub struct ReplicaManager {
     /// Checkpoints are written from the background task and after
     /// DeleteRecords; one at a time, since they share temporary files.
     checkpoint_lock: Mutex<()>,
+    /// Images are applied one at a time, so a partition is opened once.
+    apply_lock: Mutex<()>,
 }
 
 impl ReplicaManager {
@@ -155,6 +466,7 @@ impl ReplicaManager {
             producer_id_expiration_ms,
             partitions: RwLock::new(HashMap::new()),
             checkpoint_lock: Mutex::new(()),
+            apply_lock: Mutex::new(()),
         }
     }
 
@@ -171,21 +483,23 @@ impl ReplicaManager {
     }
 
     /// Brings the hosted partitions in line with the metadata image: opens
-    /// (creating on disk) every partition this broker leads, and closes and
-    /// deletes the data of every partition whose topic is gone.
+    /// (creating on disk) every partition this broker is a replica of, and
+    /// closes and deletes the data of every partition whose topic is gone.
+    /// Called for every new image, by whichever task sees it first.
     pub fn apply_image(
         &self,
         image: &MetadataImage,
         config: &BrokerConfig,
         now_ms: i64,
     ) -> Result<(), StorageError> {
+        let _one_at_a_time = self.apply_lock.lock();
         let mut wanted = HashMap::new();
         for topic in image.topics() {
             for p in topic.partitions.values() {
-                if p.leader == self.node_id {
+                if p.replicas.contains(&self.node_id) {
                     wanted.insert(
                         TopicPartition::new(topic.name.clone(), p.partition),
-                        (topic.clone(), p.leader_epoch),
+                        (topic.clone(), p.clone()),
                     );
                 }
             }
@@ -215,10 +529,11 @@ impl ReplicaManager {
             tracing::info!(partition = %partition.tp, "deleting partition data");
             self.log_manager.delete_partition_dir(&partition.tp)?;
         }
-        for (tp, (topic, leader_epoch)) in wanted {
+        for (tp, (topic, p)) in wanted {
             if let Some(existing) = self.get(&tp) {
                 let config = config.log_config(image, &topic);
                 existing.with_log(|log| log.update_config(config));
+                existing.update_replication(&p);
                 continue;
             }
             let log = self.log_manager.open_log(
@@ -228,10 +543,20 @@ impl ReplicaManager {
                 self.producer_id_expiration_ms,
                 now_ms,
             )?;
+            let state = ReplicaState {
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+                followers: HashMap::new(),
+                isr_change_pending: false,
+            };
             let partition = Arc::new(Partition::new(
                 tp.clone(),
                 topic.topic_id,
-                leader_epoch,
+                self.node_id,
+                state,
                 log,
             ));
             self.partitions.write().insert(tp, partition);
@@ -255,6 +580,18 @@ impl ReplicaManager {
             }
         }
         Ok(())
+    }
+
+    /// ISR shrinks due on the partitions this broker leads.
+    pub fn isr_shrinks(&self, lag_max_ms: i64, now_ms: i64) -> Vec<(Arc<Partition>, IsrProposal)> {
+        self.all()
+            .into_iter()
+            .filter_map(|p| {
+                let change = p.isr_shrink(lag_max_ms, now_ms)?;
+                tracing::warn!(partition = %p.tp, isr = ?change.new_isr, "a follower fell behind; shrinking the ISR");
+                Some((p, change))
+            })
+            .collect()
     }
 
     /// Deletes segments past retention in every partition.
@@ -287,14 +624,13 @@ impl ReplicaManager {
         }
     }
 
-    pub fn checkpoint(&self, extra: &[(TopicPartition, i64, i64)]) -> Result<(), StorageError> {
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
         let _one_writer = self.checkpoint_lock.lock();
-        let mut points: Vec<(TopicPartition, i64, i64)> = self
+        let points: Vec<(TopicPartition, i64, i64)> = self
             .all()
             .iter()
             .map(|p| p.with_log(|log| (p.tp.clone(), log.recovery_point(), log.log_start_offset())))
             .collect();
-        points.extend_from_slice(extra);
         self.log_manager.write_checkpoints(&points)
     }
 

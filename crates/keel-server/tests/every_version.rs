@@ -145,25 +145,43 @@ fn request(api: ApiKey, version: i16, topic_id: Uuid) -> RequestKind {
                 .with_group_id(GroupId(s("g0")))
                 .with_member_id(s("nobody"))
         }),
-        ApiKey::OffsetCommit => RequestKind::OffsetCommit(
-            OffsetCommitRequest::default()
-                .with_group_id(GroupId(s("simple")))
-                .with_generation_id_or_member_epoch(-1)
-                .with_topics(vec![
-                    offset_commit_request::OffsetCommitRequestTopic::default()
-                        .with_name(TopicName(s("t")))
-                        .with_partitions(vec![
-                            offset_commit_request::OffsetCommitRequestPartition::default()
-                                .with_partition_index(0)
-                                .with_committed_offset(1),
-                        ]),
-                ]),
-        ),
+        ApiKey::OffsetCommit => {
+            let topic =
+                offset_commit_request::OffsetCommitRequestTopic::default().with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(1),
+                ]);
+            let topic = if by_id(version, 10) {
+                topic.with_topic_id(topic_id)
+            } else {
+                topic.with_name(TopicName(s("t")))
+            };
+            RequestKind::OffsetCommit(
+                OffsetCommitRequest::default()
+                    .with_group_id(GroupId(s("simple")))
+                    .with_generation_id_or_member_epoch(-1)
+                    .with_topics(vec![topic]),
+            )
+        }
+        // Every topic (null topics) from v8; from v10 also `t` by id.
         ApiKey::OffsetFetch => RequestKind::OffsetFetch(if version >= 8 {
-            OffsetFetchRequest::default().with_groups(vec![
-                offset_fetch_request::OffsetFetchRequestGroup::default()
-                    .with_group_id(GroupId(s("simple"))),
-            ])
+            let every_topic = offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(s("simple")))
+                .with_topics(None);
+            let mut groups = vec![every_topic];
+            if by_id(version, 10) {
+                groups.push(
+                    offset_fetch_request::OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(s("simple")))
+                        .with_topics(Some(vec![
+                            offset_fetch_request::OffsetFetchRequestTopics::default()
+                                .with_topic_id(topic_id)
+                                .with_partition_indexes(vec![0]),
+                        ])),
+                );
+            }
+            OffsetFetchRequest::default().with_groups(groups)
         } else {
             OffsetFetchRequest::default().with_group_id(GroupId(s("simple")))
         }),
@@ -266,7 +284,7 @@ async fn every_supported_version_round_trips() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let (config, _) = BrokerConfig::from_properties(props).unwrap();
-    let broker = Broker::open(config).unwrap();
+    let broker = Broker::open(config).await.unwrap();
 
     // Create the topic every request below refers to.
     let header = RequestHeader::default()
@@ -370,9 +388,20 @@ fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind) {
             .iter()
             .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
             .collect(),
-        ResponseKind::OffsetFetch(r) => std::iter::once(r.error_code)
-            .chain(r.groups.iter().map(|g| g.error_code))
-            .collect(),
+        ResponseKind::OffsetFetch(r) => {
+            // Each group finds the offset OffsetCommit left on `t`, by id from v10.
+            for g in &r.groups {
+                assert_eq!(g.topics.len(), 1, "{r:?}");
+                let by_id = g.topics[0].topic_id != Uuid::nil();
+                assert_eq!(by_id, version >= 10, "{r:?}");
+            }
+            std::iter::once(r.error_code)
+                .chain(r.groups.iter().flat_map(|g| {
+                    let partitions = g.topics.iter().flat_map(|t| &t.partitions);
+                    std::iter::once(g.error_code).chain(partitions.map(|p| p.error_code))
+                }))
+                .collect()
+        }
         ResponseKind::OffsetDelete(r) => vec![r.error_code],
         ResponseKind::ListGroups(r) => vec![r.error_code],
         ResponseKind::DescribeGroups(r) => r.groups.iter().map(|g| g.error_code).collect(),

@@ -40,14 +40,24 @@ enum Command {
     /// Delete records below an offset.
     #[command(subcommand)]
     Records(commands::records::RecordsCommand),
+    /// Tools for development: a local multi-node cluster.
+    #[command(subcommand)]
+    Dev(commands::dev::DevCommand),
 }
 
 fn main() -> Result<()> {
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    // openraft narrates every vote and append at info; its warnings are
+    // what an operator needs, unless asked for by name.
+    let quiet_raft = if directives.contains("openraft") {
+        ""
+    } else {
+        ",openraft=warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{directives}{quiet_raft}"
+        )))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -63,6 +73,7 @@ fn main() -> Result<()> {
             Command::Group(cmd) => commands::group::run(cmd).await,
             Command::Config(cmd) => commands::config::run(cmd).await,
             Command::Records(cmd) => commands::records::run(cmd).await,
+            Command::Dev(cmd) => commands::dev::run(cmd).await,
         }
     })
 }

@@ -31,6 +31,8 @@ mod join;
 mod offsets;
 mod sync_heartbeat_leave;
 
+pub(crate) use offsets::commit_answer;
+
 /// How often the coordinator looks for offsets past retention
 /// (Kafka's `offsets.retention.check.interval.ms` default).
 pub const OFFSETS_RETENTION_CHECK_INTERVAL_MS: i64 = 600_000;

@@ -1,8 +1,9 @@
 //! OffsetCommit, OffsetFetch, OffsetDelete and offset expiry.
 
-use std::collections::BTreeMap;
-
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -23,6 +24,29 @@ use crate::group::{Group, GroupState};
 use crate::records::{self, OffsetCommitValue};
 
 use super::{code, sb, validate_member, Effects, GroupCoordinator, RequestToken, Response, NONE};
+
+/// The answer for one topic of an OffsetCommit, `error` deciding each
+/// partition's. It echoes both the topic's name and its id: kafka-protocol
+/// writes whichever of the two the negotiated version has (the name to v9,
+/// the id from v10).
+pub(crate) fn commit_answer(
+    topic: &OffsetCommitRequestTopic,
+    mut error: impl FnMut(&OffsetCommitRequestPartition) -> i16,
+) -> OffsetCommitResponseTopic {
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            OffsetCommitResponsePartition::default()
+                .with_partition_index(p.partition_index)
+                .with_error_code(error(p))
+        })
+        .collect();
+    OffsetCommitResponseTopic::default()
+        .with_name(topic.name.clone())
+        .with_topic_id(topic.topic_id)
+        .with_partitions(partitions)
+}
 
 impl GroupCoordinator {
     pub(super) fn expire_offsets(&mut self, now_ms: i64, fx: &mut Effects) {
@@ -81,11 +105,13 @@ impl GroupCoordinator {
 
     // ------------------------------------------------------------ offsets
 
+    /// OffsetCommit, every topic named: the service resolves v10's topic
+    /// ids to names first (`topic_ids.rs`), so all versions commit alike.
     pub fn offset_commit(
         &mut self,
         token: RequestToken,
         req: &OffsetCommitRequest,
-        version: i16,
+        _version: i16,
         now_ms: i64,
     ) -> Effects {
         let mut fx = Effects::default();
@@ -95,46 +121,29 @@ impl GroupCoordinator {
         let mut topics = Vec::with_capacity(req.topics.len());
         for t in &req.topics {
             let topic = t.name.0.to_string();
-            let mut partitions = Vec::with_capacity(t.partitions.len());
-            for p in &t.partitions {
+            topics.push(commit_answer(t, |p| {
                 let metadata = p.committed_metadata.as_deref().unwrap_or("");
-                let error = if group_error != NONE {
-                    group_error
-                } else if topic.is_empty() {
-                    // v10 names topics by id; the handler resolves ids to names.
-                    code(ResponseError::UnknownTopicId)
-                } else if metadata.len() > self.config.offset_metadata_max_bytes {
-                    code(ResponseError::OffsetMetadataTooLarge)
-                } else {
-                    let value = OffsetCommitValue {
-                        offset: p.committed_offset,
-                        leader_epoch: p.committed_leader_epoch,
-                        metadata: metadata.to_owned(),
-                        commit_timestamp_ms: now_ms,
-                    };
-                    fx.records.push((
-                        partition,
-                        records::offset_commit_key(&group_id, &topic, p.partition_index),
-                        Some(value.encode()),
-                    ));
-                    self.offsets
-                        .put(&group_id, &topic, p.partition_index, value);
-                    NONE
+                if group_error != NONE {
+                    return group_error;
+                }
+                if metadata.len() > self.config.offset_metadata_max_bytes {
+                    return code(ResponseError::OffsetMetadataTooLarge);
+                }
+                let value = OffsetCommitValue {
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: metadata.to_owned(),
+                    commit_timestamp_ms: now_ms,
                 };
-                partitions.push(
-                    OffsetCommitResponsePartition::default()
-                        .with_partition_index(p.partition_index)
-                        .with_error_code(error),
-                );
-            }
-            let mut out = OffsetCommitResponseTopic::default().with_partitions(partitions);
-            if version <= 9 {
-                out = out.with_name(t.name.clone());
-            }
-            if version >= 10 {
-                out = out.with_topic_id(t.topic_id);
-            }
-            topics.push(out);
+                fx.records.push((
+                    partition,
+                    records::offset_commit_key(&group_id, &topic, p.partition_index),
+                    Some(value.encode()),
+                ));
+                self.offsets
+                    .put(&group_id, &topic, p.partition_index, value);
+                NONE
+            }));
         }
         fx.respond(
             token,
@@ -277,45 +286,33 @@ impl GroupCoordinator {
                         return out.with_error_code(code(e));
                     }
                 }
-                let ids: BTreeMap<String, Uuid> = g
-                    .topics
-                    .iter()
-                    .flatten()
-                    .map(|t| (t.name.0.to_string(), t.topic_id))
-                    .collect();
                 let requested: Option<Vec<(String, Vec<i32>)>> = g.topics.as_ref().map(|ts| {
                     ts.iter()
                         .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                         .collect()
                 });
+                // Each requested topic's id is echoed (v10, resolved by the
+                // service); "all topics" get theirs from the service.
+                let ids = g.topics.iter().flatten().map(|t| t.topic_id);
                 let topics = self
                     .fetch_group_offsets(&g.group_id.0, requested)
                     .into_iter()
-                    .map(|(topic, parts)| {
-                        let unknown_id = topic.is_empty();
-                        let mut t = OffsetFetchResponseTopics::default()
+                    .zip(ids.chain(std::iter::repeat(Uuid::nil())))
+                    .map(|((topic, parts), topic_id)| {
+                        let partitions = parts
+                            .into_iter()
+                            .map(|(p, v)| {
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(v.offset)
+                                    .with_committed_leader_epoch(v.leader_epoch)
+                                    .with_metadata(Some(sb(&v.metadata)))
+                            })
+                            .collect();
+                        OffsetFetchResponseTopics::default()
                             .with_name(TopicName(sb(&topic)))
-                            .with_partitions(
-                                parts
-                                    .into_iter()
-                                    .map(|(p, v)| {
-                                        let r = OffsetFetchResponsePartitions::default()
-                                            .with_partition_index(p)
-                                            .with_committed_offset(v.offset)
-                                            .with_committed_leader_epoch(v.leader_epoch)
-                                            .with_metadata(Some(sb(&v.metadata)));
-                                        if unknown_id {
-                                            r.with_error_code(code(ResponseError::UnknownTopicId))
-                                        } else {
-                                            r
-                                        }
-                                    })
-                                    .collect(),
-                            );
-                        if version >= 10 {
-                            t = t.with_topic_id(ids.get(&topic).copied().unwrap_or_default());
-                        }
-                        t
+                            .with_topic_id(topic_id)
+                            .with_partitions(partitions)
                     })
                     .collect();
                 out.with_topics(topics)

@@ -24,7 +24,7 @@ pub(super) type Refusal = (ResponseError, String);
 /// (or why the request itself is refused).
 pub(super) type AlterResource<'a> = (i8, &'a StrBytes, Result<ConfigChange, Refusal>);
 
-pub fn handle(
+pub async fn handle(
     broker: &Broker,
     _ctx: &RequestContext<'_>,
     request: AlterConfigsRequest,
@@ -43,6 +43,7 @@ pub fn handle(
         )
     });
     let responses = alter_resources(broker, resources.collect(), request.validate_only)
+        .await
         .into_iter()
         .zip(&request.resources)
         .map(|((code, message), resource)| {
@@ -59,7 +60,7 @@ pub fn handle(
 /// Applies each resource's change through the controller and returns each
 /// one's error code and message, in request order. A resource named twice
 /// is refused both times, as Kafka does.
-pub(super) fn alter_resources(
+pub(super) async fn alter_resources(
     broker: &Broker,
     resources: Vec<AlterResource<'_>>,
     validate_only: bool,
@@ -68,29 +69,28 @@ pub(super) fn alter_resources(
     for (resource_type, name, _) in &resources {
         *seen.entry((*resource_type, name.as_str())).or_default() += 1;
     }
-    resources
-        .iter()
-        .map(|(resource_type, name, change)| {
-            let outcome = if seen[&(*resource_type, name.as_str())] > 1 {
-                Err((
-                    ResponseError::InvalidRequest,
-                    "Error due to duplicate resources in request".into(),
-                ))
-            } else {
-                alter_resource(broker, *resource_type, name, change, validate_only)
-            };
-            match outcome {
-                Ok(()) => (0, None),
-                Err((error, message)) => {
-                    tracing::info!(?error, %message, "config change refused");
-                    (error.code(), Some(str_bytes(&message)))
-                }
+    let mut answers = Vec::with_capacity(resources.len());
+    for (resource_type, name, change) in &resources {
+        let outcome = if seen[&(*resource_type, name.as_str())] > 1 {
+            Err((
+                ResponseError::InvalidRequest,
+                "Error due to duplicate resources in request".into(),
+            ))
+        } else {
+            alter_resource(broker, *resource_type, name, change, validate_only).await
+        };
+        answers.push(match outcome {
+            Ok(()) => (0, None),
+            Err((error, message)) => {
+                tracing::info!(?error, %message, "config change refused");
+                (error.code(), Some(str_bytes(&message)))
             }
-        })
-        .collect()
+        });
+    }
+    answers
 }
 
-fn alter_resource(
+async fn alter_resource(
     broker: &Broker,
     resource_type: i8,
     resource_name: &StrBytes,
@@ -101,6 +101,7 @@ fn alter_resource(
     let change = change.as_ref().map_err(Clone::clone)?;
     broker
         .alter_configs(&resource, change, validate_only)
+        .await
         .map_err(|e| (admin_error(&e), e.to_string()))?;
     if !validate_only {
         tracing::info!(?resource, ?change, "altered configs");

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use futures::StreamExt;
+
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::ResponseError;
@@ -11,7 +13,7 @@ use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 use crate::errors::admin_error;
 
-pub fn handle(
+pub async fn handle(
     broker: &Broker,
     _ctx: &RequestContext<'_>,
     request: CreatePartitionsRequest,
@@ -20,10 +22,9 @@ pub fn handle(
     for topic in &request.topics {
         *seen.entry(topic.name.0.as_str()).or_default() += 1;
     }
-    let results = request
-        .topics
-        .iter()
-        .map(|topic| {
+    let (seen, validate_only) = (&seen, request.validate_only);
+    let results = futures::stream::iter(&request.topics)
+        .then(|topic| async move {
             let name = topic.name.0.as_str();
             let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
             if seen[name] > 1 {
@@ -36,14 +37,12 @@ pub fn handle(
                     .map(|p| p.broker_ids.iter().map(|b| b.0).collect())
                     .collect()
             });
-            match broker.create_partitions(
-                name,
-                topic.count,
-                assignments.as_deref(),
-                request.validate_only,
-            ) {
+            match broker
+                .create_partitions(name, topic.count, assignments, validate_only)
+                .await
+            {
                 Ok(()) => {
-                    if !request.validate_only {
+                    if !validate_only {
                         tracing::info!(topic = name, count = topic.count, "created partitions");
                     }
                     result
@@ -56,6 +55,7 @@ pub fn handle(
                 }
             }
         })
-        .collect();
+        .collect()
+        .await;
     CreatePartitionsResponse::default().with_results(results)
 }

@@ -1,5 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
 
+use futures::StreamExt;
+
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
@@ -23,10 +25,9 @@ pub async fn handle(
     for topic in &request.topics {
         *seen.entry(topic.name.0.to_string()).or_default() += 1;
     }
-    let results = request
-        .topics
-        .into_iter()
-        .map(|topic| {
+    let (seen, request_validate_only) = (&seen, request.validate_only);
+    let results = futures::stream::iter(request.topics)
+        .then(|topic| async move {
             let name = topic.name.0.to_string();
             let result = CreatableTopicResult::default().with_name(topic.name.clone());
             let fail = |error: ResponseError, message: String| {
@@ -76,7 +77,7 @@ pub async fn handle(
                     .collect(),
                 configs,
             };
-            match broker.create_topic(&new_topic, request.validate_only) {
+            match broker.create_topic(&new_topic, request_validate_only).await {
                 Ok((topic_id, image)) => {
                     let overrides: BTreeMap<String, String> =
                         new_topic.configs.iter().cloned().collect();
@@ -106,7 +107,7 @@ pub async fn handle(
                         }
                     };
                     result
-                        .with_topic_id(if request.validate_only {
+                        .with_topic_id(if request_validate_only {
                             Uuid::nil()
                         } else {
                             topic_id
@@ -135,6 +136,7 @@ pub async fn handle(
                 }
             }
         })
-        .collect();
+        .collect()
+        .await;
     CreateTopicsResponse::default().with_topics(results)
 }

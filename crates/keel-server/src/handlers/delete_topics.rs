@@ -1,3 +1,4 @@
+use futures::StreamExt;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 use kafka_protocol::ResponseError;
@@ -27,9 +28,8 @@ pub async fn handle(
             .map(|n| (Some(n.0.to_string()), Uuid::nil()))
             .collect()
     };
-    let responses = wanted
-        .into_iter()
-        .map(|(name, id)| {
+    let responses = futures::stream::iter(wanted)
+        .then(|(name, id)| async move {
             let image = broker.image();
             let topic = match &name {
                 Some(name) => image.topic_by_name(name),
@@ -50,7 +50,7 @@ pub async fn handle(
             let result = result
                 .with_name(Some(topic_name(&topic_label)))
                 .with_topic_id(topic_id);
-            match broker.delete_topic(topic_id) {
+            match broker.delete_topic(topic_id).await {
                 Ok(()) => {
                     tracing::info!(topic = %topic_label, "deleted topic");
                     result
@@ -60,6 +60,7 @@ pub async fn handle(
                     .with_error_message(Some(str_bytes(&e.to_string()))),
             }
         })
-        .collect();
+        .collect()
+        .await;
     DeleteTopicsResponse::default().with_responses(responses)
 }

@@ -35,6 +35,7 @@ pub fn handle(
         image
             .brokers
             .values()
+            .filter(|b| !b.fenced)
             .map(|b| {
                 DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.broker_id))

@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 use keel_types::TopicPartition;
@@ -12,16 +14,57 @@ use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 use crate::errors::storage_error;
 use crate::fetch_session::{PartitionFetch, PartitionKey, FINAL_EPOCH};
+use crate::replica_manager::{Partition, ReplicaState};
 
 /// Fetch v13 names topics by id instead of by name.
 const TOPIC_IDS_VERSION: i16 = 13;
 /// Fetch sessions exist from v7.
 const SESSIONS_VERSION: i16 = 7;
+/// From v15 a follower names itself in `replica_state`, not `replica_id`.
+const REPLICA_STATE_VERSION: i16 = 15;
+
+/// Why this broker cannot serve a fetch of the partition, if it cannot:
+/// only the leader serves (Keel has no follower fetching for consumers),
+/// and a client's leader epoch must match ours (KIP-320).
+fn leadership_error(
+    state: &ReplicaState,
+    node_id: i32,
+    current_leader_epoch: i32,
+) -> Option<ResponseError> {
+    if current_leader_epoch >= 0 && current_leader_epoch > state.leader_epoch {
+        return Some(ResponseError::UnknownLeaderEpoch);
+    }
+    if current_leader_epoch >= 0 && current_leader_epoch < state.leader_epoch {
+        return Some(ResponseError::FencedLeaderEpoch);
+    }
+    (state.leader != node_id).then_some(ResponseError::NotLeaderOrFollower)
+}
+
+/// Kafka's fetch-time truncation check (Fetch v12+): the follower's last
+/// fetched epoch must end, in the leader's log, at or after its fetch
+/// offset; otherwise its log diverged and it must truncate to the
+/// returned (epoch, end offset) first.
+fn divergence(partition: &Partition, fetch: &PartitionFetch) -> Option<(i32, i64)> {
+    if fetch.last_fetched_epoch < 0 {
+        return None;
+    }
+    partition.with_log(|log| {
+        let (epoch, end_offset) = log
+            .leader_epoch_cache()
+            .end_offset_for_epoch(fetch.last_fetched_epoch, log.log_end_offset())?;
+        (epoch < fetch.last_fetched_epoch || end_offset < fetch.fetch_offset)
+            .then_some((epoch, end_offset))
+    })
+}
 
 struct PartitionResult {
     key: PartitionKey,
     topic_id: uuid::Uuid,
     error: Option<ResponseError>,
+    /// (leader, leader epoch) as this broker knows them, for KIP-951.
+    leader: (i32, i32),
+    /// Where a follower's log parts from the leader's: (epoch, end offset).
+    diverging_epoch: Option<(i32, i64)>,
     high_watermark: i64,
     log_start_offset: i64,
     records: Bytes,
@@ -60,6 +103,8 @@ pub async fn handle(
                         topic_id: t.topic_id,
                         fetch_offset: p.fetch_offset,
                         partition_max_bytes: p.partition_max_bytes,
+                        current_leader_epoch: p.current_leader_epoch,
+                        last_fetched_epoch: p.last_fetched_epoch,
                     },
                 )
             })
@@ -89,6 +134,14 @@ pub async fn handle(
         Err(error) => return FetchResponse::default().with_error_code(error.code()),
     };
 
+    // A follower names itself; consumers send -1.
+    let replica_id = if ctx.api_version >= REPLICA_STATE_VERSION {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+    let follower = replica_id >= 0;
+    let now = crate::broker::now_ms();
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let response_bytes_max = if request.max_bytes > 0 {
         request.max_bytes.min(broker.config.fetch_max_bytes)
@@ -110,6 +163,8 @@ pub async fn handle(
                 key: key.clone(),
                 topic_id: fetch.topic_id,
                 error: None,
+                leader: (-1, -1),
+                diverging_epoch: None,
                 high_watermark: -1,
                 log_start_offset: -1,
                 records: Bytes::new(),
@@ -125,9 +180,33 @@ pub async fn handle(
                 continue;
             };
             result.topic_id = partition.topic_id;
+            let state = partition.replica_state();
+            result.leader = (state.leader, state.leader_epoch);
+            let refusal =
+                leadership_error(&state, broker.config.node_id, fetch.current_leader_epoch);
+            let diverging = follower.then(|| divergence(&partition, fetch)).flatten();
+            if refusal.is_some() || diverging.is_some() {
+                result.error = refusal;
+                result.diverging_epoch = diverging;
+                result.high_watermark = partition.high_watermark();
+                result.log_start_offset = partition.log_start_offset();
+                any_error = true;
+                results.push(result);
+                continue;
+            }
             // Subscribe before reading, so an append between the read and
-            // the wait still wakes us.
-            watches.push(partition.subscribe());
+            // the wait still wakes us. Followers wait for appends,
+            // consumers for the high watermark.
+            if follower {
+                if let Some(change) =
+                    partition.record_follower_fetch(replica_id, fetch.fetch_offset, now)
+                {
+                    broker.propose_isr_change(partition.clone(), change);
+                }
+                watches.push(partition.subscribe_log_end());
+            } else {
+                watches.push(partition.subscribe());
+            }
             let budget =
                 (fetch.partition_max_bytes.max(0) as u32).min(response_bytes_max - total_bytes);
             // Kafka's rule: the first partition with data returns at least
@@ -135,7 +214,7 @@ pub async fn handle(
             // larger than max bytes can never stall a consumer.
             let min_one_batch = total_bytes == 0;
             let read = partition
-                .read(fetch.fetch_offset, budget, min_one_batch)
+                .read(fetch.fetch_offset, budget, min_one_batch, follower)
                 .and_then(|r| {
                     Ok((
                         r.slice.map(|s| s.read_bytes()).transpose()?,
@@ -199,7 +278,7 @@ fn respond(
     let mut topics: Vec<FetchableTopicResponse> = Vec::new();
     for r in results {
         let error_code = r.error.map_or(0, |e| e.code());
-        let has_news = !r.records.is_empty() || error_code != 0;
+        let has_news = !r.records.is_empty() || error_code != 0 || r.diverging_epoch.is_some();
         let include = broker.fetch_sessions.note_response(
             session_id,
             &r.key,
@@ -210,7 +289,22 @@ fn respond(
         if incremental && !include {
             continue;
         }
-        let data = PartitionData::default()
+        let mut data = PartitionData::default();
+        if let Some((epoch, end_offset)) = r.diverging_epoch {
+            data = data.with_diverging_epoch(
+                EpochEndOffset::default()
+                    .with_epoch(epoch)
+                    .with_end_offset(end_offset),
+            );
+        }
+        if r.error == Some(ResponseError::NotLeaderOrFollower) {
+            data = data.with_current_leader(
+                LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(r.leader.0))
+                    .with_leader_epoch(r.leader.1),
+            );
+        }
+        let data = data
             .with_partition_index(r.key.partition)
             .with_error_code(error_code)
             .with_high_watermark(r.high_watermark)

@@ -6,6 +6,7 @@ use kafka_protocol::ResponseError;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
+use crate::offsets_log::OFFSETS_TOPIC;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -22,10 +23,10 @@ pub async fn handle(
     } else {
         vec![request.key.clone()]
     };
-    let coordinators: Vec<Coordinator> = keys
-        .into_iter()
-        .map(|key| find(broker, request.key_type, key))
-        .collect();
+    let mut coordinators = Vec::with_capacity(keys.len());
+    for key in keys {
+        coordinators.push(find(broker, request.key_type, key).await);
+    }
     if ctx.api_version >= BATCHED_VERSION {
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
@@ -38,7 +39,8 @@ pub async fn handle(
         .with_port(c.port)
 }
 
-fn find(broker: &Broker, key_type: i8, key: StrBytes) -> Coordinator {
+async fn find(broker: &Broker, key_type: i8, key: StrBytes) -> Coordinator {
+    let partition = broker.groups.partition_for(key.as_str());
     let coordinator = Coordinator::default()
         .with_key(key)
         .with_node_id(BrokerId(-1))
@@ -65,15 +67,28 @@ fn find(broker: &Broker, key_type: i8, key: StrBytes) -> Coordinator {
         }
     }
     // The offsets topic is created on first use, as Kafka does.
-    if let Err(e) = broker.ensure_offsets_topic() {
+    if let Err(e) = broker.ensure_offsets_topic().await {
         tracing::error!(error = %e, "cannot create the offsets topic");
         return fail(
             ResponseError::CoordinatorNotAvailable,
             "the offsets topic is not available",
         );
     }
-    coordinator
-        .with_node_id(BrokerId(broker.config.node_id))
-        .with_host(str_bytes(&broker.config.advertised_host))
-        .with_port(broker.config.advertised_port)
+    // The coordinator is the leader of the group's offsets partition.
+    let image = broker.image();
+    let leader = image
+        .topic_by_name(OFFSETS_TOPIC)
+        .and_then(|t| t.partitions.get(&partition))
+        .and_then(|p| image.brokers.get(&p.leader))
+        .filter(|b| !b.fenced);
+    match leader {
+        Some(b) => coordinator
+            .with_node_id(BrokerId(b.broker_id))
+            .with_host(str_bytes(&b.host))
+            .with_port(b.port),
+        None => fail(
+            ResponseError::CoordinatorNotAvailable,
+            "the group's offsets partition has no leader",
+        ),
+    }
 }

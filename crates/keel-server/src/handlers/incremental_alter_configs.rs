@@ -11,7 +11,7 @@ use super::alter_configs::{alter_resources, Refusal};
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 
-pub fn handle(
+pub async fn handle(
     broker: &Broker,
     _ctx: &RequestContext<'_>,
     request: IncrementalAlterConfigsRequest,
@@ -26,6 +26,7 @@ pub fn handle(
         (resource.resource_type, &resource.resource_name, change)
     });
     let responses = alter_resources(broker, resources.collect(), request.validate_only)
+        .await
         .into_iter()
         .zip(&request.resources)
         .map(|((code, message), resource)| {

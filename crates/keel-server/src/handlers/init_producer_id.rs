@@ -3,7 +3,7 @@ use kafka_protocol::ResponseError;
 
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
-use crate::errors::broker_error;
+use crate::errors::admin_error;
 
 pub async fn handle(
     broker: &Broker,
@@ -24,10 +24,10 @@ pub async fn handle(
     // An idempotent producer gets a fresh id (epoch 0) every time, including
     // when it re-initialises after an error (KIP-360): its old sequence
     // state is abandoned with the old id.
-    match broker.next_producer_id() {
+    match broker.next_producer_id().await {
         Ok(id) => response
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(0),
-        Err(e) => response.with_error_code(broker_error(&e).code()),
+        Err(e) => response.with_error_code(admin_error(&e).code()),
     }
 }

@@ -66,7 +66,7 @@ pub fn handle(
                             .with_offset(offset)
                             .with_timestamp(timestamp)
                             .with_leader_epoch(if with_epoch {
-                                partition.leader_epoch
+                                partition.leader_epoch()
                             } else {
                                 -1
                             }),

@@ -3,6 +3,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use kafka_protocol::ResponseError;
+use keel_metadata::cluster::NO_LEADER;
 use keel_metadata::controller::{validate_topic_name, NewTopic};
 use keel_metadata::{MetadataImage, TopicImage};
 use uuid::Uuid;
@@ -23,7 +24,7 @@ const TOPIC_OPERATIONS_ALL: i32 =
 pub const CLUSTER_OPERATIONS_ALL: i32 =
     (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
-pub fn handle(
+pub async fn handle(
     broker: &Broker,
     ctx: &RequestContext<'_>,
     request: MetadataRequest,
@@ -42,20 +43,20 @@ pub fn handle(
     let topics = match requested {
         None => image
             .topics()
-            .map(|t| describe_topic(t, topic_operations))
+            .map(|t| describe_topic(&image, t, topic_operations))
             .collect(),
         Some(requested) => {
             let auto_create = broker.config.auto_create_topics_enable
                 && (ctx.api_version < 4 || request.allow_auto_topic_creation);
-            requested
-                .into_iter()
-                .map(|wanted| match wanted.name {
+            let mut topics = Vec::with_capacity(requested.len());
+            for wanted in requested {
+                topics.push(match wanted.name {
                     Some(name) => {
                         let name = name.0.as_str();
                         match image.topic_by_name(name) {
-                            Some(t) => describe_topic(t, topic_operations),
+                            Some(t) => describe_topic(&image, t, topic_operations),
                             None if auto_create => {
-                                auto_create_topic(broker, &mut image, name, topic_operations)
+                                auto_create_topic(broker, &mut image, name, topic_operations).await
                             }
                             None => unknown_topic(
                                 Some(name),
@@ -65,17 +66,18 @@ pub fn handle(
                         }
                     }
                     None => match image.topic_by_id(&wanted.topic_id) {
-                        Some(t) => describe_topic(t, topic_operations),
+                        Some(t) => describe_topic(&image, t, topic_operations),
                         None => unknown_topic(None, wanted.topic_id, ResponseError::UnknownTopicId),
                     },
-                })
-                .collect()
+                });
+            }
+            topics
         }
     };
     MetadataResponse::default()
         .with_brokers(brokers(&image))
         .with_cluster_id(Some(str_bytes(&image.cluster_id)))
-        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_controller_id(BrokerId(broker.metadata.controller_id().unwrap_or(-1)))
         .with_topics(topics)
         .with_cluster_authorized_operations(if request.include_cluster_authorized_operations {
             CLUSTER_OPERATIONS_ALL
@@ -84,7 +86,7 @@ pub fn handle(
         })
 }
 
-fn auto_create_topic(
+async fn auto_create_topic(
     broker: &Broker,
     image: &mut std::sync::Arc<MetadataImage>,
     name: &str,
@@ -96,12 +98,12 @@ fn auto_create_topic(
     if name == OFFSETS_TOPIC {
         // Internal topics are created with their own settings, never as an
         // ordinary auto-created topic.
-        if let Err(e) = broker.ensure_offsets_topic() {
+        if let Err(e) = broker.ensure_offsets_topic().await {
             return unknown_topic(Some(name), Uuid::nil(), admin_error(&e));
         }
         *image = broker.image();
         return match image.topic_by_name(name) {
-            Some(t) => describe_topic(t, ops),
+            Some(t) => describe_topic(image, t, ops),
             None => unknown_topic(Some(name), Uuid::nil(), ResponseError::LeaderNotAvailable),
         };
     }
@@ -112,17 +114,17 @@ fn auto_create_topic(
         assignments: Default::default(),
         configs: vec![],
     };
-    match broker.create_topic(&new_topic, false) {
-        Ok((_, next)) => {
+    match broker.create_topic(&new_topic, false).await {
+        Ok(_) => {
             tracing::info!(topic = name, "auto-created topic");
-            *image = next;
+            *image = broker.image();
         }
         // Another connection created it first: describe what exists.
         Err(e) if admin_error(&e) == ResponseError::TopicAlreadyExists => *image = broker.image(),
         Err(e) => return unknown_topic(Some(name), Uuid::nil(), admin_error(&e)),
     }
     match image.topic_by_name(name) {
-        Some(t) => describe_topic(t, ops),
+        Some(t) => describe_topic(image, t, ops),
         None => unknown_topic(Some(name), Uuid::nil(), ResponseError::LeaderNotAvailable),
     }
 }
@@ -143,12 +145,33 @@ fn unknown_topic(
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }
 
-fn describe_topic(topic: &TopicImage, topic_authorized_operations: i32) -> MetadataResponseTopic {
+fn describe_topic(
+    image: &MetadataImage,
+    topic: &TopicImage,
+    topic_authorized_operations: i32,
+) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
         .values()
         .map(|p| {
+            // A replica on a fenced or unknown broker is offline; a
+            // partition with no leader answers LEADER_NOT_AVAILABLE, which
+            // clients retry.
+            let offline = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|b| image.brokers.get(b).is_none_or(|b| b.fenced))
+                .map(BrokerId)
+                .collect();
+            let error = if p.leader == NO_LEADER {
+                ResponseError::LeaderNotAvailable.code()
+            } else {
+                0
+            };
             MetadataResponsePartition::default()
+                .with_error_code(error)
+                .with_offline_replicas(offline)
                 .with_partition_index(p.partition)
                 .with_leader_id(BrokerId(p.leader))
                 .with_leader_epoch(p.leader_epoch)
@@ -168,6 +191,7 @@ fn brokers(image: &MetadataImage) -> Vec<MetadataResponseBroker> {
     image
         .brokers
         .values()
+        .filter(|b| !b.fenced)
         .map(|b| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.broker_id))

@@ -1,4 +1,9 @@
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use std::time::Duration;
+
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use kafka_protocol::ResponseError;
 use keel_types::TopicPartition;
@@ -7,6 +12,7 @@ use super::str_bytes;
 use crate::broker::{now_ms, Broker};
 use crate::dispatch::{Outcome, RequestContext};
 use crate::errors::storage_error;
+use crate::replica_manager::{AppendError, Partition, ReplicaState};
 
 /// Produce v13 names topics by id instead of by name.
 const TOPIC_IDS_VERSION: i16 = 13;
@@ -16,6 +22,9 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
     let now = now_ms();
     let image = broker.image();
     let mut flushes = Vec::new();
+    // acks=all appends: (partition, offset the high watermark must pass,
+    // leader epoch of the append, min.insync.replicas).
+    let mut replications = Vec::new();
     let mut failed = false;
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
@@ -58,12 +67,16 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                     error(ResponseError::CorruptMessage, Some("null records".into()))
                 }
                 (Some(partition), Some(records)) => {
-                    // This node is the whole ISR of every partition it leads.
-                    let isr_size = 1;
+                    let state = partition.replica_state();
                     let topic_configs = &resolved.expect("partition implies topic").configs;
-                    if acks == -1
-                        && isr_size < broker.config.min_insync_replicas(&image, topic_configs)
-                    {
+                    let min_isr = if acks == -1 {
+                        broker.config.min_insync_replicas(&image, topic_configs)
+                    } else {
+                        0
+                    };
+                    if state.leader != broker.config.node_id {
+                        not_leader(answer.clone(), &state)
+                    } else if state.isr.len() < min_isr {
                         error(ResponseError::NotEnoughReplicas, None)
                     } else {
                         // Copy out of the request frame so offsets and
@@ -74,12 +87,23 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                                 if appended.needs_flush {
                                     flushes.push((partition.clone(), appended.last_offset + 1));
                                 }
+                                if acks == -1 {
+                                    replications.push((
+                                        partition.clone(),
+                                        appended.last_offset + 1,
+                                        state.leader_epoch,
+                                        min_isr,
+                                    ));
+                                }
                                 answer
                                     .with_base_offset(appended.first_offset)
                                     .with_log_append_time_ms(appended.log_append_time)
                                     .with_log_start_offset(appended.log_start_offset)
                             }
-                            Err(e) => {
+                            Err(AppendError::NotLeader) => {
+                                not_leader(answer.clone(), &partition.replica_state())
+                            }
+                            Err(AppendError::Storage(e)) => {
                                 tracing::info!(partition = %partition.tp, error = %e, "produce refused");
                                 error(storage_error(&e), Some(e.to_string()))
                             }
@@ -97,29 +121,95 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                 .with_partition_responses(partitions),
         );
     }
-    if flushes.is_empty() {
+    if flushes.is_empty() && replications.is_empty() {
         return finish(acks, failed, responses);
     }
-    // The answer waits for the fsync, but the connection need not: it goes
-    // on reading and appending pipelined requests, so one fsync covers them
-    // all (and whatever other producers appended meanwhile).
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(request.timeout_ms.max(0) as u64);
+    // The answer waits for the fsync and the followers, but the connection
+    // need not: it goes on reading and appending pipelined requests, so one
+    // fsync covers them all (and whatever other producers appended).
     Outcome::Deferred(Box::pin(async move {
+        let mut fail = |tp: &TopicPartition, error: ResponseError| {
+            failed = true;
+            for topic in &mut responses {
+                let same_topic = topic.name.0.as_str() == tp.topic;
+                for p in &mut topic.partition_responses {
+                    if same_topic && p.index == tp.partition {
+                        p.error_code = error.code();
+                    }
+                }
+            }
+        };
         for (partition, offset) in flushes {
             if let Err(e) = partition.flush_to(offset).await {
                 tracing::error!(partition = %partition.tp, error = %e, "flush failed");
-                failed = true;
-                for topic in &mut responses {
-                    let same_topic = topic.name.0.as_str() == partition.tp.topic;
-                    for p in &mut topic.partition_responses {
-                        if same_topic && p.index == partition.tp.partition {
-                            p.error_code = ResponseError::KafkaStorageError.code();
-                        }
-                    }
-                }
+                fail(&partition.tp, ResponseError::KafkaStorageError);
+            }
+        }
+        for (partition, offset, leader_epoch, min_isr) in replications {
+            if let Err(error) =
+                replicated(&partition, offset, leader_epoch, min_isr, deadline).await
+            {
+                fail(&partition.tp, error);
             }
         }
         finish(acks, failed, responses)
     }))
+}
+
+/// Kafka's delayed produce for acks=all: done once the high watermark
+/// passes the append, which means every ISR member has it. The ISR may
+/// have shrunk meanwhile; below `min.insync.replicas` the write is in the
+/// log but not as safe as asked (NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+async fn replicated(
+    partition: &Partition,
+    offset: i64,
+    leader_epoch: i32,
+    min_isr: usize,
+    deadline: tokio::time::Instant,
+) -> Result<(), ResponseError> {
+    let mut high_watermark = partition.subscribe();
+    loop {
+        if partition.is_deleted() {
+            return Err(ResponseError::UnknownTopicOrPartition);
+        }
+        let state = partition.replica_state();
+        if state.leader_epoch != leader_epoch || !partition.is_leader() {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        if *high_watermark.borrow_and_update() >= offset {
+            return if state.isr.len() < min_isr {
+                Err(ResponseError::NotEnoughReplicasAfterAppend)
+            } else {
+                Ok(())
+            };
+        }
+        // Leadership changes do not move the high watermark: look again
+        // now and then.
+        let wake = tokio::time::Instant::now() + LEADERSHIP_RECHECK;
+        match tokio::time::timeout_at(deadline.min(wake), high_watermark.changed()).await {
+            Ok(Err(_)) => return Err(ResponseError::NotLeaderOrFollower),
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(ResponseError::RequestTimedOut)
+            }
+            _ => {}
+        }
+    }
+}
+
+const LEADERSHIP_RECHECK: Duration = Duration::from_millis(100);
+
+/// NOT_LEADER_OR_FOLLOWER with the leader this broker knows (KIP-951), so
+/// the client goes there without a metadata round trip.
+fn not_leader(answer: PartitionProduceResponse, state: &ReplicaState) -> PartitionProduceResponse {
+    answer
+        .with_error_code(ResponseError::NotLeaderOrFollower.code())
+        .with_current_leader(
+            LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(state.leader))
+                .with_leader_epoch(state.leader_epoch),
+        )
 }
 
 fn finish(acks: i16, failed: bool, responses: Vec<TopicProduceResponse>) -> Outcome {

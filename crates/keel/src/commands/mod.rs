@@ -1,5 +1,6 @@
 pub mod config;
 pub mod consume;
+pub mod dev;
 pub mod group;
 pub mod produce;
 pub mod records;

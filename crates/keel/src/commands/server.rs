@@ -26,27 +26,26 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     if config.advertised_port == 0 {
         config.advertised_port = i32::from(bound.port());
     }
-    let broker = tokio::task::spawn_blocking(move || Broker::open(config))
-        .await?
-        .context("opening the data dir")?;
+    let broker = Broker::open(config).await.context("opening the data dir")?;
+    // Before the line below: a signal sent as soon as it appears must
+    // find the handler installed.
+    let shutdown = shutdown_signal()?;
     // Printed, not just logged: tests and scripts read the bound port here.
     println!("keel listening on {bound}");
-    listener.serve(broker).run(shutdown_signal()).await?;
+    listener.serve(broker).run(shutdown).await?;
     tracing::info!("clean shutdown");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Installs SIGINT and SIGTERM handlers now and resolves on either.
+pub(crate) fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    })
 }

@@ -1,12 +1,15 @@
 //! Shared harness for the end-to-end tests: a real `keel` process on an
 //! ephemeral port with its own data dir, librdkafka clients pointed at it, a
 //! raw Kafka-protocol connection for what no client will send, a reader for
-//! the on-disk segment format, and a TCP proxy that cuts connections.
+//! the on-disk segment format, and a TCP proxy that cuts connections;
+//! `cluster` runs several such processes as one controller quorum.
 //!
 //! Every broker a test starts is killed when its `TestBroker` drops, also
 //! when the test panics; the broker's log is then printed to help diagnosis.
 
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -49,9 +52,15 @@ pub struct TestBroker {
     root: tempfile::TempDir,
     overrides: Vec<(String, String)>,
     child: Option<Child>,
+    /// Between `launch` and `await_listening`: where the listening address
+    /// arrives.
+    listening: Option<mpsc::Receiver<String>>,
     addr: SocketAddr,
     /// Starts so far, to label each run in the log.
     starts: u32,
+    /// What failure messages call this process: "broker", or "node 2" in a
+    /// cluster.
+    label: String,
 }
 
 impl TestBroker {
@@ -62,22 +71,29 @@ impl TestBroker {
 
     /// A broker with extra `--override key=value` settings.
     pub fn with(overrides: &[(&str, &str)]) -> TestBroker {
+        let mut broker = TestBroker::unstarted("broker", overrides);
+        broker.spawn();
+        broker
+    }
+
+    /// A broker with its own data dir, not yet started.
+    fn unstarted(label: &str, overrides: &[(&str, &str)]) -> TestBroker {
         let root = tempfile::Builder::new()
             .prefix("keel-test-")
             .tempdir()
             .expect("creating a temp dir");
-        let mut broker = TestBroker {
+        TestBroker {
             root,
             overrides: overrides
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
+            listening: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             starts: 0,
-        };
-        broker.spawn();
-        broker
+            label: label.to_string(),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -109,7 +125,16 @@ impl TestBroker {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Starts the process and waits until it listens.
     fn spawn(&mut self) {
+        self.launch();
+        self.await_listening();
+    }
+
+    /// Starts the process without waiting for it to listen: a cluster's
+    /// nodes listen only once a quorum of them is up, so all are launched
+    /// before any is awaited.
+    fn launch(&mut self) {
         assert!(self.child.is_none(), "broker already running");
         self.starts += 1;
         let mut log = std::fs::OpenOptions::new()
@@ -165,6 +190,15 @@ impl TestBroker {
                 }
             }
         });
+        // Stored at once, so that Drop kills it if the test fails before
+        // it listens.
+        self.child = Some(child);
+        self.listening = Some(rx);
+    }
+
+    /// Waits for the listening line of the process `launch` started.
+    fn await_listening(&mut self) {
+        let rx = self.listening.take().expect("broker not launched");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let addr = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -172,17 +206,20 @@ impl TestBroker {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {}
             }
+            let child = self.child.as_mut().expect("broker launched");
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
-                    "keel exited with {status} before listening\n--- broker log ---\n{}",
+                    "keel ({}) exited with {status} before listening\n--- {} log ---\n{}",
+                    self.label,
+                    self.label,
                     self.log_tail(80)
                 );
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
                 panic!(
-                    "keel did not print its listening line within {STARTUP_TIMEOUT:?}\n--- broker log ---\n{}",
+                    "keel ({}) did not print its listening line within {STARTUP_TIMEOUT:?}\n--- {} log ---\n{}",
+                    self.label,
+                    self.label,
                     self.log_tail(80)
                 );
             }
@@ -190,7 +227,6 @@ impl TestBroker {
         self.addr = addr
             .parse()
             .unwrap_or_else(|e| panic!("bad listening address {addr:?}: {e}"));
-        self.child = Some(child);
     }
 
     /// Whether the broker process is still running.
@@ -272,7 +308,11 @@ impl Drop for TestBroker {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- broker log (last 60 lines) ---\n{}", self.log_tail(60));
+            eprintln!(
+                "--- {} log (last 60 lines) ---\n{}",
+                self.label,
+                self.log_tail(60)
+            );
         }
     }
 }

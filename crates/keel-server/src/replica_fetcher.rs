@@ -1,0 +1,279 @@
+//! The follower's side of replication (Kafka's `ReplicaFetcherThread`): one
+//! task per leader this broker follows, fetching every partition it follows
+//! there with its replica id, appending what comes back with the leader's
+//! offsets and epochs, and truncating first where its log diverged.
+//!
+//! A fetcher is started for a leader when the image first makes this
+//! broker follow it, and ends by itself once it follows nothing there.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::ResponseError;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::replica_manager::Partition;
+
+/// Fetch v12 is the first with `last_fetched_epoch` and diverging epochs,
+/// and the last that names topics, which every hosted partition knows.
+const FETCH_VERSION: i16 = 12;
+/// Kafka's `replica.fetch.backoff.ms`.
+const FETCH_BACKOFF: Duration = Duration::from_millis(1000);
+/// Kafka's `replica.fetch.response.max.bytes`.
+const RESPONSE_MAX_BYTES: i32 = 10 * 1024 * 1024;
+/// A response larger than this is refused before it is read.
+const RESPONSE_FRAME_MAX: usize = 2 * RESPONSE_MAX_BYTES as usize;
+const CLIENT_ID: &str = "keel-replica-fetcher";
+
+#[derive(Default)]
+pub struct ReplicaFetchers {
+    by_leader: Mutex<HashMap<i32, JoinHandle<()>>>,
+}
+
+impl ReplicaFetchers {
+    /// Starts a fetcher for every leader this broker follows a partition of
+    /// and has none yet.
+    pub fn sync(&self, broker: &Arc<Broker>) {
+        let node_id = broker.config.node_id;
+        let leaders: HashSet<i32> = broker
+            .replicas
+            .all()
+            .iter()
+            .map(|p| p.replica_state().leader)
+            .filter(|&leader| leader >= 0 && leader != node_id)
+            .collect();
+        let mut running = self.by_leader.lock();
+        running.retain(|_, task| !task.is_finished());
+        for leader in leaders {
+            running
+                .entry(leader)
+                .or_insert_with(|| tokio::spawn(fetch_from(broker.clone(), leader)));
+        }
+    }
+
+    pub fn stop(&self) {
+        for (_, task) in self.by_leader.lock().drain() {
+            task.abort();
+        }
+    }
+}
+
+fn followed_partitions(broker: &Broker, leader: i32) -> Vec<Arc<Partition>> {
+    broker
+        .replicas
+        .all()
+        .into_iter()
+        .filter(|p| p.replica_state().leader == leader && !p.is_deleted())
+        .collect()
+}
+
+async fn fetch_from(broker: Arc<Broker>, leader: i32) {
+    let mut connection: Option<TcpStream> = None;
+    let mut correlation_id = 0i32;
+    loop {
+        let partitions = followed_partitions(&broker, leader);
+        if partitions.is_empty() {
+            return;
+        }
+        let Some(address) = broker
+            .image()
+            .brokers
+            .get(&leader)
+            .map(|b| format!("{}:{}", b.host, b.port))
+        else {
+            tokio::time::sleep(FETCH_BACKOFF).await;
+            continue;
+        };
+        let stream = match &mut connection {
+            Some(stream) => stream,
+            None => match TcpStream::connect(&address).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    connection.insert(stream)
+                }
+                Err(e) => {
+                    tracing::debug!(leader, %address, error = %e, "cannot reach the leader");
+                    tokio::time::sleep(FETCH_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        correlation_id = correlation_id.wrapping_add(1);
+        let request = fetch_request(&broker, &partitions);
+        let max_wait = Duration::from_millis(broker.config.replica_fetch_wait_max_ms as u64);
+        let exchange = round_trip(stream, correlation_id, &request);
+        let response = match tokio::time::timeout(max_wait + FETCH_BACKOFF * 10, exchange).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(why)) => {
+                tracing::debug!(leader, %why, "fetch from the leader failed");
+                connection = None;
+                tokio::time::sleep(FETCH_BACKOFF).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(leader, "fetch from the leader timed out");
+                connection = None;
+                continue;
+            }
+        };
+        if !apply_response(leader, &partitions, response) {
+            tokio::time::sleep(FETCH_BACKOFF).await;
+        }
+    }
+}
+
+fn fetch_request(broker: &Broker, partitions: &[Arc<Partition>]) -> FetchRequest {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for p in partitions {
+        let (log_end, log_start, last_epoch) = p.with_log(|log| {
+            (
+                log.log_end_offset(),
+                log.log_start_offset(),
+                log.leader_epoch_cache().latest_epoch().unwrap_or(-1),
+            )
+        });
+        let fetch = FetchPartition::default()
+            .with_partition(p.tp.partition)
+            .with_current_leader_epoch(p.leader_epoch())
+            .with_fetch_offset(log_end)
+            .with_last_fetched_epoch(last_epoch)
+            .with_log_start_offset(log_start)
+            .with_partition_max_bytes(broker.config.replica_fetch_max_bytes);
+        match topics.iter_mut().find(|t| t.topic.0.as_str() == p.tp.topic) {
+            Some(t) => t.partitions.push(fetch),
+            None => topics.push(
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(p.tp.topic.clone())))
+                    .with_partitions(vec![fetch]),
+            ),
+        }
+    }
+    FetchRequest::default()
+        .with_replica_id(BrokerId(broker.config.node_id))
+        .with_max_wait_ms(broker.config.replica_fetch_wait_max_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(RESPONSE_MAX_BYTES)
+        .with_session_id(0)
+        .with_session_epoch(crate::fetch_session::FINAL_EPOCH)
+        .with_topics(topics)
+}
+
+/// Applies one response; false when nothing could be done and the fetcher
+/// should back off (leadership is moving, or the log refused).
+fn apply_response(leader: i32, partitions: &[Arc<Partition>], response: FetchResponse) -> bool {
+    if response.error_code != 0 {
+        tracing::debug!(leader, code = response.error_code, "fetch refused whole");
+        return false;
+    }
+    let mut progressed = true;
+    for topic in response.responses {
+        for data in topic.partitions {
+            let Some(partition) = partitions.iter().find(|p| {
+                p.tp.topic == topic.topic.0.as_str() && p.tp.partition == data.partition_index
+            }) else {
+                continue;
+            };
+            if let Err(why) = apply_partition(partition, data) {
+                tracing::debug!(partition = %partition.tp, leader, %why, "follower fetch not applied");
+                progressed = false;
+            }
+        }
+    }
+    progressed
+}
+
+fn apply_partition(partition: &Partition, data: PartitionData) -> Result<(), String> {
+    if data.diverging_epoch.epoch >= 0 {
+        // Truncate to where both logs agree: the leader's end of that
+        // epoch, or ours if we know the epoch to end earlier.
+        let target = partition.with_log(|log| {
+            log.leader_epoch_cache()
+                .end_offset_for_epoch(data.diverging_epoch.epoch, log.log_end_offset())
+                .filter(|(epoch, _)| *epoch == data.diverging_epoch.epoch)
+                .map_or(data.diverging_epoch.end_offset, |(_, ours)| {
+                    ours.min(data.diverging_epoch.end_offset)
+                })
+        });
+        return partition.truncate_to(target).map_err(|e| e.to_string());
+    }
+    if data.error_code != 0 {
+        return Err(format!(
+            "{:?}",
+            ResponseError::try_from_code(data.error_code)
+        ));
+    }
+    let records: Bytes = data.records.unwrap_or_default();
+    partition
+        .append_as_follower(&records, data.high_watermark)
+        .map_err(|e| e.to_string())?;
+    if data.log_start_offset >= 0 {
+        // DeleteRecords and retention on the leader move its log start.
+        partition
+            .with_log(|log| log.maybe_increment_log_start_offset(data.log_start_offset))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Sends one Fetch and reads its answer on a connection that carries one
+/// request at a time.
+async fn round_trip(
+    stream: &mut TcpStream,
+    correlation_id: i32,
+    request: &FetchRequest,
+) -> Result<FetchResponse, String> {
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(FETCH_VERSION)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    header
+        .encode(
+            &mut frame,
+            ApiKey::Fetch.request_header_version(FETCH_VERSION),
+        )
+        .map_err(|e| e.to_string())?;
+    request
+        .encode(&mut frame, FETCH_VERSION)
+        .map_err(|e| e.to_string())?;
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+    let size = stream.read_i32().await.map_err(|e| e.to_string())?;
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| *s <= RESPONSE_FRAME_MAX)
+        .ok_or_else(|| format!("response of {size} bytes"))?;
+    let mut body = vec![0u8; size];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut body = Bytes::from(body);
+    let header = ResponseHeader::decode(
+        &mut body,
+        ApiKey::Fetch.response_header_version(FETCH_VERSION),
+    )
+    .map_err(|e| e.to_string())?;
+    if header.correlation_id != correlation_id {
+        return Err(format!(
+            "answer to {} while {correlation_id} was asked",
+            header.correlation_id
+        ));
+    }
+    FetchResponse::decode(&mut body, FETCH_VERSION).map_err(|e| e.to_string())
+}

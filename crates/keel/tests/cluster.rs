@@ -1,0 +1,296 @@
+//! Three combined broker/controller nodes on loopback: the cluster forms,
+//! spreads replicas and leaders over every broker, and carries on after
+//! losing its active controller.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::cluster::TestCluster;
+use common::*;
+use rdkafka::admin::{NewTopic, TopicReplication};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::Offset;
+
+/// How long electing a new controller (or leader) and acting on it may
+/// take: the cluster's election and fetch timeouts are 0.5 s and 1 s, the
+/// rest is slack for a loaded machine.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A partition as librdkafka's Metadata describes it.
+#[derive(Debug, PartialEq)]
+struct Placement {
+    leader: i32,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
+}
+
+/// The brokers librdkafka's Metadata lists.
+fn brokers(bootstrap: &str) -> BTreeSet<i32> {
+    consumer(bootstrap, &[])
+        .fetch_metadata(None, CLIENT_TIMEOUT)
+        .expect("Metadata")
+        .brokers()
+        .iter()
+        .map(|b| b.id())
+        .collect()
+}
+
+/// `topic`'s partitions through librdkafka's Metadata, once it has
+/// `partitions` of them, every one with a leader.
+fn placements(bootstrap: &str, topic: &str, partitions: usize) -> BTreeMap<i32, Placement> {
+    let consumer = consumer(bootstrap, &[]);
+    let mut found = BTreeMap::new();
+    wait_until(
+        &format!("{topic} has {partitions} partitions with leaders"),
+        CLIENT_TIMEOUT,
+        || {
+            let Ok(metadata) = consumer.fetch_metadata(Some(topic), CLIENT_TIMEOUT) else {
+                return false;
+            };
+            let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return false;
+            };
+            found = t
+                .partitions()
+                .iter()
+                .map(|p| {
+                    let placement = Placement {
+                        leader: p.leader(),
+                        replicas: p.replicas().to_vec(),
+                        isr: p.isr().to_vec(),
+                    };
+                    (p.id(), placement)
+                })
+                .collect();
+            t.error().is_none()
+                && found.len() == partitions
+                && found.values().all(|p| p.leader >= 0)
+        },
+    );
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_and_spread_leaders() {
+    let cluster = TestCluster::start(3, &[]);
+    let bootstrap = cluster.bootstrap();
+
+    let metadata = consumer(&bootstrap, &[])
+        .fetch_metadata(None, CLIENT_TIMEOUT)
+        .expect("Metadata");
+    let listed: BTreeSet<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
+    assert_eq!(listed, BTreeSet::from([1, 2, 3]));
+    // Each at its own address, or clients would send one node's partitions
+    // to another.
+    for b in metadata.brokers() {
+        assert_eq!(
+            format!("{}:{}", b.host(), b.port()),
+            cluster.node(b.id()).bootstrap(),
+            "broker {}'s address",
+            b.id()
+        );
+    }
+    // All name the same controller, one of the brokers. (Polled: on a
+    // loaded machine the short timeouts may make for a second election.)
+    wait_until("the nodes agree on a controller", FAILOVER_TIMEOUT, || {
+        cluster
+            .agreed_controller_id()
+            .is_some_and(|c| listed.contains(&c))
+    });
+
+    let topic = unique_topic("rf3");
+    let results = admin(&bootstrap)
+        .create_topics(
+            [&NewTopic::new(&topic, 6, TopicReplication::Fixed(3))],
+            &admin_options(),
+        )
+        .await
+        .expect("CreateTopics");
+    assert_eq!(results, vec![Ok(topic.clone())]);
+
+    let placements = placements(&bootstrap, &topic, 6);
+    for (partition, p) in &placements {
+        let replicas: BTreeSet<i32> = p.replicas.iter().copied().collect();
+        assert_eq!(
+            replicas,
+            BTreeSet::from([1, 2, 3]),
+            "partition {partition}: {p:?}"
+        );
+        assert_eq!(p.replicas.len(), 3, "partition {partition}: {p:?}");
+        assert!(
+            p.replicas.contains(&p.leader),
+            "partition {partition}: {p:?}"
+        );
+    }
+    let leaders: BTreeSet<i32> = placements.values().map(|p| p.leader).collect();
+    assert_eq!(leaders, BTreeSet::from([1, 2, 3]), "{placements:?}");
+    // Every node serves the same leaders, not just the one librdkafka asked.
+    for id in cluster.ids() {
+        wait_until(
+            &format!("node {id} knows {topic}'s leaders"),
+            CLIENT_TIMEOUT,
+            || {
+                let Ok(m) = cluster.metadata_from(id, Some(&[&topic])) else {
+                    return false;
+                };
+                m.topics.len() == 1
+                    && m.topics.iter().all(|t| {
+                        t.error_code == 0
+                            && t.partitions.len() == 6
+                            && t.partitions.iter().all(|p| {
+                                placements
+                                    .get(&p.partition_index)
+                                    .is_some_and(|q| q.leader == p.leader_id.0)
+                            })
+                    })
+            },
+        );
+    }
+    for (&partition, p) in &placements {
+        assert_eq!(cluster.node_of_leader(&topic, partition), Some(p.leader));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_active_controller_elects_another() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let old = cluster.controller_id().expect("a controller id");
+    cluster.kill(old);
+    let survivors: BTreeSet<i32> = cluster.running().collect();
+    assert_eq!(survivors.len(), 2);
+
+    // Through each survivor in turn: at most one of them is the new
+    // controller, so the other has to forward.
+    let mut created = Vec::new();
+    for &id in &survivors {
+        let topic = unique_topic(&format!("after-failover-via-{id}"));
+        cluster.create_topic_via_retrying(id, &topic, 3, 2, FAILOVER_TIMEOUT);
+        created.push(topic);
+    }
+
+    wait_until(
+        "the survivors agree on a new controller",
+        FAILOVER_TIMEOUT,
+        || {
+            cluster
+                .agreed_controller_id()
+                .is_some_and(|c| c != old && survivors.contains(&c))
+        },
+    );
+    // Both topics reach both survivors.
+    for &id in &survivors {
+        for topic in &created {
+            wait_until(&format!("node {id} knows {topic}"), CLIENT_TIMEOUT, || {
+                cluster.metadata_from(id, Some(&[topic])).is_ok_and(|m| {
+                    m.topics
+                        .iter()
+                        .any(|t| t.error_code == 0 && t.partitions.len() == 3)
+                })
+            });
+        }
+    }
+
+    // The new controller tracks liveness: the dead node stops heartbeating,
+    // is fenced, and new replicas go to the survivors only.
+    let bootstrap = cluster.bootstrap();
+    wait_until("the killed node is fenced", FAILOVER_TIMEOUT, || {
+        brokers(&bootstrap) == survivors
+    });
+    let admin = admin(&bootstrap);
+    let rf2 = unique_topic("rf2-after-fencing");
+    let rf3 = unique_topic("rf3-after-fencing");
+    let results = admin
+        .create_topics(
+            [
+                &NewTopic::new(&rf2, 4, TopicReplication::Fixed(2)),
+                &NewTopic::new(&rf3, 1, TopicReplication::Fixed(3)),
+            ],
+            &admin_options(),
+        )
+        .await
+        .expect("CreateTopics");
+    assert_eq!(
+        results,
+        vec![
+            Ok(rf2.clone()),
+            Err((rf3.clone(), RDKafkaErrorCode::InvalidReplicationFactor))
+        ]
+    );
+    for (partition, p) in placements(&bootstrap, &rf2, 4) {
+        let replicas: BTreeSet<i32> = p.replicas.iter().copied().collect();
+        assert_eq!(replicas, survivors, "partition {partition}: {p:?}");
+        assert!(
+            survivors.contains(&p.leader),
+            "partition {partition}: {p:?}"
+        );
+    }
+}
+
+/// Records acknowledged by all in-sync replicas survive the loss of their
+/// leader, and the partition keeps taking writes on the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_losing_the_leader() {
+    let mut cluster = TestCluster::start(3, &[("min.insync.replicas", "2")]);
+    let topic = unique_topic("acks-all");
+    let results = admin(&cluster.bootstrap())
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(3))],
+            &admin_options(),
+        )
+        .await
+        .expect("CreateTopics");
+    assert_eq!(results, vec![Ok(topic.clone())]);
+    let leader = placements(&cluster.bootstrap(), &topic, 1)[&0].leader;
+
+    let to_all = producer(&cluster.bootstrap(), &[("acks", "all")]);
+    for i in 0..100 {
+        let offset = send(&to_all, &topic, 0, None, &format!("before-{i}")).await;
+        assert_eq!(offset, i);
+    }
+    drop(to_all);
+
+    cluster.kill(leader);
+    wait_until("a survivor leads the partition", FAILOVER_TIMEOUT, || {
+        cluster
+            .node_of_leader(&topic, 0)
+            .is_some_and(|l| l != leader)
+    });
+
+    // Two replicas are left, enough for min.insync.replicas=2.
+    let bootstrap = cluster.bootstrap();
+    let to_survivors = producer(&bootstrap, &[("acks", "all")]);
+    for i in 0..100 {
+        let offset = send(&to_survivors, &topic, 0, None, &format!("after-{i}")).await;
+        assert_eq!(offset, 100 + i);
+    }
+    let expected: Vec<String> = (0..100)
+        .map(|i| format!("before-{i}"))
+        .chain((0..100).map(|i| format!("after-{i}")))
+        .collect();
+    let read = |bootstrap: &str| -> Vec<String> {
+        consume(bootstrap, &topic, 0, Offset::Beginning, 200)
+            .iter()
+            .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+            .collect()
+    };
+    assert_eq!(read(&bootstrap), expected);
+
+    // The old leader comes back as a follower, catches up and rejoins the
+    // ISR; losing the second leader then loses nothing either.
+    cluster.restart(leader);
+    wait_until("the old leader is in sync again", FAILOVER_TIMEOUT, || {
+        placements(&bootstrap, &topic, 1)[&0].isr.contains(&leader)
+    });
+    let second = cluster.node_of_leader(&topic, 0).expect("a leader");
+    cluster.kill(second);
+    wait_until("a third leader is elected", FAILOVER_TIMEOUT, || {
+        cluster
+            .node_of_leader(&topic, 0)
+            .is_some_and(|l| l != second)
+    });
+    assert_eq!(read(&cluster.bootstrap()), expected);
+}
