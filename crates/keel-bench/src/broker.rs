@@ -1,17 +1,34 @@
-//! The broker under test: started here with a temporary data dir, or given.
+//! The brokers under test: started here, each with a temporary data dir,
+//! alone or as a cluster on loopback; or a broker given by address.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+/// How long a started node may take to print its listening line: a cluster
+/// node prints it only once the quorum has a leader and it has registered.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Broker {
     bootstrap: String,
     child: Option<Child>,
     /// Holds the log dir (`data`) and the broker's stderr (`stderr.log`).
     dir: Option<tempfile::TempDir>,
+}
+
+/// A broker process started but not yet known to be listening (dropped, it
+/// is killed, as a `Broker` is).
+pub struct Starting {
+    /// Its `bootstrap` is empty until the broker listens.
+    broker: Broker,
+    /// The broker's first line of stdout, once it prints it.
+    listening: mpsc::Receiver<String>,
 }
 
 impl Broker {
@@ -23,7 +40,19 @@ impl Broker {
         }
     }
 
+    /// A lone broker on a free port.
     pub fn start(keel: &Path, overrides: &[String]) -> Result<Self> {
+        Self::spawn(
+            keel,
+            &["listeners=PLAINTEXT://127.0.0.1:0".to_string()],
+            overrides,
+        )?
+        .wait()
+    }
+
+    /// Starts a broker process with `settings` and then `overrides` (so the
+    /// caller's overrides win), without waiting for it to listen.
+    pub fn spawn(keel: &Path, settings: &[String], overrides: &[String]) -> Result<Starting> {
         // On disk, not tmpfs, so the figures include the real write path.
         let dir = tempfile::Builder::new()
             .prefix("keel-bench-")
@@ -39,27 +68,34 @@ impl Broker {
             .args([
                 "--override",
                 &format!("log.dirs={}", dir.path().join("data").display()),
-            ])
-            .args(["--override", "listeners=PLAINTEXT://127.0.0.1:0"]);
-        for o in overrides {
+            ]);
+        for o in settings.iter().chain(overrides) {
             command.args(["--override", o]);
         }
         let mut child = command
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", keel.display()))?;
         let stdout = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let Some(addr) = line.trim().strip_prefix("keel listening on ") else {
-            let _ = child.kill();
-            bail!("broker did not start: {line:?}");
-        };
-        Ok(Self {
-            bootstrap: addr.to_string(),
-            child: Some(child),
-            dir: Some(dir),
+        let (tx, listening) = mpsc::channel();
+        // Sends the first line, then drains stdout until the broker exits,
+        // so that it never writes to a closed or full pipe.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines.map_while(Result::ok) {}
+        });
+        Ok(Starting {
+            broker: Broker {
+                bootstrap: String::new(),
+                child: Some(child),
+                dir: Some(dir),
+            },
+            listening,
         })
     }
 
@@ -88,6 +124,73 @@ impl Broker {
         };
         Some((field("VmRSS:")?, field("VmHWM:")?))
     }
+
+    /// Leaves the broker's dir (data and `stderr.log`) in place when it is
+    /// dropped, so that its log can be read after a failure.
+    pub fn keep_dir(&mut self) {
+        if let Some(dir) = &mut self.dir {
+            dir.disable_cleanup(true);
+        }
+    }
+
+    /// SIGKILLs a broker started here, and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        let Some(child) = &mut self.child else {
+            bail!("{} was not started here", self.bootstrap);
+        };
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Starting {
+    /// Waits for the broker's listening line. On failure the broker's dir is
+    /// kept, for its `stderr.log`.
+    pub fn wait(mut self) -> Result<Broker> {
+        let result = self.await_listening();
+        if result.is_err() {
+            self.broker.keep_dir();
+        }
+        self.broker.bootstrap = result?;
+        Ok(self.broker)
+    }
+
+    fn await_listening(&mut self) -> Result<String> {
+        let stderr = self.broker.stderr_path().expect("started here");
+        let child = self.broker.child.as_mut().expect("started here");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let line = loop {
+            match self.listening.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => break line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // Stdout closed without a line: the broker is exiting.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait()?;
+                    bail!(
+                        "broker exited with {status} before listening; see {}",
+                        stderr.display()
+                    );
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "broker exited with {status} before listening; see {}",
+                    stderr.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "broker did not listen within {STARTUP_TIMEOUT:?}; see {}",
+                    stderr.display()
+                );
+            }
+        };
+        match line.trim().strip_prefix("keel listening on ") {
+            Some(addr) => Ok(addr.to_string()),
+            None => bail!("broker did not start: {line:?}; see {}", stderr.display()),
+        }
+    }
 }
 
 impl Drop for Broker {
@@ -96,5 +199,122 @@ impl Drop for Broker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Brokers with node ids `1..=n`, each its own controller quorum voter, on
+/// loopback ports chosen here.
+pub struct Cluster {
+    /// Node `id` is `nodes[id - 1]`.
+    nodes: Vec<Broker>,
+}
+
+impl Cluster {
+    pub fn start(keel: &Path, n: usize, overrides: &[String]) -> Result<Self> {
+        // Held together until every port is chosen, so that they differ.
+        let sockets = (0..2 * n)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let ports = sockets
+            .iter()
+            .map(|s| Ok(s.local_addr()?.port()))
+            .collect::<std::io::Result<Vec<u16>>>()?;
+        drop(sockets);
+        let (client_ports, controller_ports) = ports.split_at(n);
+        let voters = controller_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        // Every node is started before any is waited for: a node prints its
+        // listening line only once a quorum majority is up.
+        let mut starting = Vec::with_capacity(n);
+        for i in 0..n {
+            let settings = [
+                format!("node.id={}", i + 1),
+                format!(
+                    "listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                    client_ports[i], controller_ports[i]
+                ),
+                format!("controller.quorum.voters={voters}"),
+                format!("default.replication.factor={n}"),
+                format!("offsets.topic.replication.factor={n}"),
+            ];
+            starting.push(Broker::spawn(keel, &settings, overrides)?);
+        }
+        let mut nodes = Vec::with_capacity(n);
+        let mut waiting = starting.into_iter();
+        while let Some(node) = waiting.next() {
+            let id = nodes.len() + 1;
+            match node.wait() {
+                Ok(broker) => nodes.push(broker),
+                Err(e) => {
+                    // The others' logs may tell why, too.
+                    nodes.iter_mut().for_each(Broker::keep_dir);
+                    let mut others = Vec::new();
+                    for mut s in waiting {
+                        s.broker.keep_dir();
+                        others.extend(s.broker.stderr_path());
+                    }
+                    let others: Vec<_> = nodes
+                        .iter()
+                        .filter_map(Broker::stderr_path)
+                        .chain(others)
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    return Err(e.context(format!(
+                        "starting node {id} of {n} (the other nodes' logs: {})",
+                        others.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(Self { nodes })
+    }
+
+    /// Every node's address, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Broker::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node_mut(&mut self, id: i32) -> Result<&mut Broker> {
+        let n = self.nodes.len();
+        usize::try_from(id)
+            .ok()
+            .and_then(|id| self.nodes.get_mut(id.checked_sub(1)?))
+            .with_context(|| format!("no node {id} in a cluster of {n}"))
+    }
+
+    /// Leaves every node's dir in place when the cluster is dropped.
+    pub fn keep_dirs(&mut self) {
+        self.nodes.iter_mut().for_each(Broker::keep_dir);
+    }
+
+    /// Each node's stderr file, for error messages.
+    pub fn stderr_paths(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| Some(format!("node {}: {}", i + 1, b.stderr_path()?.display())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Each node's current and peak resident set size, MiB, by node id.
+    pub fn rss_mib(&self) -> serde_json::Value {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let (rss, peak) = b.rss_mib()?;
+                Some(((i + 1).to_string(), serde_json::json!([rss, peak])))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 }

@@ -85,13 +85,15 @@ pub fn run(broker: &Broker, options: &Options) -> Result<Value> {
         .create()?;
     let mut log = LogLines::open(&stderr)?;
     for topic in [ALONE_TOPIC, LOADED_TOPIC] {
-        create_topic(&admin, topic, &compacted_configs(HELD))?;
+        create_topic(&admin, topic, 1, 1, &compacted_configs(HELD))?;
     }
     // Bounded by retention, so that the run's disk use stays near
     // 4 GiB however fast the producer goes.
     create_topic(
         &admin,
         PRODUCE_TOPIC,
+        1,
+        1,
         &[
             ("segment.bytes", SEGMENT_BYTES),
             ("retention.bytes", PRODUCE_RETENTION_BYTES),
@@ -168,13 +170,17 @@ fn compacted_configs(min_cleanable_dirty_ratio: &str) -> Vec<(&str, &str)> {
     ]
 }
 
-fn create_topic(
+/// Creates `topic` with `partitions` partitions of `replication` replicas
+/// and `configs`.
+pub fn create_topic(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
+    partitions: i32,
+    replication: i32,
     configs: &[(&str, &str)],
 ) -> Result<()> {
     let new_topic = configs.iter().fold(
-        NewTopic::new(topic, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)),
         |t, (k, v)| t.set(k, v),
     );
     let results =

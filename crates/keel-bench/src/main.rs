@@ -2,11 +2,13 @@
 //! drives it with librdkafka and prints one JSON line:
 //! produce and consume throughput, end-to-end latency percentiles at a fixed
 //! rate, and the broker's resident memory afterwards; or consumer group
-//! figures (`--suite groups`), or log cleaner figures (`--suite compaction`).
+//! figures (`--suite groups`), log cleaner figures (`--suite compaction`),
+//! or a 3-node cluster's figures against one node's (`--suite cluster`).
 //!
 //! Figures are measured, never asserted: this is not a test.
 
 mod broker;
+mod cluster;
 mod compaction;
 mod groups;
 mod latency;
@@ -47,8 +49,9 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
     /// Which figures: `log` (produce, consume, latency), `groups`
-    /// (rebalance time and commit rate per group protocol) or `compaction`
-    /// (cleaner throughput, and produce throughput while it cleans).
+    /// (rebalance time and commit rate per group protocol), `compaction`
+    /// (cleaner throughput, and produce throughput while it cleans) or
+    /// `cluster` (3 nodes against 1: throughput, latency, failover time).
     #[arg(long, default_value = "log")]
     suite: String,
     /// Group protocols for `--suite groups`: classic assignment strategies,
@@ -75,10 +78,47 @@ struct Args {
     /// the clean and again after it, seconds.
     #[arg(long, default_value_t = 10)]
     compaction_baseline_seconds: u64,
+    /// Partitions of the `--suite cluster` throughput topics, on one node
+    /// and on the cluster alike.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
+    cluster_partitions: i32,
+    /// 1 KiB records of each `--suite cluster` throughput run.
+    #[arg(long, default_value_t = 500_000)]
+    cluster_records: usize,
+    /// Rate of the cluster's latency run, records per second.
+    #[arg(long, default_value_t = 5_000)]
+    cluster_latency_rate: u64,
+    /// Length of the cluster's latency run, seconds.
+    #[arg(long, default_value_t = 20)]
+    cluster_latency_seconds: u64,
+    /// Longest wait, after the leader is killed, for an acknowledgement.
+    #[arg(long, default_value_t = 60)]
+    failover_timeout_seconds: u64,
+    /// Leave the `--suite cluster` brokers' dirs (data and `stderr.log`) in
+    /// place, as after a failure.
+    #[arg(long)]
+    keep_dirs: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.suite == "cluster" {
+        if args.bootstrap.is_some() {
+            anyhow::bail!("--suite cluster starts (and kills) its own brokers: drop --bootstrap");
+        }
+        let line = cluster::run(&cluster::Options {
+            keel: &args.keel,
+            overrides: &args.overrides,
+            partitions: args.cluster_partitions,
+            records: args.cluster_records,
+            latency_rate: args.cluster_latency_rate,
+            latency_seconds: args.cluster_latency_seconds,
+            failover_timeout: Duration::from_secs(args.failover_timeout_seconds),
+            keep_dirs: args.keep_dirs,
+        })?;
+        println!("{line}");
+        return Ok(());
+    }
     let mut overrides = args.overrides.clone();
     if args.suite == "groups" {
         // The setting: no initial delay, so the figure is the protocol's.
@@ -115,11 +155,23 @@ fn main() -> Result<()> {
         return Ok(());
     }
 
-    let produce_large =
-        throughput::produce(&bootstrap, "bench-1k", args.large_count, 1024, &args.acks)?;
+    let produce_large = throughput::produce(
+        &bootstrap,
+        "bench-1k",
+        1,
+        args.large_count,
+        1024,
+        &args.acks,
+    )?;
     let consume_large = throughput::consume(&bootstrap, "bench-1k", args.large_count)?;
-    let produce_small =
-        throughput::produce(&bootstrap, "bench-100b", args.small_count, 100, &args.acks)?;
+    let produce_small = throughput::produce(
+        &bootstrap,
+        "bench-100b",
+        1,
+        args.small_count,
+        100,
+        &args.acks,
+    )?;
     let consume_small = throughput::consume(&bootstrap, "bench-100b", args.small_count)?;
     let latency = latency::run(
         &bootstrap,

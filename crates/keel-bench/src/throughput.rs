@@ -82,9 +82,12 @@ pub fn send<K: ToBytes + ?Sized>(
     }
 }
 
+/// Produces `count` records of `record_bytes` to partitions `0..partitions`
+/// of `topic`, round robin, and waits for every acknowledgement.
 pub fn produce(
     bootstrap: &str,
     topic: &str,
+    partitions: i32,
     count: usize,
     record_bytes: usize,
     acks: &str,
@@ -97,13 +100,15 @@ pub fn produce(
         .fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let payload = vec![b'x'; record_bytes];
     let start = Instant::now();
+    let mut partition = 0;
     for _ in 0..count {
         send(
             &producer,
             BaseRecord::<(), [u8]>::to(topic)
                 .payload(&payload[..])
-                .partition(0),
+                .partition(partition),
         )?;
+        partition = (partition + 1) % partitions.max(1);
     }
     producer.flush(Duration::from_secs(120))?;
     let elapsed = start.elapsed();
