@@ -53,10 +53,15 @@ fn unclean_election_enabled(
 
 /// The partition once `can_serve` tells which brokers may be leader or in
 /// the ISR, or `None` if nothing changes.
+///
+/// `restarted` is a broker that `can_serve` excludes because its process
+/// restarted: it still leads where it is all the ISR has, since no one else
+/// holds its data, but under a new epoch, as its log may have changed.
 fn rebalance_partition(
     p: &PartitionImage,
     can_serve: impl Fn(i32) -> bool,
     unclean: bool,
+    restarted: Option<i32>,
 ) -> Option<PartitionImage> {
     let mut isr: Vec<i32> = p.isr.iter().copied().filter(|b| can_serve(*b)).collect();
     let leader = if isr.contains(&p.leader) {
@@ -73,18 +78,22 @@ fn rebalance_partition(
         if isr.is_empty() {
             isr = p.isr.clone();
         }
-        NO_LEADER
+        match restarted {
+            Some(b) if isr == [b] => b,
+            _ => NO_LEADER,
+        }
     };
-    if leader == p.leader && isr == p.isr {
+    let new_epoch = leader != p.leader || restarted == Some(leader);
+    if !new_epoch && isr == p.isr {
         return None;
     }
     Some(PartitionImage {
         isr,
         leader,
-        leader_epoch: if leader == p.leader {
-            p.leader_epoch
-        } else {
+        leader_epoch: if new_epoch {
             p.leader_epoch + 1
+        } else {
+            p.leader_epoch
         },
         partition_epoch: p.partition_epoch + 1,
         ..p.clone()
@@ -96,12 +105,13 @@ fn rebalance(
     image: &MetadataImage,
     defaults: TopicDefaults,
     can_serve: impl Fn(i32) -> bool + Copy,
+    restarted: Option<i32>,
 ) -> Vec<MetadataRecord> {
     let mut records = Vec::new();
     for topic in image.topics() {
         let unclean = unclean_election_enabled(image, topic, defaults);
         for p in topic.partitions.values() {
-            if let Some(next) = rebalance_partition(p, can_serve, unclean) {
+            if let Some(next) = rebalance_partition(p, can_serve, unclean, restarted) {
                 records.push(next.to_record(topic.topic_id));
             }
         }
@@ -123,9 +133,12 @@ pub fn fence_broker(
         return Vec::new();
     }
     let mut records = vec![MetadataRecord::FenceBroker { broker_id }];
-    records.extend(rebalance(image, defaults, |b| {
-        b != broker_id && serving(image, b)
-    }));
+    records.extend(rebalance(
+        image,
+        defaults,
+        |b| b != broker_id && serving(image, b),
+        None,
+    ));
     records
 }
 
@@ -140,9 +153,12 @@ pub fn unfence_broker(
         return Vec::new();
     }
     let mut records = vec![MetadataRecord::UnfenceBroker { broker_id }];
-    records.extend(rebalance(image, defaults, |b| {
-        b == broker_id || serving(image, b)
-    }));
+    records.extend(rebalance(
+        image,
+        defaults,
+        |b| b == broker_id || serving(image, b),
+        None,
+    ));
     records
 }
 
@@ -154,37 +170,12 @@ pub fn restarted_broker(
     broker_id: i32,
     defaults: TopicDefaults,
 ) -> Vec<MetadataRecord> {
-    let without = rebalance(image, defaults, |b| b != broker_id && serving(image, b));
-    // Where no one else can lead, the restarted broker leads again, with
-    // a new epoch so followers notice.
-    let mut records = Vec::new();
-    for record in without {
-        if let MetadataRecord::Partition {
-            topic_id,
-            partition,
-            replicas,
-            isr,
-            leader: NO_LEADER,
-            leader_epoch,
-            partition_epoch,
-        } = &record
-        {
-            if isr == &vec![broker_id] {
-                records.push(MetadataRecord::Partition {
-                    topic_id: *topic_id,
-                    partition: *partition,
-                    replicas: replicas.clone(),
-                    isr: isr.clone(),
-                    leader: broker_id,
-                    leader_epoch: *leader_epoch,
-                    partition_epoch: *partition_epoch,
-                });
-                continue;
-            }
-        }
-        records.push(record);
-    }
-    records
+    rebalance(
+        image,
+        defaults,
+        |b| b != broker_id && serving(image, b),
+        Some(broker_id),
+    )
 }
 
 /// A leader's request to change its partition's ISR (Kafka's

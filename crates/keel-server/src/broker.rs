@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_group::GroupService;
 use keel_metadata::cluster::IsrChange;
-use keel_metadata::controller::{self, ConfigChange, ControllerError, NewTopic, TopicDefaults};
+use keel_metadata::controller::{self, ConfigChange, ControllerError, NewTopic};
 use keel_metadata::{ConfigResource, ControllerReply, ControllerRequest, MetadataImage};
 use keel_storage::{LogManager, StorageError};
 use parking_lot::Mutex;
@@ -132,10 +132,6 @@ impl Broker {
 
     pub fn image(&self) -> Arc<MetadataImage> {
         self.metadata.image()
-    }
-
-    pub fn topic_defaults(&self) -> TopicDefaults {
-        self.config.topic_defaults()
     }
 
     /// Brings the hosted partitions in line with `image`.

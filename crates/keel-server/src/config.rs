@@ -486,7 +486,7 @@ impl BrokerConfig {
                 ConfigError("advertised.listeners has no PLAINTEXT listener".into())
             })?
         };
-        let node_id = parse_num("node.id", &get("node.id"))?;
+        let node_id = setting(&get, "node.id")?;
         // A lone voter needs no address others can reach: any free port does.
         let controller_listener = match find_listener(&get("listeners"), controller_name)? {
             Some((host, port)) => format!("{host}:{port}"),
@@ -506,24 +506,12 @@ impl BrokerConfig {
         );
         let mut quorum = QuorumConfig::new(node_id, voters, log_dir.clone());
         quorum.listener = controller_listener;
-        quorum.election_timeout_ms = parse_num(
-            "controller.quorum.election.timeout.ms",
-            &get("controller.quorum.election.timeout.ms"),
-        )?;
-        quorum.fetch_timeout_ms = parse_num(
-            "controller.quorum.fetch.timeout.ms",
-            &get("controller.quorum.fetch.timeout.ms"),
-        )?;
-        quorum.request_timeout_ms = parse_num(
-            "controller.quorum.request.timeout.ms",
-            &get("controller.quorum.request.timeout.ms"),
-        )?;
-        quorum.max_record_bytes_between_snapshots = parse_num(
-            "metadata.log.max.record.bytes.between.snapshots",
-            &get("metadata.log.max.record.bytes.between.snapshots"),
-        )?;
-        quorum.connections_max_idle_ms =
-            parse_num("connections.max.idle.ms", &get("connections.max.idle.ms"))?;
+        quorum.election_timeout_ms = setting(&get, "controller.quorum.election.timeout.ms")?;
+        quorum.fetch_timeout_ms = setting(&get, "controller.quorum.fetch.timeout.ms")?;
+        quorum.request_timeout_ms = setting(&get, "controller.quorum.request.timeout.ms")?;
+        quorum.max_record_bytes_between_snapshots =
+            setting(&get, "metadata.log.max.record.bytes.between.snapshots")?;
+        quorum.connections_max_idle_ms = setting(&get, "connections.max.idle.ms")?;
         let config = BrokerConfig {
             node_id,
             listener,
@@ -532,101 +520,44 @@ impl BrokerConfig {
             advertised_port: advertised_port as i32,
             rack,
             log_dir,
-            broker_heartbeat_interval_ms: parse_num(
-                "broker.heartbeat.interval.ms",
-                &get("broker.heartbeat.interval.ms"),
-            )?,
-            broker_session_timeout_ms: parse_num(
-                "broker.session.timeout.ms",
-                &get("broker.session.timeout.ms"),
-            )?,
-            replica_lag_time_max_ms: parse_num(
-                "replica.lag.time.max.ms",
-                &get("replica.lag.time.max.ms"),
-            )?,
-            replica_fetch_wait_max_ms: parse_num(
-                "replica.fetch.wait.max.ms",
-                &get("replica.fetch.wait.max.ms"),
-            )?,
-            replica_fetch_max_bytes: parse_num(
-                "replica.fetch.max.bytes",
-                &get("replica.fetch.max.bytes"),
-            )?,
-            num_partitions: parse_num("num.partitions", &get("num.partitions"))?,
-            default_replication_factor: parse_num(
-                "default.replication.factor",
-                &get("default.replication.factor"),
-            )?,
+            broker_heartbeat_interval_ms: setting(&get, "broker.heartbeat.interval.ms")?,
+            broker_session_timeout_ms: setting(&get, "broker.session.timeout.ms")?,
+            replica_lag_time_max_ms: setting(&get, "replica.lag.time.max.ms")?,
+            replica_fetch_wait_max_ms: setting(&get, "replica.fetch.wait.max.ms")?,
+            replica_fetch_max_bytes: setting(&get, "replica.fetch.max.bytes")?,
+            num_partitions: setting(&get, "num.partitions")?,
+            default_replication_factor: setting(&get, "default.replication.factor")?,
             auto_create_topics_enable: get("auto.create.topics.enable")
                 .eq_ignore_ascii_case("true"),
             log_cleaner_enable: get("log.cleaner.enable").eq_ignore_ascii_case("true"),
-            socket_request_max_bytes: parse_num(
-                "socket.request.max.bytes",
-                &get("socket.request.max.bytes"),
-            )?,
-            connections_max_idle_ms: parse_num(
-                "connections.max.idle.ms",
-                &get("connections.max.idle.ms"),
-            )?,
-            producer_id_expiration_ms: parse_num(
-                "producer.id.expiration.ms",
-                &get("producer.id.expiration.ms"),
-            )?,
-            log_retention_check_interval_ms: parse_num(
-                "log.retention.check.interval.ms",
-                &get("log.retention.check.interval.ms"),
-            )?,
-            log_flush_offset_checkpoint_interval_ms: parse_num(
+            socket_request_max_bytes: setting(&get, "socket.request.max.bytes")?,
+            connections_max_idle_ms: setting(&get, "connections.max.idle.ms")?,
+            producer_id_expiration_ms: setting(&get, "producer.id.expiration.ms")?,
+            log_retention_check_interval_ms: setting(&get, "log.retention.check.interval.ms")?,
+            log_flush_offset_checkpoint_interval_ms: setting(
+                &get,
                 "log.flush.offset.checkpoint.interval.ms",
-                &get("log.flush.offset.checkpoint.interval.ms"),
             )?,
-            fetch_max_bytes: parse_num("fetch.max.bytes", &get("fetch.max.bytes"))?,
-            fetch_session_cache_slots: parse_num(
-                "max.incremental.fetch.session.cache.slots",
-                &get("max.incremental.fetch.session.cache.slots"),
-            )?,
-            offsets_topic_segment_bytes: parse_num(
-                "offsets.topic.segment.bytes",
-                &get("offsets.topic.segment.bytes"),
-            )?,
-            offsets_topic_replication_factor: parse_num(
-                "offsets.topic.replication.factor",
-                &get("offsets.topic.replication.factor"),
-            )?,
+            fetch_max_bytes: setting(&get, "fetch.max.bytes")?,
+            fetch_session_cache_slots: setting(&get, "max.incremental.fetch.session.cache.slots")?,
+            offsets_topic_segment_bytes: setting(&get, "offsets.topic.segment.bytes")?,
+            offsets_topic_replication_factor: setting(&get, "offsets.topic.replication.factor")?,
             group: GroupConfig {
-                offsets_topic_partitions: parse_num(
-                    "offsets.topic.num.partitions",
-                    &get("offsets.topic.num.partitions"),
-                )?,
-                group_min_session_timeout_ms: parse_num(
-                    "group.min.session.timeout.ms",
-                    &get("group.min.session.timeout.ms"),
-                )?,
-                group_max_session_timeout_ms: parse_num(
-                    "group.max.session.timeout.ms",
-                    &get("group.max.session.timeout.ms"),
-                )?,
-                group_initial_rebalance_delay_ms: parse_num(
+                offsets_topic_partitions: setting(&get, "offsets.topic.num.partitions")?,
+                group_min_session_timeout_ms: setting(&get, "group.min.session.timeout.ms")?,
+                group_max_session_timeout_ms: setting(&get, "group.max.session.timeout.ms")?,
+                group_initial_rebalance_delay_ms: setting(
+                    &get,
                     "group.initial.rebalance.delay.ms",
-                    &get("group.initial.rebalance.delay.ms"),
                 )?,
-                group_max_size: parse_num("group.max.size", &get("group.max.size"))?,
-                offsets_retention_ms: parse_num::<i64>(
-                    "offsets.retention.minutes",
-                    &get("offsets.retention.minutes"),
-                )? * 60_000,
-                offset_metadata_max_bytes: parse_num(
-                    "offset.metadata.max.bytes",
-                    &get("offset.metadata.max.bytes"),
-                )?,
-                consumer_heartbeat_interval_ms: parse_num(
+                group_max_size: setting(&get, "group.max.size")?,
+                offsets_retention_ms: setting::<i64>(&get, "offsets.retention.minutes")? * 60_000,
+                offset_metadata_max_bytes: setting(&get, "offset.metadata.max.bytes")?,
+                consumer_heartbeat_interval_ms: setting(
+                    &get,
                     "group.consumer.heartbeat.interval.ms",
-                    &get("group.consumer.heartbeat.interval.ms"),
                 )?,
-                consumer_session_timeout_ms: parse_num(
-                    "group.consumer.session.timeout.ms",
-                    &get("group.consumer.session.timeout.ms"),
-                )?,
+                consumer_session_timeout_ms: setting(&get, "group.consumer.session.timeout.ms")?,
             },
             explicit,
         };
@@ -837,6 +768,14 @@ impl BrokerConfig {
             .parse()
             .unwrap_or(1)
     }
+}
+
+/// A numeric setting by name, through the lookup `from_properties` uses.
+fn setting<T: std::str::FromStr>(
+    get: &dyn Fn(&str) -> String,
+    name: &str,
+) -> Result<T, ConfigError> {
+    parse_num(name, &get(name))
 }
 
 fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {

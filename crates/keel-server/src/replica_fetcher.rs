@@ -51,7 +51,7 @@ impl ReplicaFetchers {
             .replicas
             .all()
             .iter()
-            .map(|p| p.replica_state().leader)
+            .map(|p| p.leadership().leader)
             .filter(|&leader| leader >= 0 && leader != node_id)
             .collect();
         let mut running = self.by_leader.lock();
@@ -75,7 +75,7 @@ fn followed_partitions(broker: &Broker, leader: i32) -> Vec<Arc<Partition>> {
         .replicas
         .all()
         .into_iter()
-        .filter(|p| p.replica_state().leader == leader && !p.is_deleted())
+        .filter(|p| p.leadership().leader == leader && !p.is_deleted())
         .collect()
 }
 

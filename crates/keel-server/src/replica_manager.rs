@@ -39,16 +39,24 @@ pub struct Partition {
     deleted: std::sync::atomic::AtomicBool,
 }
 
+/// A partition's leader, epoch and ISR size, copied out at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Leadership {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub isr_size: usize,
+}
+
 /// A partition's replication state: Kafka's `Partition` fields that the
 /// metadata image sets (leader, epochs, replicas, ISR) and the leader's
 /// view of its followers.
-#[derive(Clone, Debug)]
-pub struct ReplicaState {
-    pub leader: i32,
-    pub leader_epoch: i32,
-    pub partition_epoch: i32,
-    pub replicas: Vec<i32>,
-    pub isr: Vec<i32>,
+#[derive(Debug)]
+struct ReplicaState {
+    leader: i32,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
     followers: HashMap<i32, FollowerProgress>,
     /// An ISR change was sent to the controller and the image does not show
     /// its outcome yet: send no other (Kafka's pending ISR state).
@@ -120,8 +128,15 @@ impl Partition {
         }
     }
 
-    pub fn replica_state(&self) -> ReplicaState {
-        self.replication.lock().clone()
+    /// What the produce and fetch paths need, without copying the ISR or
+    /// the followers' progress.
+    pub fn leadership(&self) -> Leadership {
+        let state = self.replication.lock();
+        Leadership {
+            leader: state.leader,
+            leader_epoch: state.leader_epoch,
+            isr_size: state.isr.len(),
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -153,17 +168,19 @@ impl Partition {
         state.isr = p.isr.clone();
         state.isr_change_pending = false;
         drop(state);
-        self.maybe_advance_high_watermark();
+        let log_end_offset = self.log_end_offset();
+        self.maybe_advance_high_watermark(log_end_offset);
     }
 
-    /// The leader's high watermark: the lowest log end offset in the ISR.
-    /// It never moves back.
-    fn maybe_advance_high_watermark(&self) {
+    /// The leader's high watermark: the lowest log end offset in the ISR,
+    /// its own (`log_end_offset`, which every caller has just read)
+    /// included. It never moves back.
+    fn maybe_advance_high_watermark(&self, log_end_offset: i64) {
         let state = self.replication.lock();
         if state.leader != self.node_id {
             return;
         }
-        let mut candidate = self.log.lock().log_end_offset();
+        let mut candidate = log_end_offset;
         for follower in state.isr.iter().filter(|&&b| b != self.node_id) {
             let end = state
                 .followers
@@ -227,7 +244,7 @@ impl Partition {
             }
         });
         drop(state);
-        self.maybe_advance_high_watermark();
+        self.maybe_advance_high_watermark(leader_end);
         proposal
     }
 
@@ -338,7 +355,7 @@ impl Partition {
         drop(log);
         if !result.duplicate {
             self.log_end.send_replace(log_end_offset);
-            self.maybe_advance_high_watermark();
+            self.maybe_advance_high_watermark(log_end_offset);
         }
         Ok(result)
     }

@@ -91,7 +91,7 @@ pub async fn handle(
                         ),
                         // validate_only: report what would have been created.
                         None => {
-                            let defaults = broker.topic_defaults();
+                            let defaults = broker.config.topic_defaults();
                             (
                                 if new_topic.num_partitions == -1 {
                                     defaults.num_partitions

@@ -14,7 +14,7 @@ use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 use crate::errors::storage_error;
 use crate::fetch_session::{PartitionFetch, PartitionKey, FINAL_EPOCH};
-use crate::replica_manager::{Partition, ReplicaState};
+use crate::replica_manager::{Leadership, Partition};
 
 /// Fetch v13 names topics by id instead of by name.
 const TOPIC_IDS_VERSION: i16 = 13;
@@ -27,7 +27,7 @@ const REPLICA_STATE_VERSION: i16 = 15;
 /// only the leader serves (Keel has no follower fetching for consumers),
 /// and a client's leader epoch must match ours (KIP-320).
 fn leadership_error(
-    state: &ReplicaState,
+    state: Leadership,
     node_id: i32,
     current_leader_epoch: i32,
 ) -> Option<ResponseError> {
@@ -180,10 +180,10 @@ pub async fn handle(
                 continue;
             };
             result.topic_id = partition.topic_id;
-            let state = partition.replica_state();
+            let state = partition.leadership();
             result.leader = (state.leader, state.leader_epoch);
             let refusal =
-                leadership_error(&state, broker.config.node_id, fetch.current_leader_epoch);
+                leadership_error(state, broker.config.node_id, fetch.current_leader_epoch);
             let diverging = follower.then(|| divergence(&partition, fetch)).flatten();
             if refusal.is_some() || diverging.is_some() {
                 result.error = refusal;

@@ -12,7 +12,7 @@ use super::str_bytes;
 use crate::broker::{now_ms, Broker};
 use crate::dispatch::{Outcome, RequestContext};
 use crate::errors::storage_error;
-use crate::replica_manager::{AppendError, Partition, ReplicaState};
+use crate::replica_manager::{AppendError, Leadership, Partition};
 
 /// Produce v13 names topics by id instead of by name.
 const TOPIC_IDS_VERSION: i16 = 13;
@@ -67,16 +67,16 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                     error(ResponseError::CorruptMessage, Some("null records".into()))
                 }
                 (Some(partition), Some(records)) => {
-                    let state = partition.replica_state();
+                    let leadership = partition.leadership();
                     let topic_configs = &resolved.expect("partition implies topic").configs;
                     let min_isr = if acks == -1 {
                         broker.config.min_insync_replicas(&image, topic_configs)
                     } else {
                         0
                     };
-                    if state.leader != broker.config.node_id {
-                        not_leader(answer.clone(), &state)
-                    } else if state.isr.len() < min_isr {
+                    if leadership.leader != broker.config.node_id {
+                        not_leader(answer.clone(), leadership)
+                    } else if leadership.isr_size < min_isr {
                         error(ResponseError::NotEnoughReplicas, None)
                     } else {
                         // Copy out of the request frame so offsets and
@@ -91,7 +91,7 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                                     replications.push((
                                         partition.clone(),
                                         appended.last_offset + 1,
-                                        state.leader_epoch,
+                                        leadership.leader_epoch,
                                         min_isr,
                                     ));
                                 }
@@ -101,7 +101,7 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                                     .with_log_start_offset(appended.log_start_offset)
                             }
                             Err(AppendError::NotLeader) => {
-                                not_leader(answer.clone(), &partition.replica_state())
+                                not_leader(answer.clone(), partition.leadership())
                             }
                             Err(AppendError::Storage(e)) => {
                                 tracing::info!(partition = %partition.tp, error = %e, "produce refused");
@@ -174,12 +174,12 @@ async fn replicated(
         if partition.is_deleted() {
             return Err(ResponseError::UnknownTopicOrPartition);
         }
-        let state = partition.replica_state();
-        if state.leader_epoch != leader_epoch || !partition.is_leader() {
+        let now = partition.leadership();
+        if now.leader_epoch != leader_epoch || !partition.is_leader() {
             return Err(ResponseError::NotLeaderOrFollower);
         }
         if *high_watermark.borrow_and_update() >= offset {
-            return if state.isr.len() < min_isr {
+            return if now.isr_size < min_isr {
                 Err(ResponseError::NotEnoughReplicasAfterAppend)
             } else {
                 Ok(())
@@ -202,7 +202,7 @@ const LEADERSHIP_RECHECK: Duration = Duration::from_millis(100);
 
 /// NOT_LEADER_OR_FOLLOWER with the leader this broker knows (KIP-951), so
 /// the client goes there without a metadata round trip.
-fn not_leader(answer: PartitionProduceResponse, state: &ReplicaState) -> PartitionProduceResponse {
+fn not_leader(answer: PartitionProduceResponse, state: Leadership) -> PartitionProduceResponse {
     answer
         .with_error_code(ResponseError::NotLeaderOrFollower.code())
         .with_current_leader(
