@@ -39,8 +39,8 @@ pub use consumer_group::{
     ConsumerGroup, ConsumerGroupState, ConsumerMember, MemberState, NoTopics, TopicMetadata,
 };
 pub use group::{Group, GroupState};
+pub use keel_types::coordinator::partition_for;
 pub use member::{Member, Protocol};
-pub use records::partition_for;
 pub use service::{GroupService, LogRecord, OffsetsLog};
 pub use state_machine::{Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey};
 

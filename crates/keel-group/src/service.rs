@@ -168,7 +168,7 @@ impl GroupService {
     }
 
     pub fn partition_for(&self, group_id: &str) -> i32 {
-        crate::records::partition_for(group_id, self.config.offsets_topic_partitions)
+        keel_types::coordinator::partition_for(group_id, self.config.offsets_topic_partitions)
     }
 
     /// ConsumerGroupHeartbeat v0-1 (KIP-848), with the header's client id

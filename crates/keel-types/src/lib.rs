@@ -3,6 +3,7 @@
 //! **Architecture Invariant:** this crate depends on no other Keel crate and on
 //! no runtime (no tokio, no I/O). It holds names and limits, not behaviour.
 
+pub mod coordinator;
 pub mod limits;
 mod topic_partition;
 

@@ -190,7 +190,7 @@ impl GroupCoordinator {
     }
 
     pub fn partition_for(&self, group_id: &str) -> i32 {
-        records::partition_for(group_id, self.config.offsets_topic_partitions)
+        keel_types::coordinator::partition_for(group_id, self.config.offsets_topic_partitions)
     }
 
     pub fn is_loaded(&self) -> bool {
