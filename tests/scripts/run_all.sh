@@ -72,7 +72,7 @@ for test in "$here"/kcat_test.sh "$here"/confluent_kafka_test.py "$here"/kafka_p
     "$here"/kcat_group_test.sh "$here"/confluent_kafka_group_test.py \
     "$here"/kafka_python_group_test.py "$here"/aiokafka_group_test.py \
     "$here"/confluent_kafka_admin_test.py "$here"/kafka_python_admin_test.py \
-    "$here"/confluent_kafka_compaction_test.py; do
+    "$here"/confluent_kafka_compaction_test.py "$here"/confluent_kafka_txn_test.py; do
     name=$(basename "$test")
     case "$test" in
         *.py) runner=(python3 "$test") ;;

@@ -187,7 +187,7 @@ impl H {
     fn restart(&mut self) {
         let mut c = GroupCoordinator::new(GroupConfig::default());
         for (k, v) in &self.log {
-            c.replay(k, v.as_deref()).unwrap();
+            c.replay(k, v.as_deref(), None).unwrap();
         }
         let fx = c.complete_load(self.now);
         self.c = c;
@@ -791,6 +791,48 @@ fn offsets_commit_and_fetch_with_member_epochs() {
 }
 
 #[test]
+fn transactional_commits_check_the_member_epoch() {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    let mut h = H::new();
+    let a = h.join("a");
+    let mut txn_commit = |member: &str, epoch: i32| {
+        h.token += 1;
+        let req = TxnOffsetCommitRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_producer_id(ProducerId(7))
+            .with_generation_id(epoch)
+            .with_member_id(s(member))
+            .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("t1")))
+                .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(5)])]);
+        let fx = h.c.txn_offset_commit(RequestToken(h.token), &req, 4, h.now);
+        let Response::TxnOffsetCommit(r) = &fx.responses[0].1 else {
+            panic!()
+        };
+        (r.topics[0].partitions[0].error_code, fx.records.len())
+    };
+    // A stale epoch is an illegal generation to a transactional producer.
+    assert_eq!(
+        txn_commit("a", a.epoch + 1),
+        (ResponseError::IllegalGeneration.code(), 0)
+    );
+    assert_eq!(
+        txn_commit("zz", a.epoch),
+        (ResponseError::UnknownMemberId.code(), 0)
+    );
+    assert_eq!(
+        txn_commit("", -1),
+        (ResponseError::UnknownMemberId.code(), 0),
+        "no member fields (v0-2) while the group has members"
+    );
+    assert_eq!(txn_commit("a", a.epoch), (0, 1));
+}
+
+#[test]
 fn restart_makes_returning_members_rejoin_and_keeps_offsets() {
     let mut h = H::new();
     let a = h.join("a");
@@ -804,7 +846,7 @@ fn restart_makes_returning_members_rejoin_and_keeps_offsets() {
         metadata: String::new(),
         commit_timestamp_ms: 1,
     };
-    c.replay(&key, Some(&value.encode())).unwrap();
+    c.replay(&key, Some(&value.encode()), None).unwrap();
     c.complete_load(0);
     h.c = c;
     let mut back = a.clone();

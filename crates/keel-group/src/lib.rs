@@ -1,12 +1,15 @@
 //! The consumer group coordinator: the classic group protocol (JoinGroup,
 //! SyncGroup, Heartbeat, LeaveGroup), the KIP-848 consumer protocol
-//! (ConsumerGroupHeartbeat, ConsumerGroupDescribe), committed offsets, and
-//! the group admin APIs, persisted as Kafka's `__consumer_offsets` records.
+//! (ConsumerGroupHeartbeat, ConsumerGroupDescribe), committed offsets
+//! (transactional ones too: TxnOffsetCommit), and the group admin APIs,
+//! persisted as Kafka's `__consumer_offsets` records.
 //!
 //! Code map:
 //! - `state_machine/` (`GroupCoordinator`): every decision, deterministic
 //!   and synchronous; time is an argument, effects are data.
-//! - `group.rs`, `member.rs`, `offsets.rs`: the state it decides over.
+//! - `group.rs`, `member.rs`, `offsets.rs`: the state it decides over;
+//!   `offsets.rs` also holds the offsets of open transactions until their
+//!   producer's COMMIT or ABORT marker.
 //! - `consumer_group.rs`: KIP-848 "consumer" groups (ConsumerGroupHeartbeat,
 //!   ConsumerGroupDescribe, member epochs, reconciliation), decided by the
 //!   same `GroupCoordinator` in the same group id namespace; `assignor.rs`:
@@ -41,8 +44,10 @@ pub use consumer_group::{
 pub use group::{Group, GroupState};
 pub use keel_types::coordinator::partition_for;
 pub use member::{Member, Protocol};
-pub use service::{GroupService, LogRecord, OffsetsLog};
-pub use state_machine::{Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey};
+pub use service::{GroupService, LogEntry, LogRecord, OffsetsLog};
+pub use state_machine::{
+    Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey, TransactionalProducer,
+};
 
 /// The coordinator's settings, named after Kafka's broker configs with the
 /// dots turned into underscores.

@@ -1,7 +1,8 @@
-//! Committed offsets, per group, per topic partition (Kafka's
-//! `OffsetMetadataManager`), and the retention rule that expires them.
+//! Committed offsets per group and topic partition, the offsets of open
+//! transactions (Kafka's `OffsetMetadataManager`), and the retention rule
+//! that expires them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::group::{Group, GroupState};
 use crate::records::OffsetCommitValue;
@@ -9,62 +10,226 @@ use crate::records::OffsetCommitValue;
 /// `(topic, partition)`.
 pub type TopicPartitionKey = (String, i32);
 
+/// An offset and where its record sits in `__consumer_offsets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    value: OffsetCommitValue,
+    /// Orders the records of one partition as the log does. Kafka compares
+    /// record offsets when a transaction commits, so that a regular commit
+    /// written after the transactional one keeps its place; a counter over
+    /// the records this coordinator appends and replays orders them alike.
+    log_order: u64,
+}
+
+type PartitionOffsets = BTreeMap<TopicPartitionKey, Stored>;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Offsets {
-    by_group: BTreeMap<String, BTreeMap<TopicPartitionKey, OffsetCommitValue>>,
+    committed: BTreeMap<String, PartitionOffsets>,
+    /// Kafka's `pendingTransactionalOffsets`: the offsets of open
+    /// transactions by producer id, then group. A commit marker moves them
+    /// to `committed`; an abort marker drops them.
+    pending_transactional: BTreeMap<i64, BTreeMap<String, PartitionOffsets>>,
+    /// Kafka's `openTransactionsByGroup`: the producers holding pending
+    /// offsets of a group, exactly those of `pending_transactional`.
+    open_transactions_by_group: BTreeMap<String, BTreeSet<i64>>,
+    next_log_order: u64,
 }
 
 impl Offsets {
     pub fn get(&self, group_id: &str, topic: &str, partition: i32) -> Option<&OffsetCommitValue> {
-        self.by_group
+        let stored = self
+            .committed
             .get(group_id)?
-            .get(&(topic.to_owned(), partition))
+            .get(&(topic.to_owned(), partition))?;
+        Some(&stored.value)
     }
 
-    pub fn group(&self, group_id: &str) -> Option<&BTreeMap<TopicPartitionKey, OffsetCommitValue>> {
-        self.by_group.get(group_id)
+    /// The committed offsets of a group, ordered by topic and partition.
+    pub fn group(
+        &self,
+        group_id: &str,
+    ) -> impl Iterator<Item = (&TopicPartitionKey, &OffsetCommitValue)> {
+        self.committed
+            .get(group_id)
+            .into_iter()
+            .flatten()
+            .map(|(tp, stored)| (tp, &stored.value))
     }
 
     pub fn has_offsets(&self, group_id: &str) -> bool {
-        self.by_group.get(group_id).is_some_and(|m| !m.is_empty())
+        self.committed.get(group_id).is_some_and(|m| !m.is_empty())
     }
 
+    /// Whether some producer's open transaction holds offsets of the group.
+    pub fn has_open_transactions(&self, group_id: &str) -> bool {
+        self.open_transactions_by_group.contains_key(group_id)
+    }
+
+    /// Whether an open transaction holds an offset of the partition (Kafka's
+    /// `hasPendingTransactionalOffsets`).
+    pub fn has_pending(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        let key = (topic.to_owned(), partition);
+        self.open_transactions_by_group
+            .get(group_id)
+            .into_iter()
+            .flatten()
+            .any(|producer_id| self.pending_transactional[producer_id][group_id].contains_key(&key))
+    }
+
+    /// Commits an offset: a regular commit replaces the committed one at once.
     pub fn put(&mut self, group_id: &str, topic: &str, partition: i32, value: OffsetCommitValue) {
-        self.by_group
+        let stored = self.stored(value);
+        self.committed
             .entry(group_id.to_owned())
             .or_default()
-            .insert((topic.to_owned(), partition), value);
+            .insert((topic.to_owned(), partition), stored);
     }
 
-    pub fn remove(
+    /// Keeps an offset of `producer_id`'s open transaction; a later one of
+    /// the same transaction for the same partition replaces it.
+    pub fn put_pending(
         &mut self,
+        producer_id: i64,
         group_id: &str,
         topic: &str,
         partition: i32,
-    ) -> Option<OffsetCommitValue> {
-        let offsets = self.by_group.get_mut(group_id)?;
-        let removed = offsets.remove(&(topic.to_owned(), partition));
-        if offsets.is_empty() {
-            self.by_group.remove(group_id);
+        value: OffsetCommitValue,
+    ) {
+        let stored = self.stored(value);
+        self.pending_transactional
+            .entry(producer_id)
+            .or_default()
+            .entry(group_id.to_owned())
+            .or_default()
+            .insert((topic.to_owned(), partition), stored);
+        self.open_transactions_by_group
+            .entry(group_id.to_owned())
+            .or_default()
+            .insert(producer_id);
+    }
+
+    fn stored(&mut self, value: OffsetCommitValue) -> Stored {
+        let log_order = self.next_log_order;
+        self.next_log_order += 1;
+        Stored { value, log_order }
+    }
+
+    /// Applies the end of `producer_id`'s transaction to the groups that
+    /// `in_partition` selects (those of the `__consumer_offsets` partition
+    /// the marker was written to). On commit each pending offset becomes the
+    /// committed one unless a commit written after it is already there.
+    pub fn complete_transaction(
+        &mut self,
+        producer_id: i64,
+        commit: bool,
+        in_partition: impl Fn(&str) -> bool,
+    ) {
+        let Some(groups) = self.pending_transactional.get_mut(&producer_id) else {
+            // Kafka ignores markers of producers with nothing pending here.
+            return;
+        };
+        let completed: Vec<String> = groups.keys().filter(|g| in_partition(g)).cloned().collect();
+        for group_id in completed {
+            let pending = groups.remove(&group_id).expect("listed above");
+            forget_producer(&mut self.open_transactions_by_group, &group_id, producer_id);
+            if !commit {
+                continue;
+            }
+            let committed = self.committed.entry(group_id).or_default();
+            for (tp, offset) in pending {
+                match committed.get(&tp) {
+                    Some(newer) if newer.log_order > offset.log_order => {}
+                    _ => {
+                        committed.insert(tp, offset);
+                    }
+                }
+            }
+        }
+        if groups.is_empty() {
+            self.pending_transactional.remove(&producer_id);
+        }
+    }
+
+    /// Deletes the partition's offset, committed and pending alike, as the
+    /// replay of an offset tombstone does in Kafka. Returns whether there
+    /// was one.
+    pub fn remove(&mut self, group_id: &str, topic: &str, partition: i32) -> bool {
+        let key = (topic.to_owned(), partition);
+        let mut committed = false;
+        if let Some(offsets) = self.committed.get_mut(group_id) {
+            committed = offsets.remove(&key).is_some();
+            if offsets.is_empty() {
+                self.committed.remove(group_id);
+            }
+        }
+        let pending = self.remove_pending(group_id, |tp| *tp == key);
+        committed || !pending.is_empty()
+    }
+
+    /// Deletes every offset of a group, committed and pending; returns the
+    /// partitions that had one, each once.
+    pub fn remove_group(&mut self, group_id: &str) -> Vec<TopicPartitionKey> {
+        let mut removed: BTreeSet<TopicPartitionKey> = self
+            .committed
+            .remove(group_id)
+            .map(|m| m.into_keys().collect())
+            .unwrap_or_default();
+        removed.extend(self.remove_pending(group_id, |_| true));
+        removed.into_iter().collect()
+    }
+
+    /// Drops the group's pending offsets that `select` picks, in every open
+    /// transaction, and forgets the transactions left with none of them.
+    fn remove_pending(
+        &mut self,
+        group_id: &str,
+        select: impl Fn(&TopicPartitionKey) -> bool,
+    ) -> Vec<TopicPartitionKey> {
+        let producers: Vec<i64> = self
+            .open_transactions_by_group
+            .get(group_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        let mut removed = Vec::new();
+        for producer_id in producers {
+            let groups = self
+                .pending_transactional
+                .get_mut(&producer_id)
+                .expect("an open transaction has pending offsets");
+            let offsets = groups
+                .get_mut(group_id)
+                .expect("an open transaction of the group has its offsets");
+            offsets.retain(|tp, _| {
+                let selected = select(tp);
+                if selected {
+                    removed.push(tp.clone());
+                }
+                !selected
+            });
+            if offsets.is_empty() {
+                groups.remove(group_id);
+                if groups.is_empty() {
+                    self.pending_transactional.remove(&producer_id);
+                }
+                forget_producer(&mut self.open_transactions_by_group, group_id, producer_id);
+            }
         }
         removed
     }
 
-    pub fn remove_group(&mut self, group_id: &str) -> Vec<TopicPartitionKey> {
-        self.by_group
-            .remove(group_id)
-            .map(|m| m.into_keys().collect())
-            .unwrap_or_default()
-    }
-
+    /// Groups with committed offsets.
     pub fn group_ids(&self) -> impl Iterator<Item = &String> {
-        self.by_group.keys()
+        self.committed.keys()
     }
 
-    /// The offsets of `group` past retention at `now_ms` (Kafka's
+    /// The committed offsets of `group` past retention at `now_ms` (Kafka's
     /// `ClassicGroup.offsetExpirationCondition`): for a consumer group only
     /// once it is Empty, counted from when it became Empty; for a group of
-    /// simple consumers (no protocol type) from each offset's commit.
+    /// simple consumers (no protocol type) from each offset's commit. As in
+    /// Kafka, an offset an open transaction will replace does not expire.
     pub fn expired(
         &self,
         group: Option<&Group>,
@@ -72,7 +237,7 @@ impl Offsets {
         retention_ms: i64,
         now_ms: i64,
     ) -> Vec<TopicPartitionKey> {
-        let Some(offsets) = self.by_group.get(group_id) else {
+        let Some(offsets) = self.committed.get(group_id) else {
             return Vec::new();
         };
         let base: Box<dyn Fn(&OffsetCommitValue) -> i64> = match group {
@@ -87,8 +252,25 @@ impl Offsets {
         };
         offsets
             .iter()
-            .filter(|(_, v)| now_ms.saturating_sub(base(v)) >= retention_ms)
+            .filter(|(_, s)| now_ms.saturating_sub(base(&s.value)) >= retention_ms)
+            .filter(|((topic, p), _)| !self.has_pending(group_id, topic, *p))
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Whether any transaction's offsets are still tracked (tests check that
+    /// completed and deleted ones leave nothing behind).
+    #[cfg(test)]
+    pub(crate) fn tracks_transactions(&self) -> bool {
+        !self.pending_transactional.is_empty() || !self.open_transactions_by_group.is_empty()
+    }
+}
+
+fn forget_producer(open: &mut BTreeMap<String, BTreeSet<i64>>, group_id: &str, producer_id: i64) {
+    if let Some(producers) = open.get_mut(group_id) {
+        producers.remove(&producer_id);
+        if producers.is_empty() {
+            open.remove(group_id);
+        }
     }
 }

@@ -21,7 +21,7 @@ use kafka_protocol::messages::{
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
     OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse,
+    SyncGroupResponse, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
@@ -29,8 +29,8 @@ use uuid::Uuid;
 
 use crate::consumer_group::TopicMetadata;
 use crate::state_machine::{
-    commit_answer, join_error, Effects, GroupCoordinator, JoinContext, OutRecord, RequestToken,
-    Response, TimerKey,
+    commit_answer, join_error, txn_commit_answer, Effects, GroupCoordinator, JoinContext,
+    OutRecord, RequestToken, Response, TimerKey, TransactionalProducer,
 };
 use crate::topic_ids;
 use crate::GroupConfig;
@@ -38,16 +38,33 @@ use crate::GroupConfig;
 /// One `__consumer_offsets` record: key and value (`None` = tombstone).
 pub type LogRecord = (Vec<u8>, Option<Vec<u8>>);
 
+/// One entry read back from a `__consumer_offsets` partition, in offset order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEntry {
+    /// A record; `producer_id` is Some for records of a transactional batch.
+    Record {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        producer_id: Option<i64>,
+    },
+    /// A transaction marker (control batch) for `producer_id`.
+    Marker { producer_id: i64, commit: bool },
+}
+
 /// Where the coordinator's records go: the `__consumer_offsets` partitions.
 pub trait OffsetsLog: Send + Sync + 'static {
     /// Appends records to one __consumer_offsets partition; returns once they are in the log.
-    fn append(
+    fn append(&self, partition: i32, records: Vec<LogRecord>) -> Result<(), String>;
+    /// Appends records as one transactional batch of the producer (TxnOffsetCommit).
+    fn append_transactional(
         &self,
         partition: i32,
-        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        producer_id: i64,
+        producer_epoch: i16,
+        records: Vec<LogRecord>,
     ) -> Result<(), String>;
-    /// Every record of one partition, in offset order (for loading).
-    fn read_all(&self, partition: i32) -> Result<Vec<LogRecord>, String>;
+    /// Every record and marker of one partition, in offset order (for loading).
+    fn read_all(&self, partition: i32) -> Result<Vec<LogEntry>, String>;
 }
 
 /// The error a request gets when its records could not be appended or its
@@ -141,10 +158,22 @@ impl GroupService {
         let mut fresh = GroupCoordinator::new(self.config.clone());
         let mut skipped = 0usize;
         for partition in 0..self.config.offsets_topic_partitions {
-            for (key, value) in self.log.read_all(partition)? {
-                if let Err(e) = fresh.replay(&key, value.as_deref()) {
-                    skipped += 1;
-                    tracing::warn!(partition, error = %e, "skipping undecodable __consumer_offsets record");
+            for entry in self.log.read_all(partition)? {
+                match entry {
+                    LogEntry::Record {
+                        key,
+                        value,
+                        producer_id,
+                    } => {
+                        if let Err(e) = fresh.replay(&key, value.as_deref(), producer_id) {
+                            skipped += 1;
+                            tracing::warn!(partition, error = %e, "skipping undecodable __consumer_offsets record");
+                        }
+                    }
+                    LogEntry::Marker {
+                        producer_id,
+                        commit,
+                    } => fresh.replay_end_transaction_marker(partition, producer_id, commit),
                 }
             }
         }
@@ -320,9 +349,62 @@ impl GroupService {
         response
     }
 
+    /// TxnOffsetCommit, every version: validated as OffsetCommit, appended through
+    /// `OffsetsLog::append_transactional` with the request's producer id and
+    /// epoch, and pending (not yet committed for OffsetFetch) until the
+    /// broker reports the producer's marker with `complete_transaction`. A
+    /// batch the log refuses is answered COORDINATOR_NOT_AVAILABLE and
+    /// leaves nothing pending. Unknown topics and partitions are the
+    /// handler's to answer first, as in Kafka's KafkaApis.
+    pub async fn txn_offset_commit(
+        &self,
+        req: TxnOffsetCommitRequest,
+        version: i16,
+    ) -> TxnOffsetCommitResponse {
+        // As Kafka's KafkaApis, nothing to commit is answered without the
+        // coordinator: it validates no member and creates no group.
+        if req.topics.is_empty() {
+            return TxnOffsetCommitResponse::default();
+        }
+        match self
+            .call(|c, token, now| c.txn_offset_commit(token, &req, version, now))
+            .await
+        {
+            Some(Response::TxnOffsetCommit(r)) => r,
+            _ => TxnOffsetCommitResponse::default().with_topics(
+                req.topics
+                    .iter()
+                    .map(|t| txn_commit_answer(t, |_| UNAVAILABLE))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The broker wrote a COMMIT (`commit`) or ABORT marker of `producer_id`
+    /// into `__consumer_offsets` partition `offsets_partition`: the
+    /// producer's pending offsets of that partition's groups are committed
+    /// (unless a regular commit was written after them) or dropped. It waits
+    /// for in-flight appends, so a TxnOffsetCommit whose batch is in the log
+    /// before the marker has its offsets pending when the marker applies.
+    pub async fn complete_transaction(
+        &self,
+        offsets_partition: i32,
+        producer_id: i64,
+        commit: bool,
+    ) {
+        let _ordered = self.write_lock.lock().await;
+        self.coordinator.lock().replay_end_transaction_marker(
+            offsets_partition,
+            producer_id,
+            commit,
+        );
+    }
+
     /// OffsetFetch: v1-7 for one group, v8+ for a batch of groups, v10 with
     /// topics named by id (resolved through `topics`). It waits for
     /// in-flight appends, so it never returns an offset not yet in the log.
+    /// With `require_stable` (v7+) a partition an open transaction holds an
+    /// offset of answers UNSTABLE_OFFSET_COMMIT.
     pub async fn offset_fetch(
         &self,
         mut req: OffsetFetchRequest,
@@ -443,9 +525,14 @@ impl GroupService {
             records,
             mut responses,
             timers,
+            transactional,
         } = fx;
         if !records.is_empty() {
-            if let Err(e) = self.append(records).await {
+            let appended = match transactional {
+                None => self.append(records).await,
+                Some(producer) => self.append_transactional(producer, records).await,
+            };
+            if let Err(e) = appended {
                 tracing::error!(error = %e, "appending to __consumer_offsets failed");
                 responses = responses
                     .into_iter()
@@ -486,6 +573,37 @@ impl GroupService {
         })
         .await
         .map_err(|e| format!("append task failed: {e}"))?
+    }
+
+    /// Appends a TxnOffsetCommit's records (all in its group's partition)
+    /// as one batch of the producer, then replays them: their offsets are
+    /// pending from now on, before the response goes out.
+    async fn append_transactional(
+        &self,
+        producer: TransactionalProducer,
+        records: Vec<OutRecord>,
+    ) -> Result<(), String> {
+        let partition = records[0].0;
+        let batch: Vec<LogRecord> = records.into_iter().map(|(_, k, v)| (k, v)).collect();
+        let appended = batch.clone();
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            log.append_transactional(
+                partition,
+                producer.producer_id,
+                producer.producer_epoch,
+                appended,
+            )
+        })
+        .await
+        .map_err(|e| format!("append task failed: {e}"))??;
+        let mut coordinator = self.coordinator.lock();
+        for (key, value) in &batch {
+            coordinator
+                .replay(key, value.as_deref(), Some(producer.producer_id))
+                .map_err(|e| format!("replaying a transactional offset commit: {e}"))?;
+        }
+        Ok(())
     }
 
     fn ensure_timer_task(&self) {
@@ -551,29 +669,74 @@ pub(crate) mod tests {
     };
     use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
     use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
-    use kafka_protocol::messages::{GroupId, TopicName};
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{GroupId, ProducerId, TopicName, TransactionalId};
     use kafka_protocol::protocol::StrBytes;
 
     /// `__consumer_offsets` as vectors in memory.
     #[derive(Default)]
     pub(crate) struct MemoryLog {
-        partitions: Mutex<HashMap<i32, Vec<LogRecord>>>,
+        partitions: Mutex<HashMap<i32, Vec<LogEntry>>>,
+        /// Each transactional producer's latest epoch: a batch of an older
+        /// one is refused, as the broker fences a zombie producer.
+        producer_epochs: Mutex<HashMap<i64, i16>>,
     }
 
-    impl OffsetsLog for MemoryLog {
-        fn append(
-            &self,
-            partition: i32,
-            records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        ) -> Result<(), String> {
+    impl MemoryLog {
+        fn push(&self, partition: i32, entries: impl IntoIterator<Item = LogEntry>) {
             self.partitions
                 .lock()
                 .entry(partition)
                 .or_default()
-                .extend(records);
+                .extend(entries);
+        }
+
+        /// The end of a transaction, as the broker writes it.
+        pub(crate) fn write_marker(&self, partition: i32, producer_id: i64, commit: bool) {
+            self.push(
+                partition,
+                [LogEntry::Marker {
+                    producer_id,
+                    commit,
+                }],
+            );
+        }
+    }
+
+    impl OffsetsLog for MemoryLog {
+        fn append(&self, partition: i32, records: Vec<LogRecord>) -> Result<(), String> {
+            let entries = records.into_iter().map(|(key, value)| LogEntry::Record {
+                key,
+                value,
+                producer_id: None,
+            });
+            self.push(partition, entries);
             Ok(())
         }
-        fn read_all(&self, partition: i32) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, String> {
+        fn append_transactional(
+            &self,
+            partition: i32,
+            producer_id: i64,
+            producer_epoch: i16,
+            records: Vec<LogRecord>,
+        ) -> Result<(), String> {
+            let mut epochs = self.producer_epochs.lock();
+            let latest = epochs.entry(producer_id).or_insert(producer_epoch);
+            if producer_epoch < *latest {
+                return Err(format!("producer {producer_id} fenced at epoch {latest}"));
+            }
+            *latest = producer_epoch;
+            let entries = records.into_iter().map(|(key, value)| LogEntry::Record {
+                key,
+                value,
+                producer_id: Some(producer_id),
+            });
+            self.push(partition, entries);
+            Ok(())
+        }
+        fn read_all(&self, partition: i32) -> Result<Vec<LogEntry>, String> {
             Ok(self
                 .partitions
                 .lock()
@@ -709,6 +872,115 @@ pub(crate) mod tests {
         assert_eq!(d.groups[0].group_state.as_str(), "Stable");
         assert_eq!(d.groups[0].members.len(), 2);
         assert_eq!(d.groups[0].members[0].client_id.as_str(), "a");
+    }
+
+    /// A TxnOffsetCommit v4 of `(partition, offset)`s of topic "t" in group
+    /// "g", by a simple producer.
+    fn txn(
+        producer_id: i64,
+        producer_epoch: i16,
+        offsets: &[(i32, i64)],
+    ) -> TxnOffsetCommitRequest {
+        TxnOffsetCommitRequest::default()
+            .with_transactional_id(TransactionalId(s("tx")))
+            .with_group_id(GroupId(s("g")))
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch)
+            .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partitions(
+                    offsets
+                        .iter()
+                        .map(|(p, o)| {
+                            TxnOffsetCommitRequestPartition::default()
+                                .with_partition_index(*p)
+                                .with_committed_offset(*o)
+                        })
+                        .collect(),
+                )])
+    }
+
+    /// `(offset, error)` of partitions 0-3 of "t" in a v7 OffsetFetch with
+    /// `require_stable`.
+    async fn stable_offsets(svc: &GroupService) -> Vec<(i64, i16)> {
+        let fetch = OffsetFetchRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_require_stable(true)
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partition_indexes(vec![0, 1, 2, 3])]));
+        let r = svc.offset_fetch(fetch, 7, &NoTopics).await;
+        r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.committed_offset, p.error_code))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transactional_offsets_go_through_the_log_and_survive_reload() {
+        const UNSTABLE: i16 = ResponseError::UnstableOffsetCommit.code();
+        let errors = |r: TxnOffsetCommitResponse| -> Vec<i16> {
+            r.topics[0]
+                .partitions
+                .iter()
+                .map(|p| p.error_code)
+                .collect()
+        };
+        let log = Arc::new(MemoryLog::default());
+        let svc = GroupService::new(GroupConfig::default(), log.clone());
+        svc.load().unwrap();
+        let partition = svc.partition_for("g");
+
+        // Nothing to commit: answered without the coordinator.
+        let empty = txn(7, 1, &[]).with_topics(Vec::new());
+        assert!(svc.txn_offset_commit(empty, 4).await.topics.is_empty());
+        assert!(svc
+            .list_groups(ListGroupsRequest::default(), 5)
+            .groups
+            .is_empty());
+
+        let r = svc.txn_offset_commit(txn(7, 1, &[(0, 5), (1, 6)]), 4).await;
+        assert_eq!(errors(r), vec![0, 0]);
+        let written = log.read_all(partition).unwrap();
+        assert_eq!(written.len(), 2);
+        assert!(written.iter().all(|e| matches!(
+            e,
+            LogEntry::Record {
+                producer_id: Some(7),
+                ..
+            }
+        )));
+        // A zombie of the producer: the log refuses its batch, and nothing
+        // of it is pending.
+        let r = svc.txn_offset_commit(txn(7, 0, &[(2, 99)]), 4).await;
+        assert_eq!(errors(r), vec![UNAVAILABLE]);
+        // Producer 8 stays open, producer 9 aborts.
+        let r = svc.txn_offset_commit(txn(8, 0, &[(3, 30)]), 4).await;
+        assert_eq!(errors(r), vec![0]);
+        let r = svc.txn_offset_commit(txn(9, 0, &[(0, 90)]), 4).await;
+        assert_eq!(errors(r), vec![0]);
+        assert_eq!(
+            stable_offsets(&svc).await,
+            vec![(-1, UNSTABLE), (-1, UNSTABLE), (-1, 0), (-1, UNSTABLE)]
+        );
+        for (producer_id, commit) in [(9, false), (7, true)] {
+            log.write_marker(partition, producer_id, commit);
+            svc.complete_transaction(partition, producer_id, commit)
+                .await;
+        }
+        let expected = vec![(5, 0), (6, 0), (-1, 0), (-1, UNSTABLE)];
+        assert_eq!(stable_offsets(&svc).await, expected);
+
+        let again = GroupService::new(GroupConfig::default(), log.clone());
+        again.load().unwrap();
+        assert_eq!(stable_offsets(&again).await, expected);
+        log.write_marker(partition, 8, true);
+        again.complete_transaction(partition, 8, true).await;
+        assert_eq!(
+            stable_offsets(&again).await,
+            vec![(5, 0), (6, 0), (-1, 0), (30, 0)]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,7 +27,9 @@ use uuid::Uuid;
 use crate::state_machine::{
     Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey,
 };
-use crate::{GroupConfig, GroupState};
+use crate::{GroupConfig, GroupState, LogEntry};
+
+mod txn;
 
 const SESSION_MS: i32 = 10_000;
 const REBALANCE_MS: i32 = 30_000;
@@ -58,7 +60,8 @@ struct H {
     now: i64,
     next_token: u64,
     next_uuid: u128,
-    log: Vec<(i32, Vec<u8>, Option<Vec<u8>>)>,
+    /// `__consumer_offsets` as `load` reads it, with each entry's partition.
+    log: Vec<(i32, LogEntry)>,
     timers: HashMap<TimerKey, i64>,
     responses: HashMap<RequestToken, Response>,
     versions: HashMap<RequestToken, i16>,
@@ -97,7 +100,19 @@ impl H {
     }
 
     fn absorb(&mut self, fx: Effects) {
-        self.log.extend(fx.records);
+        let producer_id = fx.transactional.map(|p| p.producer_id);
+        for (partition, key, value) in fx.records {
+            if producer_id.is_some() {
+                // As the service does once the log took the batch.
+                self.c.replay(&key, value.as_deref(), producer_id).unwrap();
+            }
+            let entry = LogEntry::Record {
+                key,
+                value,
+                producer_id,
+            };
+            self.log.push((partition, entry));
+        }
         for (t, r) in fx.responses {
             let v = self.versions[&t];
             let mut buf = BytesMut::new();
@@ -107,6 +122,7 @@ impl H {
                 Response::Heartbeat(x) => x.encode(&mut buf, v),
                 Response::LeaveGroup(x) => x.encode(&mut buf, v),
                 Response::OffsetCommit(x) => x.encode(&mut buf, v),
+                Response::TxnOffsetCommit(x) => x.encode(&mut buf, v),
                 Response::OffsetDelete(x) => x.encode(&mut buf, v),
                 Response::DeleteGroups(x) => x.encode(&mut buf, v),
                 Response::ConsumerGroupHeartbeat(x) => x.encode(&mut buf, v),
@@ -370,6 +386,33 @@ impl H {
             .collect()
     }
 
+    /// A broker restart: a fresh coordinator replays the log, records and
+    /// transaction markers, and completes its load.
+    fn replayed(&self) -> GroupCoordinator {
+        let mut replayed = GroupCoordinator::new(self.c.config().clone());
+        for (partition, entry) in &self.log {
+            match entry {
+                LogEntry::Record {
+                    key,
+                    value,
+                    producer_id,
+                } => {
+                    let group = String::from_utf8_lossy(&key[4..4 + key[3] as usize]);
+                    assert_eq!(*partition, replayed.partition_for(&group));
+                    replayed
+                        .replay(key, value.as_deref(), *producer_id)
+                        .unwrap();
+                }
+                LogEntry::Marker {
+                    producer_id,
+                    commit,
+                } => replayed.replay_end_transaction_marker(*partition, *producer_id, *commit),
+            }
+        }
+        let _ = replayed.complete_load(self.now);
+        replayed
+    }
+
     fn state(&self, group: &str) -> GroupState {
         self.c.group(group).expect("group exists").state
     }
@@ -395,6 +438,10 @@ fn range() -> Vec<(&'static str, Bytes)> {
 
 /// A Stable group of `n` dynamic members; returns their ids in join order
 /// (the first is the leader) and the generation.
+fn is_tombstone(entry: &LogEntry) -> bool {
+    matches!(entry, LogEntry::Record { value: None, .. })
+}
+
 fn stable_group(h: &mut H, group: &str, n: usize) -> (Vec<String>, i32) {
     // Every member first gets its id (pending members hold the join phase
     // open), then joins with it: one generation for all.
@@ -1227,7 +1274,7 @@ fn offset_delete() {
     let r = del(&mut h, "g", "old");
     assert_eq!(r.topics[0].partitions[0].error_code, 0);
     assert_eq!(h.log.len(), before + 1);
-    assert!(h.log.last().unwrap().2.is_none());
+    assert!(is_tombstone(&h.log.last().unwrap().1));
     assert_eq!(
         h.fetched("g", None),
         vec![("orders".into(), 0, 5, "".into())]
@@ -1277,7 +1324,7 @@ fn offsets_expire_after_retention_once_group_is_empty() {
     h.advance(retention + crate::state_machine::OFFSETS_RETENTION_CHECK_INTERVAL_MS);
     assert!(h.c.committed_offsets("g").is_empty());
     assert!(h.c.group("g").is_none());
-    let tombstones = h.log.iter().filter(|(_, _, v)| v.is_none()).count();
+    let tombstones = h.log.iter().filter(|(_, e)| is_tombstone(e)).count();
     assert_eq!(tombstones, 4, "two offsets and two groups");
 }
 
@@ -1395,7 +1442,7 @@ fn describe_list_and_delete_groups() {
         .iter()
         .rev()
         .take(2)
-        .map(|(_, _, v)| v.is_none())
+        .map(|(_, e)| is_tombstone(e))
         .collect();
     assert_eq!(last_two, vec![true, true], "offset and group tombstones");
 }
@@ -1433,15 +1480,7 @@ fn replay_rebuilds_identical_state() {
     );
     h.absorb(fx);
 
-    let mut replayed = GroupCoordinator::new(h.c.config().clone());
-    for (partition, key, value) in &h.log {
-        assert_eq!(
-            *partition,
-            replayed.partition_for(&String::from_utf8_lossy(&key[4..4 + key[3] as usize]))
-        );
-        replayed.replay(key, value.as_deref()).unwrap();
-    }
-    let _ = replayed.complete_load(h.now);
+    let replayed = h.replayed();
     assert_eq!(replayed.offsets(), h.c.offsets());
     for id in ["g", "s", "simple"] {
         let (a, b) = (h.c.group(id).unwrap(), replayed.group(id).unwrap());
@@ -1459,9 +1498,9 @@ fn replay_rebuilds_identical_state() {
     assert_eq!(h2.join_resp(t).generation_id, 1);
     assert_eq!(h2.state("s"), GroupState::Stable);
     // Undecodable records are errors, not panics.
-    assert!(h2.c.replay(&[0, 1, 0], Some(&[1])).is_err());
+    assert!(h2.c.replay(&[0, 1, 0], Some(&[1]), None).is_err());
     assert!(
-        h2.c.replay(&[0, 9], None).is_ok(),
+        h2.c.replay(&[0, 9], None, None).is_ok(),
         "other coordinators' keys are skipped"
     );
 }

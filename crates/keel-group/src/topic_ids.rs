@@ -180,7 +180,7 @@ mod tests {
 
     use super::*;
     use crate::service::tests::MemoryLog;
-    use crate::{GroupConfig, GroupService, OffsetsLog};
+    use crate::{GroupConfig, GroupService, LogEntry, OffsetsLog};
 
     const ORDERS: Uuid = Uuid::from_u128(0x0e0e);
     /// An id no topic has.
@@ -310,7 +310,12 @@ mod tests {
         // Stored by name, as v9 stores it.
         let key = crate::records::offset_commit_key("g", "orders", 0);
         let records = log.read_all(svc.partition_for("g")).unwrap();
-        assert!(records.iter().any(|(k, _)| *k == key), "{records:?}");
+        assert!(
+            records
+                .iter()
+                .any(|e| matches!(e, LogEntry::Record { key: k, .. } if *k == key)),
+            "{records:?}"
+        );
 
         // v9 commits partition 1 by name; both versions read both.
         let r = svc

@@ -1,6 +1,6 @@
 //! The broker's shared state and the operations that span its parts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,17 +9,20 @@ use keel_metadata::cluster::IsrChange;
 use keel_metadata::controller::{self, ConfigChange, ControllerError, NewTopic};
 use keel_metadata::{ConfigResource, ControllerReply, ControllerRequest, MetadataImage};
 use keel_storage::{LogManager, StorageError};
+use keel_txn::TxnService;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::broker_client::BrokerClients;
 use crate::config::BrokerConfig;
+use crate::coordinator_log::{CoordinatorLog, OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use crate::fetch_session::FetchSessionCache;
 use crate::log_cleaner::LogCleaner;
 use crate::metadata_store::{MetadataError, MetadataStore};
-use crate::offsets_log::{ConsumerOffsetsLog, OFFSETS_TOPIC};
 use crate::replica_fetcher::ReplicaFetchers;
 use crate::replica_manager::{IsrProposal, Partition, ReplicaManager};
+use crate::transactions::TxnBridge;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -52,12 +55,18 @@ pub struct Broker {
     pub metadata: MetadataStore,
     pub replicas: Arc<ReplicaManager>,
     pub groups: Arc<GroupService>,
+    pub txns: Arc<TxnService>,
     pub fetch_sessions: FetchSessionCache,
     pub log_cleaner: LogCleaner,
     /// `(next id to hand out, end of the reserved block)`.
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// The `__consumer_offsets` partitions this broker leads.
     led_offsets_partitions: Mutex<BTreeSet<i32>>,
+    /// The `__transaction_state` partitions this broker leads, with the
+    /// leader epoch its coordinator loaded them at.
+    pub(crate) led_transaction_partitions: Mutex<BTreeMap<i32, i32>>,
+    /// Connections to other brokers for markers and verification.
+    pub(crate) broker_clients: BrokerClients,
     /// Follower fetchers, one per leader this broker follows.
     fetchers: ReplicaFetchers,
     /// ISR changes this broker, as leader, asks of the controller, sent
@@ -99,8 +108,9 @@ impl Broker {
         );
         let groups = GroupService::new(
             config.group.clone(),
-            Arc::new(ConsumerOffsetsLog {
+            Arc::new(CoordinatorLog {
                 replicas: replicas.clone(),
+                topic: OFFSETS_TOPIC,
             }),
         );
         let loading = groups.clone();
@@ -110,7 +120,18 @@ impl Broker {
         let loaded_offsets_topic = image.topic_by_name(OFFSETS_TOPIC).map(|t| t.topic_id);
         let cleaner_checkpoint = replicas.log_manager().read_cleaner_checkpoint()?;
         let (isr_changes, isr_change_queue) = mpsc::unbounded_channel();
-        let broker = Arc::new(Self {
+        let broker = Arc::new_cyclic(|me| Self {
+            txns: TxnService::new(
+                config.txn.clone(),
+                Arc::new(CoordinatorLog {
+                    replicas: replicas.clone(),
+                    topic: TRANSACTION_STATE_TOPIC,
+                }),
+                Arc::new(TxnBridge { broker: me.clone() }),
+                Arc::new(TxnBridge { broker: me.clone() }),
+            ),
+            led_transaction_partitions: Mutex::new(BTreeMap::new()),
+            broker_clients: BrokerClients::new("keel-broker"),
             fetchers: ReplicaFetchers::default(),
             led_offsets_partitions: Mutex::new(offsets_partitions_led(&image, config.node_id)),
             isr_changes,
@@ -127,6 +148,7 @@ impl Broker {
         if let Err(e) = broker.compact_offsets_topic().await {
             tracing::error!(error = %e, "{OFFSETS_TOPIC} stays as it was configured");
         }
+        broker.follow_transaction_leadership(&image).await;
         Ok(broker)
     }
 
@@ -140,6 +162,7 @@ impl Broker {
         let applied = image.clone();
         blocking(move || replicas.apply_image(&applied, &config, now_ms())).await?;
         self.follow_offsets_leadership(&image).await;
+        self.follow_transaction_leadership(&image).await;
         Ok(())
     }
 
@@ -286,14 +309,7 @@ impl Broker {
                     ),
                 ],
             };
-            match self.create_topic(&topic, false).await {
-                Ok(_) => {
-                    tracing::info!(partitions = topic.num_partitions, "created {OFFSETS_TOPIC}")
-                }
-                // Another broker asked first.
-                Err(AdminError::Controller(ControllerError::TopicAlreadyExists(_))) => {}
-                Err(e) => return Err(e),
-            }
+            self.create_internal_topic(&topic).await?;
         }
         let groups = self.groups.clone();
         blocking(move || groups.load())
@@ -304,6 +320,18 @@ impl Broker {
             .topic_by_name(OFFSETS_TOPIC)
             .map(|t| t.topic_id);
         Ok(())
+    }
+
+    /// Creates a coordinator's internal topic unless another broker did first.
+    pub(crate) async fn create_internal_topic(&self, topic: &NewTopic) -> Result<(), AdminError> {
+        match self.create_topic(topic, false).await {
+            Ok(_) => {
+                tracing::info!(partitions = topic.num_partitions, "created {}", topic.name);
+                Ok(())
+            }
+            Err(AdminError::Controller(ControllerError::TopicAlreadyExists(_))) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Data dirs from before the log cleaner existed hold an offsets topic

@@ -15,6 +15,7 @@ use keel_metadata::controller::TopicDefaults;
 use keel_metadata::{MetadataImage, TopicImage};
 use keel_raft::{parse_voters, QuorumConfig};
 use keel_storage::{CleanupPolicy, LogConfig, TimestampType};
+use keel_txn::TxnConfig;
 
 const fn def(
     name: &'static str,
@@ -253,6 +254,62 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
         "Segment size of __consumer_offsets, small so compaction can start early.",
     ),
     def(
+        "transaction.state.log.num.partitions",
+        "50",
+        Int,
+        AtLeast(1),
+        "Partitions of __transaction_state.",
+    ),
+    def(
+        "transaction.state.log.replication.factor",
+        "3",
+        Short,
+        AtLeast(1),
+        "Replication factor of __transaction_state (at most the brokers registered).",
+    ),
+    def(
+        "transaction.state.log.min.isr",
+        "2",
+        Int,
+        AtLeast(1),
+        "min.insync.replicas of __transaction_state (at most its replication factor).",
+    ),
+    def(
+        "transaction.state.log.segment.bytes",
+        "104857600",
+        Int,
+        Validator::Between(14, i32::MAX as i64),
+        "Segment size of __transaction_state.",
+    ),
+    def(
+        "transaction.max.timeout.ms",
+        "900000",
+        Int,
+        AtLeast(1),
+        "The longest transaction.timeout.ms a producer may ask for.",
+    ),
+    def(
+        "transactional.id.expiration.ms",
+        "604800000",
+        Long,
+        AtLeast(1),
+        "How long a transactional id may stay idle before the coordinator forgets it.",
+    ),
+    def(
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        "10000",
+        Long,
+        AtLeast(1),
+        "How often open transactions are checked against their timeout.",
+    ),
+    def(
+        "transaction.remove.expired.transaction.cleanup.interval.ms",
+        "3600000",
+        Long,
+        AtLeast(1),
+        "How often idle transactional ids are expired.",
+    ),
+    def(
         "offsets.retention.minutes",
         "10080",
         Int,
@@ -370,6 +427,10 @@ pub struct BrokerConfig {
     pub offsets_topic_replication_factor: i16,
     pub offsets_topic_segment_bytes: u32,
     pub group: GroupConfig,
+    pub transaction_state_log_replication_factor: i16,
+    pub transaction_state_log_min_isr: i32,
+    pub transaction_state_log_segment_bytes: u32,
+    pub txn: TxnConfig,
     /// Every setting given explicitly (file or override), after normalisation.
     explicit: BTreeMap<String, String>,
 }
@@ -558,6 +619,32 @@ impl BrokerConfig {
                     "group.consumer.heartbeat.interval.ms",
                 )?,
                 consumer_session_timeout_ms: setting(&get, "group.consumer.session.timeout.ms")?,
+            },
+            transaction_state_log_replication_factor: setting(
+                &get,
+                "transaction.state.log.replication.factor",
+            )?,
+            transaction_state_log_min_isr: setting(&get, "transaction.state.log.min.isr")?,
+            transaction_state_log_segment_bytes: setting(
+                &get,
+                "transaction.state.log.segment.bytes",
+            )?,
+            txn: TxnConfig {
+                transaction_state_partitions: setting(
+                    &get,
+                    "transaction.state.log.num.partitions",
+                )?,
+                offsets_topic_partitions: setting(&get, "offsets.topic.num.partitions")?,
+                transaction_max_timeout_ms: setting(&get, "transaction.max.timeout.ms")?,
+                transactional_id_expiration_ms: setting(&get, "transactional.id.expiration.ms")?,
+                abort_timed_out_transaction_cleanup_interval_ms: setting(
+                    &get,
+                    "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+                )?,
+                remove_expired_transaction_cleanup_interval_ms: setting(
+                    &get,
+                    "transaction.remove.expired.transaction.cleanup.interval.ms",
+                )?,
             },
             explicit,
         };

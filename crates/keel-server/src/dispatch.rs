@@ -43,6 +43,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // KIP-848 consumer groups (v1: KIP-1082 client-generated member ids).
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    // Transactions, Kafka's transaction version 1: the v5 of AddPartitionsToTxn,
+    // EndTxn and TxnOffsetCommit belong to KIP-890's transaction version 2
+    // (an epoch bump per transaction), which is not built.
+    (ApiKey::AddPartitionsToTxn, 0, 4),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::WriteTxnMarkers, 1, 1),
+    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<VersionRange> {
@@ -110,6 +121,9 @@ pub async fn dispatch(
         }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(handlers::list_offsets::handle(broker, &ctx, r))
+        }
+        RequestKind::InitProducerId(r) if r.transactional_id.is_some() => {
+            ResponseKind::InitProducerId(broker.txns.init_producer_id(r, v).await)
         }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(handlers::init_producer_id::handle(broker, &ctx, r).await)
@@ -182,6 +196,30 @@ pub async fn dispatch(
         }
         RequestKind::ConsumerGroupDescribe(r) => {
             ResponseKind::ConsumerGroupDescribe(broker.groups.consumer_group_describe(r, v))
+        }
+        // The transaction APIs' handlers are the transaction coordinator's
+        // methods, as the group APIs' are the group coordinator's.
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(broker.txns.add_partitions_to_txn(r, v).await)
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            ResponseKind::AddOffsetsToTxn(broker.txns.add_offsets_to_txn(r, v).await)
+        }
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(broker.txns.end_txn(r, v).await),
+        RequestKind::DescribeTransactions(r) => {
+            ResponseKind::DescribeTransactions(broker.txns.describe_transactions(r, v))
+        }
+        RequestKind::ListTransactions(r) => {
+            ResponseKind::ListTransactions(broker.txns.list_transactions(r, v))
+        }
+        RequestKind::TxnOffsetCommit(r) => {
+            ResponseKind::TxnOffsetCommit(broker.groups.txn_offset_commit(r, v).await)
+        }
+        RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(
+            handlers::write_txn_markers::handle(broker, &ctx, r).await,
+        ),
+        RequestKind::DescribeProducers(r) => {
+            ResponseKind::DescribeProducers(handlers::describe_producers::handle(broker, &ctx, r))
         }
         other => {
             // Unreachable while SUPPORTED and this match agree; a mismatch

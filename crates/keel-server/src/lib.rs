@@ -7,19 +7,21 @@
 //! `metadata_store::MetadataStore`; they never touch segment files.
 
 pub mod broker;
+mod broker_client;
 mod codec;
 pub mod config;
 mod connection;
+mod coordinator_log;
 pub mod dispatch;
 mod errors;
 mod fetch_session;
 mod handlers;
 mod log_cleaner;
 pub mod metadata_store;
-mod offsets_log;
 mod replica_fetcher;
 pub mod replica_manager;
 mod server;
+mod transactions;
 
 pub use broker::{now_ms, Broker, BrokerError};
 pub use config::{BrokerConfig, ConfigError};

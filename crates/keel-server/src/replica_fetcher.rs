@@ -10,20 +10,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
+use crate::broker_client::BrokerConnection;
 use crate::replica_manager::Partition;
 
 /// Fetch v12 is the first with `last_fetched_epoch` and diverging epochs,
@@ -33,8 +30,6 @@ const FETCH_VERSION: i16 = 12;
 const FETCH_BACKOFF: Duration = Duration::from_millis(1000);
 /// Kafka's `replica.fetch.response.max.bytes`.
 const RESPONSE_MAX_BYTES: i32 = 10 * 1024 * 1024;
-/// A response larger than this is refused before it is read.
-const RESPONSE_FRAME_MAX: usize = 2 * RESPONSE_MAX_BYTES as usize;
 const CLIENT_ID: &str = "keel-replica-fetcher";
 
 #[derive(Default)]
@@ -80,8 +75,7 @@ fn followed_partitions(broker: &Broker, leader: i32) -> Vec<Arc<Partition>> {
 }
 
 async fn fetch_from(broker: Arc<Broker>, leader: i32) {
-    let mut connection: Option<TcpStream> = None;
-    let mut correlation_id = 0i32;
+    let mut connection = BrokerConnection::new(CLIENT_ID);
     loop {
         let partitions = followed_partitions(&broker, leader);
         if partitions.is_empty() {
@@ -96,35 +90,17 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32) {
             tokio::time::sleep(FETCH_BACKOFF).await;
             continue;
         };
-        let stream = match &mut connection {
-            Some(stream) => stream,
-            None => match TcpStream::connect(&address).await {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    connection.insert(stream)
-                }
-                Err(e) => {
-                    tracing::debug!(leader, %address, error = %e, "cannot reach the leader");
-                    tokio::time::sleep(FETCH_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        correlation_id = correlation_id.wrapping_add(1);
         let request = fetch_request(&broker, &partitions);
         let max_wait = Duration::from_millis(broker.config.replica_fetch_wait_max_ms as u64);
-        let exchange = round_trip(stream, correlation_id, &request);
-        let response = match tokio::time::timeout(max_wait + FETCH_BACKOFF * 10, exchange).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(why)) => {
+        let timeout = max_wait + FETCH_BACKOFF * 10;
+        let response = match connection
+            .send(&address, FETCH_VERSION, &request, timeout)
+            .await
+        {
+            Ok(response) => response,
+            Err(why) => {
                 tracing::debug!(leader, %why, "fetch from the leader failed");
-                connection = None;
                 tokio::time::sleep(FETCH_BACKOFF).await;
-                continue;
-            }
-            Err(_) => {
-                tracing::debug!(leader, "fetch from the leader timed out");
-                connection = None;
                 continue;
             }
         };
@@ -225,55 +201,4 @@ fn apply_partition(partition: &Partition, data: PartitionData) -> Result<(), Str
             .map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-/// Sends one Fetch and reads its answer on a connection that carries one
-/// request at a time.
-async fn round_trip(
-    stream: &mut TcpStream,
-    correlation_id: i32,
-    request: &FetchRequest,
-) -> Result<FetchResponse, String> {
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Fetch as i16)
-        .with_request_api_version(FETCH_VERSION)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-    let mut frame = BytesMut::new();
-    frame.put_i32(0);
-    header
-        .encode(
-            &mut frame,
-            ApiKey::Fetch.request_header_version(FETCH_VERSION),
-        )
-        .map_err(|e| e.to_string())?;
-    request
-        .encode(&mut frame, FETCH_VERSION)
-        .map_err(|e| e.to_string())?;
-    let size = (frame.len() - 4) as i32;
-    frame[..4].copy_from_slice(&size.to_be_bytes());
-    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-    let size = stream.read_i32().await.map_err(|e| e.to_string())?;
-    let size = usize::try_from(size)
-        .ok()
-        .filter(|s| *s <= RESPONSE_FRAME_MAX)
-        .ok_or_else(|| format!("response of {size} bytes"))?;
-    let mut body = vec![0u8; size];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut body = Bytes::from(body);
-    let header = ResponseHeader::decode(
-        &mut body,
-        ApiKey::Fetch.response_header_version(FETCH_VERSION),
-    )
-    .map_err(|e| e.to_string())?;
-    if header.correlation_id != correlation_id {
-        return Err(format!(
-            "answer to {} while {correlation_id} was asked",
-            header.correlation_id
-        ));
-    }
-    FetchResponse::decode(&mut body, FETCH_VERSION).map_err(|e| e.to_string())
 }

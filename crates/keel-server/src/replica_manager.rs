@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use keel_metadata::{MetadataImage, PartitionImage};
-use keel_storage::{FetchSlice, Log, LogAppendResult, LogManager, StorageError};
+use keel_storage::{
+    AbortedTxn, ControlRecordType, FetchSlice, Log, LogAppendResult, LogManager, StorageError,
+};
 use keel_types::TopicPartition;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
@@ -95,7 +97,32 @@ pub enum AppendError {
 pub struct ReadResult {
     pub slice: Option<FetchSlice>,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// For a read_committed read: the aborted transactions overlapping it.
+    pub aborted_transactions: Option<Vec<AbortedTxn>>,
+}
+
+/// How far a reader may read (see `Partition::read`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBound {
+    LogEnd,
+    HighWatermark,
+    LastStable,
+}
+
+/// One WriteTxnMarkers marker as a partition leader writes it.
+#[derive(Clone, Copy, Debug)]
+pub struct TxnMarkerEntry {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub control_type: ControlRecordType,
+    pub coordinator_epoch: i32,
+}
+
+fn last_stable_offset(log: &Log, high_watermark: i64) -> i64 {
+    log.first_unstable_offset()
+        .map_or(high_watermark, |first| first.min(high_watermark))
 }
 
 impl Partition {
@@ -342,6 +369,46 @@ impl Partition {
     /// Appends a produce request's batches (already copied out of the request
     /// so offsets can be patched in place).
     pub fn append(&self, batches: &mut [u8], now_ms: i64) -> Result<LogAppendResult, AppendError> {
+        self.append_as_leader(|log, leader_epoch| {
+            log.append_as_leader(batches, leader_epoch, now_ms)
+        })
+    }
+
+    /// Appends batches a coordinator on this broker wrote (the group
+    /// coordinator's transactional offset commits): no sequence check.
+    pub fn append_as_coordinator(
+        &self,
+        batches: &mut [u8],
+        now_ms: i64,
+    ) -> Result<LogAppendResult, AppendError> {
+        self.append_as_leader(|log, leader_epoch| {
+            log.append_as_coordinator(batches, leader_epoch, now_ms)
+        })
+    }
+
+    /// Writes a transaction marker (WriteTxnMarkers), ending the producer's
+    /// transaction on this partition.
+    pub fn append_marker(
+        &self,
+        marker: &TxnMarkerEntry,
+        now_ms: i64,
+    ) -> Result<LogAppendResult, AppendError> {
+        self.append_as_leader(|log, leader_epoch| {
+            log.append_marker(
+                marker.producer_id,
+                marker.producer_epoch,
+                marker.control_type,
+                marker.coordinator_epoch,
+                leader_epoch,
+                now_ms,
+            )
+        })
+    }
+
+    fn append_as_leader(
+        &self,
+        append: impl FnOnce(&mut Log, i32) -> Result<LogAppendResult, StorageError>,
+    ) -> Result<LogAppendResult, AppendError> {
         let leader_epoch = {
             let state = self.replication.lock();
             if state.leader != self.node_id {
@@ -350,7 +417,7 @@ impl Partition {
             state.leader_epoch
         };
         let mut log = self.log.lock();
-        let result = log.append_as_leader(batches, leader_epoch, now_ms)?;
+        let result = append(&mut log, leader_epoch)?;
         let log_end_offset = log.log_end_offset();
         drop(log);
         if !result.duplicate {
@@ -358,6 +425,21 @@ impl Partition {
             self.maybe_advance_high_watermark(log_end_offset);
         }
         Ok(result)
+    }
+
+    /// Whether `producer_id` has a transaction open on this partition: a
+    /// transactional produce for one that has not is verified with the
+    /// transaction coordinator first (KIP-890).
+    pub fn has_ongoing_transaction(&self, producer_id: i64) -> bool {
+        self.log.lock().has_ongoing_transaction(producer_id)
+    }
+
+    /// Kafka's last stable offset: nothing at or above it may reach a
+    /// read_committed consumer, because a transaction that starts below it
+    /// is still open (or the high watermark, if none is).
+    pub fn last_stable_offset(&self) -> i64 {
+        let log = self.log.lock();
+        last_stable_offset(&log, self.high_watermark())
     }
 
     /// Appends what the leader sent, with the leader's offsets and epochs,
@@ -429,32 +511,43 @@ impl Partition {
     }
 
     /// Locates data for a fetch. The bytes are read afterwards, outside the
-    /// log's lock, by `FetchSlice::read_bytes`.
-    /// Consumers read below the high watermark; a follower
-    /// (`to_log_end`) reads everything the leader has.
+    /// log's lock, by `FetchSlice::read_bytes`. `bound` says how far the
+    /// reader may see: a follower everything the leader has, a consumer
+    /// below the high watermark, a read_committed consumer below the last
+    /// stable offset, with the aborted transactions it must drop.
     pub fn read(
         &self,
         offset: i64,
         max_bytes: u32,
         min_one_batch: bool,
-        to_log_end: bool,
+        bound: ReadBound,
     ) -> Result<ReadResult, StorageError> {
         let log = self.log.lock();
         let high_watermark = self.high_watermark();
-        let upper = if to_log_end {
-            log.log_end_offset()
-        } else {
-            high_watermark
+        let last_stable_offset = last_stable_offset(&log, high_watermark);
+        let upper = match bound {
+            ReadBound::LogEnd => log.log_end_offset(),
+            ReadBound::HighWatermark => high_watermark,
+            ReadBound::LastStable => last_stable_offset,
         };
         let slice = if offset == upper && offset >= log.log_start_offset() {
             None
         } else {
             Some(log.read(offset, max_bytes, upper, min_one_batch)?)
         };
+        let aborted_transactions = match (&slice, bound) {
+            (Some(s), ReadBound::LastStable) if !s.is_empty() => {
+                Some(log.aborted_transactions(offset, upper)?)
+            }
+            (_, ReadBound::LastStable) => Some(Vec::new()),
+            _ => None,
+        };
         Ok(ReadResult {
             slice,
             high_watermark,
+            last_stable_offset,
             log_start_offset: log.log_start_offset(),
+            aborted_transactions,
         })
     }
 

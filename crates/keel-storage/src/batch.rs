@@ -983,6 +983,85 @@ pub(crate) fn empty_batch_like(header: &RecordBatchHeader) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
+// Transaction markers.
+
+/// The type of a transaction marker, from its control record's key
+/// (version i16 = 0, type i16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlRecordType {
+    Abort,
+    Commit,
+}
+
+impl ControlRecordType {
+    /// The control key's version Kafka writes, and the marker value's.
+    const VERSION: i16 = 0;
+
+    fn type_id(self) -> i16 {
+        match self {
+            ControlRecordType::Abort => 0,
+            ControlRecordType::Commit => 1,
+        }
+    }
+
+    /// Kafka's `ControlRecordType.parse`. `None` for keys that are not a
+    /// marker's: KRaft's control records, types newer than this broker, or
+    /// keys too short to hold a type. Like Kafka, a key version above ours
+    /// is read as far as we understand it.
+    pub fn parse(key: &[u8]) -> Option<ControlRecordType> {
+        let (version, type_id) = (key.get(0..2)?, key.get(2..4)?);
+        if be_i16(version, 0) < 0 {
+            return None;
+        }
+        match be_i16(type_id, 0) {
+            0 => Some(ControlRecordType::Abort),
+            1 => Some(ControlRecordType::Commit),
+            _ => None,
+        }
+    }
+}
+
+/// Kafka's `MemoryRecords.withEndTransactionMarker`: one control record
+/// (key: version, type; value: version, coordinator epoch) in a
+/// transactional control batch carrying the producer's id and epoch and no
+/// sequence. Offsets and the leader epoch are the appender's to assign.
+pub fn end_txn_marker(
+    marker: ControlRecordType,
+    producer_id: i64,
+    producer_epoch: i16,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&ControlRecordType::VERSION.to_be_bytes());
+    key.extend_from_slice(&marker.type_id().to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&ControlRecordType::VERSION.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let mut builder = BatchBuilder::new(0)
+        .producer(producer_id, producer_epoch, keel_types::NO_SEQUENCE)
+        .transactional(true)
+        .control(true);
+    builder.push(Some(&key), Some(&value), &[], timestamp);
+    builder.build()
+}
+
+/// The transaction marker a batch holds: `None` for data batches, for
+/// control batches without a producer (KRaft's, which are not read), for
+/// control records that are not markers (see [`ControlRecordType::parse`])
+/// and for control batches a cleaner left empty. `batch` must hold exactly
+/// one batch.
+pub fn control_record_type(batch: &[u8]) -> Result<Option<ControlRecordType>> {
+    let header = RecordBatchHeader::parse(batch)?;
+    if !header.is_control() || header.producer_id < 0 {
+        return Ok(None);
+    }
+    let decoded = BatchRecords::decode(batch, crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX)?;
+    let first = decoded.iter().next().transpose()?;
+    Ok(first.and_then(|record| record.key.and_then(ControlRecordType::parse)))
+}
+
+// ---------------------------------------------------------------------------
 // In-place patching, used by the append path.
 
 pub(crate) fn set_base_offset(batch: &mut [u8], offset: i64) {
@@ -1230,6 +1309,45 @@ mod tests {
             .records()
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn transaction_markers_are_kafkas() {
+        let batch = end_txn_marker(ControlRecordType::Commit, 42, 7, 11, 1_234);
+        let h = validate_batch(&batch).unwrap();
+        assert!(h.is_control() && h.is_transactional());
+        assert_eq!(
+            (h.producer_id(), h.producer_epoch(), h.base_sequence()),
+            (42, 7, -1)
+        );
+        assert_eq!((h.record_count(), h.max_timestamp()), (1, 1_234));
+        let records: Vec<_> = iter_records(&batch).unwrap().map(Result::unwrap).collect();
+        assert_eq!(records[0].key, Some(&[0, 0, 0, 1][..]));
+        assert_eq!(records[0].value, Some(&[0, 0, 0, 0, 0, 11][..]));
+        assert_eq!(
+            control_record_type(&batch).unwrap(),
+            Some(ControlRecordType::Commit)
+        );
+        let abort = end_txn_marker(ControlRecordType::Abort, 42, 7, 11, 1_234);
+        assert_eq!(
+            control_record_type(&abort).unwrap(),
+            Some(ControlRecordType::Abort)
+        );
+
+        // Data batches, KRaft's control records (no producer) and keys
+        // this broker cannot read hold no marker.
+        assert_eq!(control_record_type(&sample()).unwrap(), None);
+        let mut kraft = BatchBuilder::new(0).control(true);
+        kraft.push(Some(&[0, 0, 0, 2]), Some(b"leader change"), &[], 1);
+        assert_eq!(control_record_type(&kraft.build()).unwrap(), None);
+        assert_eq!(ControlRecordType::parse(&[0, 0, 0, 2]), None);
+        assert_eq!(ControlRecordType::parse(&[0, 0, 0]), None);
+        assert_eq!(ControlRecordType::parse(&[0xff, 0xff, 0, 0]), None);
+        // A newer key version is read as far as it is understood.
+        assert_eq!(
+            ControlRecordType::parse(&[0, 1, 0, 0, 9]),
+            Some(ControlRecordType::Abort)
+        );
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub enum StorageError {
         current: i16,
         received: i16,
     },
+    /// Kafka `INVALID_TXN_STATE`: e.g. a non-transactional batch from a
+    /// producer whose transaction is ongoing.
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
     /// A follower append that would move the log end backwards (Kafka's
     /// `UnexpectedAppendOffsetException`).
     #[error("append at offset {first_offset} below log end offset {log_end}")]

@@ -1,8 +1,10 @@
 //! Keel's storage: partitions as directories of segments in Apache Kafka's
 //! on-disk format. A segment is a `.log` of RecordBatch v2 bytes exactly as
 //! received (base offset and leader epoch patched in place), a sparse
-//! `.index` and a `.timeindex`; a partition adds `leader-epoch-checkpoint`,
-//! `partition.metadata` and producer-state `.snapshot` files; a log dir adds
+//! `.index`, a `.timeindex` and, once it holds an ABORT marker, a
+//! `.txnindex` of aborted transactions; a partition adds
+//! `leader-epoch-checkpoint`, `partition.metadata` and producer-state
+//! `.snapshot` files (idempotence and ongoing transactions); a log dir adds
 //! offset checkpoints (recovery point, log start, and the cleaner's first
 //! dirty offsets in `cleaner-offset-checkpoint`) and the clean-shutdown marker.
 //!
@@ -36,10 +38,11 @@ mod recovery;
 mod retention;
 mod segment;
 mod time_index;
+mod txn_index;
 
 pub use batch::{
     iter_records, validate_batch, BatchBuilder, BatchIter, BatchRecords, Compression,
-    RecordBatchHeader, RecordView,
+    ControlRecordType, RecordBatchHeader, RecordView,
 };
 pub use checkpoint::{read_offset_checkpoint, write_offset_checkpoint, LeaderEpochCache};
 pub use cleaner::{
@@ -53,7 +56,10 @@ pub use log_manager::{
     LogManager, CLEANER_OFFSET_CHECKPOINT, CLEAN_SHUTDOWN_MARKER, LOG_START_OFFSET_CHECKPOINT,
     RECOVERY_POINT_CHECKPOINT,
 };
-pub use producer_state::{BatchMetadata, ProducerEntry};
+pub use producer_state::{BatchMetadata, OngoingTxn, ProducerEntry};
+pub use txn_index::AbortedTxn;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;

@@ -1,6 +1,7 @@
 //! One partition's log: an ordered set of segments, the leader-epoch cache
-//! and the idempotent producer state. The caller wraps it in a mutex; reads
-//! return a [`FetchSlice`] whose I/O happens after the lock is released.
+//! and the producer state (idempotence and transactions). The caller wraps
+//! it in a mutex; reads return a [`FetchSlice`] whose I/O happens after the
+//! lock is released.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -13,14 +14,19 @@ use bytes::Bytes;
 use keel_types::limits::SEGMENT_RELATIVE_OFFSET_MAX;
 
 use crate::batch::{
-    self, check_crc, check_framing, BatchIter, Compression, Keys, RecordBatchHeader,
+    self, check_crc, check_framing, BatchIter, Compression, ControlRecordType, Keys,
+    RecordBatchHeader,
 };
 use crate::checkpoint::{ensure_partition_metadata, sync_dir, LeaderEpochCache};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{IoContext, Result, StorageError};
-use crate::producer_state::{check_batch, ProducerEntry, ProducerStateManager, SequenceCheck};
+use crate::producer_state::{
+    append_batch, check_batch, AppendOrigin, OngoingTxn, ProducerEntry, ProducerStateManager,
+    SequenceCheck,
+};
 use crate::recovery::load_segments;
 use crate::segment::{read_header_at, Segment};
+use crate::txn_index::AbortedTxn;
 
 /// What an append did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,7 +151,8 @@ impl Log {
     ) -> Result<Log> {
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         ensure_partition_metadata(&dir, topic_id)?;
-        let mut segments = load_segments(&dir, recover_from, config.index_interval_bytes)?;
+        let (mut segments, txn_index_from) =
+            load_segments(&dir, recover_from, config.index_interval_bytes)?;
         if segments.is_empty() {
             segments.insert(0, Segment::create(&dir, 0)?);
             sync_dir(&dir)?;
@@ -164,35 +171,100 @@ impl Log {
             cleaning: Arc::new(AtomicBool::new(false)),
         };
         let log_end_offset = log.log_end_offset();
-        if let Some(point) = recover_from {
-            // Recovered data may sit only in the page cache of a crashed
-            // process; make it durable before calling it recovered.
-            for seg in log.segments.values().filter(|s| s.next_offset() > point) {
-                seg.sync_all()?;
-            }
-        }
         log.recovery_point = log_end_offset;
         log.leader_epochs = LeaderEpochCache::load(&log.dir)?;
         log.leader_epochs
             .truncate_from_end(&log.dir, log_end_offset)?;
         log.leader_epochs
             .truncate_from_start(&log.dir, log_start_offset)?;
-        log.rebuild_producer_state()?;
+        log.rebuild_producer_state(txn_index_from)?;
+        if let Some(from) = txn_index_from {
+            // Recovered data, and the transaction indexes just rebuilt, may
+            // sit only in the page cache of a crashed process; make them
+            // durable before calling them recovered. Every recovered
+            // segment's index was rebuilt, so this covers them all.
+            for seg in log.segments.range(from..).map(|(_, s)| s) {
+                seg.sync_all()?;
+            }
+        }
         log.producers.expire(now_ms, producer_id_expiration_ms);
         Ok(log)
     }
 
-    /// Loads the newest usable producer snapshot and replays the log after it.
-    fn rebuild_producer_state(&mut self) -> Result<()> {
-        let from =
-            self.producers
-                .load_latest(&self.dir, self.log_end_offset(), self.log_start_offset)?;
-        for seg in self.segments.values().filter(|s| s.next_offset() > from) {
-            for (_, h) in seg.headers_from(from)? {
-                self.producers.replay(&h);
+    /// Loads the newest usable producer snapshot and replays the log after
+    /// it. With `txn_index_from` (a segment base: the segments from there
+    /// on have emptied transaction indexes), the replay starts at or below
+    /// it and puts back every aborted transaction whose marker it passes.
+    fn rebuild_producer_state(&mut self, txn_index_from: Option<i64>) -> Result<()> {
+        let log_end = self.log_end_offset();
+        let snapshot = self.producers.load_latest(
+            &self.dir,
+            txn_index_from.map_or(log_end, |from| from.min(log_end)),
+            log_end,
+            self.log_start_offset,
+        )?;
+        // Without a snapshot, state starts at the log start, which a
+        // segment to reindex may begin below.
+        let from = txn_index_from.map_or(snapshot, |f| f.min(snapshot));
+        let bases: Vec<i64> = self
+            .segments
+            .values()
+            .filter(|s| s.next_offset() > from)
+            .map(|s| s.base_offset)
+            .collect();
+        for base in bases {
+            let seg = &self.segments[&base];
+            let batches = seg
+                .headers_from(from)?
+                .into_iter()
+                .map(|(pos, h)| {
+                    let marker = if h.is_control() {
+                        batch::control_record_type(&seg.read_batch(pos, &h)?)?
+                    } else {
+                        None
+                    };
+                    Ok((h, marker))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for (h, marker) in &batches {
+                let index = txn_index_from.is_some_and(|f| h.base_offset >= f);
+                self.apply_batch(h, *marker, index)?;
             }
         }
         Ok(())
+    }
+
+    /// The one way a batch in the log reaches producer state, whether the
+    /// leader or a coordinator appended it, a follower copied it, or a
+    /// replay read it back: the producer's entry moves on, and an ABORT
+    /// marker ending a transaction puts that transaction in the marker's
+    /// segment's transaction index (when `index`: every append, and on
+    /// replay the indexes being rebuilt), with the first unstable offset
+    /// once it is over.
+    fn apply_batch(
+        &mut self,
+        h: &RecordBatchHeader,
+        marker: Option<ControlRecordType>,
+        index: bool,
+    ) -> Result<()> {
+        let Some(txn) = self.producers.replay(h, marker) else {
+            return Ok(());
+        };
+        if !txn.aborted || !index {
+            return Ok(());
+        }
+        let aborted = AbortedTxn {
+            producer_id: txn.producer_id,
+            first_offset: txn.first_offset,
+            last_offset: txn.last_offset,
+            last_stable_offset: self.producers.last_stable_offset(&txn),
+        };
+        let (_, seg) = self
+            .segments
+            .range_mut(..=txn.last_offset)
+            .next_back()
+            .expect("the marker is in the log");
+        seg.append_aborted_txn(aborted)
     }
 
     fn active(&self) -> &Segment {
@@ -250,6 +322,79 @@ impl Log {
         self.producers.get(producer_id)
     }
 
+    // -- Transactions ------------------------------------------------------
+
+    /// The smallest first offset of any ongoing transaction; the last
+    /// stable offset is the smaller of this and the high watermark. Never
+    /// below the log start, which retention or DeleteRecords may move past
+    /// the start of a transaction still open (as Kafka's
+    /// `maybeIncrementFirstUnstableOffset` keeps it).
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.producers
+            .first_unstable_offset()
+            .map(|offset| offset.max(self.log_start_offset))
+    }
+
+    /// Every producer this log remembers, by id (DescribeProducers).
+    pub fn producers(&self) -> Vec<(i64, &ProducerEntry)> {
+        let mut producers: Vec<_> = self.producers.iter().collect();
+        producers.sort_unstable_by_key(|(id, _)| *id);
+        producers
+    }
+
+    /// Ongoing transactions, by first offset.
+    pub fn ongoing_transactions(&self) -> Vec<OngoingTxn> {
+        self.producers.ongoing_txns().collect()
+    }
+
+    /// Whether the producer has a transaction open here: a transactional
+    /// produce that would start one must first be verified with the
+    /// transaction coordinator (KIP-890).
+    pub fn has_ongoing_transaction(&self, producer_id: i64) -> bool {
+        self.producer_state(producer_id)
+            .is_some_and(|e| e.current_txn_first_offset.is_some())
+    }
+
+    /// Every aborted transaction overlapping `[start_offset,
+    /// upper_bound_offset)`, for a `read_committed` fetch (Kafka's
+    /// `collectAbortedTransactions`). An entry lives in the segment of its
+    /// marker, so the search runs from the segment holding `start_offset`
+    /// onwards, until an entry whose last stable offset reaches the upper
+    /// bound: no transaction indexed after it starts below that.
+    pub fn aborted_transactions(
+        &self,
+        start_offset: i64,
+        upper_bound_offset: i64,
+    ) -> Result<Vec<AbortedTxn>> {
+        Ok(self.collect_aborted_txns(start_offset, upper_bound_offset))
+    }
+
+    pub(crate) fn collect_aborted_txns(
+        &self,
+        start_offset: i64,
+        upper_bound_offset: i64,
+    ) -> Vec<AbortedTxn> {
+        let floor = self
+            .segments
+            .range(..=start_offset)
+            .next_back()
+            .map_or(i64::MIN, |(&base, _)| base);
+        let mut found = Vec::new();
+        for txn in self
+            .segments
+            .range(floor..)
+            .flat_map(|(_, s)| s.aborted_txns())
+        {
+            if txn.last_offset >= start_offset && txn.first_offset < upper_bound_offset {
+                found.push(*txn);
+            }
+            if txn.last_stable_offset >= upper_bound_offset {
+                break;
+            }
+        }
+        found
+    }
+
     /// Raises the log start offset, e.g. from `log-start-offset-checkpoint`.
     /// Segments wholly below it go at the next `delete_old_segments`.
     pub fn maybe_increment_log_start_offset(&mut self, offset: i64) -> Result<()> {
@@ -267,13 +412,62 @@ impl Log {
     // -- Appends -----------------------------------------------------------
 
     /// Appends client batches as the leader: validates them all, checks
-    /// idempotent producer state, assigns offsets and the leader epoch in
-    /// place, and writes them. Nothing is written if any check fails.
+    /// idempotent and transactional producer state, assigns offsets and the
+    /// leader epoch in place, and writes them. Nothing is written if any
+    /// check fails.
     pub fn append_as_leader(
         &mut self,
         batches: &mut [u8],
         leader_epoch: i32,
         now_ms: i64,
+    ) -> Result<LogAppendResult> {
+        self.append(batches, leader_epoch, now_ms, AppendOrigin::Client)
+    }
+
+    /// [`Log::append_as_leader`] for a coordinator writing on a producer's
+    /// behalf, as the group coordinator writes TxnOffsetCommit records: a
+    /// transactional batch with the producer's id and epoch but no
+    /// sequence, so sequences are not checked; epochs and transactions are.
+    /// Control batches are taken as transaction markers.
+    pub fn append_as_coordinator(
+        &mut self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<LogAppendResult> {
+        self.append(batches, leader_epoch, now_ms, AppendOrigin::Coordinator)
+    }
+
+    /// Writes a transaction marker as the leader (WriteTxnMarkers): ends
+    /// the producer's transaction here, and for an ABORT indexes it. A
+    /// marker from an older producer epoch is a fenced decision and is
+    /// refused; one for a producer with no transaction here is written all
+    /// the same, as Kafka does, and ends nothing.
+    pub fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: ControlRecordType,
+        coordinator_epoch: i32,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<LogAppendResult> {
+        let mut batch = batch::end_txn_marker(
+            marker,
+            producer_id,
+            producer_epoch,
+            coordinator_epoch,
+            now_ms,
+        );
+        self.append(&mut batch, leader_epoch, now_ms, AppendOrigin::Coordinator)
+    }
+
+    fn append(
+        &mut self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+        origin: AppendOrigin,
     ) -> Result<LogAppendResult> {
         assert!(leader_epoch >= 0, "leader epoch {leader_epoch} is negative");
         let max_message_bytes = u64::from(self.config.max_message_bytes);
@@ -292,7 +486,7 @@ impl Log {
                 Keys::Optional
             };
             let header = batch::validate_batch_keys(&batches[range.clone()], keys)?;
-            if header.is_control() {
+            if header.is_control() && origin == AppendOrigin::Client {
                 return Err(StorageError::InvalidRecord(
                     "clients may not send control batches".into(),
                 ));
@@ -300,7 +494,13 @@ impl Log {
             if header.record_count == 0 {
                 return Err(StorageError::InvalidRecord("batch holds no records".into()));
             }
-            spans.push((header, range));
+            let marker = batch::control_record_type(&batches[range.clone()])?;
+            if header.is_control() && marker.is_none() {
+                return Err(StorageError::InvalidRecord(
+                    "control batch is not a transaction marker".into(),
+                ));
+            }
+            spans.push((header, range, marker));
         }
         if spans.is_empty() {
             return Err(StorageError::InvalidRecord(
@@ -317,11 +517,14 @@ impl Log {
         }
         let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
 
-        // Plan offsets and producer state before touching anything.
+        // Plan offsets and check producer state before touching anything.
+        // `checked` is each producer's entry as the batches before leave it;
+        // once written, the batches reach producer state by `apply_batch`,
+        // as a follower's would.
         let first_offset = self.log_end_offset();
         let mut next_offset = first_offset;
-        let mut pending: HashMap<i64, ProducerEntry> = HashMap::new();
-        for (header, _) in &spans {
+        let mut checked: HashMap<i64, ProducerEntry> = HashMap::new();
+        for (header, _, marker) in &spans {
             let mut assigned = *header;
             assigned.base_offset = next_offset;
             if log_append_time {
@@ -329,8 +532,13 @@ impl Log {
             }
             if header.producer_id >= 0 {
                 let pid = header.producer_id;
-                let current = pending.get(&pid).or_else(|| self.producers.get(pid));
-                match check_batch(current, header)? {
+                let current = checked.get(&pid).or_else(|| self.producers.get(pid));
+                let sequence = if origin == AppendOrigin::Client {
+                    check_batch(current, header)?
+                } else {
+                    SequenceCheck::Append
+                };
+                match sequence {
                     SequenceCheck::Duplicate(dup) => {
                         return Ok(LogAppendResult {
                             first_offset: dup.first_offset,
@@ -345,19 +553,15 @@ impl Log {
                     }
                     SequenceCheck::Append => {}
                 }
-                let mut entry = pending
-                    .remove(&pid)
-                    .or_else(|| self.producers.get(pid).cloned())
-                    .unwrap_or_else(|| ProducerStateManager::new_entry(header.producer_epoch));
-                entry.record(&assigned);
-                pending.insert(pid, entry);
+                let (entry, _) = append_batch(current, &assigned, *marker, origin)?;
+                checked.insert(pid, entry);
             }
             next_offset = assigned.next_offset();
         }
 
         let mut headers = Vec::with_capacity(spans.len());
         let mut offset = first_offset;
-        for (_, range) in &spans {
+        for (_, range, _) in &spans {
             let bytes = &mut batches[range.clone()];
             batch::set_base_offset(bytes, offset);
             batch::set_partition_leader_epoch(bytes, leader_epoch);
@@ -373,8 +577,8 @@ impl Log {
         self.write(batches, &headers, first_offset, last_offset, now_ms, true)?;
         self.leader_epochs
             .assign(&self.dir, leader_epoch, first_offset)?;
-        for (pid, entry) in pending {
-            self.producers.insert(pid, entry);
+        for (h, (_, _, marker)) in headers.iter().zip(&spans) {
+            self.apply_batch(h, *marker, true)?;
         }
         let record_count: u64 = headers.iter().map(|h| h.record_count as u64).sum();
         Ok(LogAppendResult {
@@ -393,11 +597,12 @@ impl Log {
     /// framing and CRCs and that offsets only move forward.
     pub fn append_as_follower(&mut self, batches: &[u8]) -> Result<LogAppendResult> {
         let mut headers = Vec::new();
+        let mut markers = Vec::new();
         let mut expected = self.log_end_offset();
         for item in BatchIter::strict(batches) {
             let (header, range) = item?;
             check_framing(&header)?;
-            check_crc(&header, &batches[range])?;
+            check_crc(&header, &batches[range.clone()])?;
             if header.base_offset < expected || header.last_offset_delta < 0 {
                 return Err(StorageError::UnexpectedAppendOffset {
                     first_offset: header.base_offset,
@@ -406,6 +611,7 @@ impl Log {
             }
             expected = header.next_offset();
             headers.push(header);
+            markers.push(batch::control_record_type(&batches[range])?);
         }
         let (Some(first), Some(last)) = (headers.first(), headers.last()) else {
             return Err(StorageError::InvalidRecord(
@@ -423,10 +629,10 @@ impl Log {
             rolling_ms,
             false,
         )?;
-        for h in &headers {
+        for (h, marker) in headers.iter().zip(markers) {
             self.leader_epochs
                 .assign(&self.dir, h.partition_leader_epoch, h.base_offset)?;
-            self.producers.replay(h);
+            self.apply_batch(h, marker, true)?;
         }
         Ok(LogAppendResult {
             first_offset,
@@ -855,11 +1061,13 @@ impl Log {
         self.after_truncation()
     }
 
+    /// The transaction indexes were cut with their segments, so the replay
+    /// only reopens the transactions whose markers went.
     fn after_truncation(&mut self) -> Result<()> {
         let log_end = self.log_end_offset();
         self.recovery_point = self.recovery_point.min(log_end);
         self.leader_epochs.truncate_from_end(&self.dir, log_end)?;
-        self.rebuild_producer_state()
+        self.rebuild_producer_state(None)
     }
 
     /// Flushes, records final index entries and snapshots producer state,

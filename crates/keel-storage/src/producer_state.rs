@@ -1,19 +1,22 @@
-//! Idempotent producer state, with Kafka's semantics: per producer id the
-//! current epoch and the last few batches' sequence ranges, so that a retried
-//! batch is answered with its original offsets instead of being written twice.
+//! Producer state, with Kafka's semantics (`ProducerStateManager`): per
+//! producer id the current epoch, the last few batches' sequence ranges, so
+//! that a retried batch is answered with its original offsets instead of
+//! being written twice, and the first offset of its ongoing transaction,
+//! from which the first unstable offset follows.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use keel_types::limits::PRODUCER_BATCHES_RETAINED_MAX;
 use keel_types::{ProducerEpoch, ProducerId};
 
-use crate::batch::{increment_sequence, RecordBatchHeader};
+use crate::batch::{increment_sequence, ControlRecordType, RecordBatchHeader};
 use crate::checkpoint::write_atomically;
 use crate::error::{IoContext, Result, StorageError};
 
 pub(crate) const SNAPSHOT_SUFFIX: &str = ".snapshot";
-const SNAPSHOT_VERSION: u16 = 1;
+/// Version 2 adds each producer's ongoing transaction; version 1 is still read.
+const SNAPSHOT_VERSION: u16 = 2;
 /// Snapshots kept on disk; older ones only slow down nothing but take space.
 const SNAPSHOTS_RETAINED_MAX: usize = 2;
 
@@ -33,6 +36,41 @@ pub struct ProducerEntry {
     /// Oldest first; at most `PRODUCER_BATCHES_RETAINED_MAX`.
     pub batches: VecDeque<BatchMetadata>,
     pub last_timestamp: i64,
+    /// Where the producer's ongoing transaction starts, if one is.
+    pub current_txn_first_offset: Option<i64>,
+}
+
+/// An ongoing transaction, for DescribeProducers and DescribeTransactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OngoingTxn {
+    pub producer_id: ProducerId,
+    pub producer_epoch: ProducerEpoch,
+    pub first_offset: i64,
+    pub last_timestamp: i64,
+}
+
+/// Kafka's `AppendOrigin`: who appends a batch decides what is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AppendOrigin {
+    /// A producer: epochs, sequences and transaction state.
+    Client,
+    /// A coordinator writing for a producer (TxnOffsetCommit records,
+    /// transaction markers): epochs and transaction state, but no
+    /// sequences, which the producer's own batches carry.
+    Coordinator,
+    /// A follower copying its leader, or the log replayed at open: the
+    /// log is the truth and nothing is checked.
+    Replication,
+}
+
+/// A transaction a marker ended (Kafka's `CompletedTxn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CompletedTxn {
+    pub(crate) producer_id: ProducerId,
+    pub(crate) first_offset: i64,
+    /// The marker's offset.
+    pub(crate) last_offset: i64,
+    pub(crate) aborted: bool,
 }
 
 impl ProducerEntry {
@@ -41,6 +79,7 @@ impl ProducerEntry {
             epoch,
             batches: VecDeque::with_capacity(PRODUCER_BATCHES_RETAINED_MAX),
             last_timestamp: keel_types::NO_TIMESTAMP,
+            current_txn_first_offset: None,
         }
     }
 
@@ -55,12 +94,17 @@ impl ProducerEntry {
             .copied()
     }
 
-    /// Records a batch that has been (or is being) appended.
-    pub(crate) fn record(&mut self, header: &RecordBatchHeader) {
-        if header.producer_epoch != self.epoch {
-            self.epoch = header.producer_epoch;
+    /// A new epoch starts with no batches to deduplicate against.
+    fn update_epoch(&mut self, epoch: ProducerEpoch) {
+        if epoch != self.epoch {
+            self.epoch = epoch;
             self.batches.clear();
         }
+    }
+
+    /// Records a data batch that has been (or is being) appended.
+    fn record(&mut self, header: &RecordBatchHeader) {
+        self.update_epoch(header.producer_epoch);
         if self.batches.len() == PRODUCER_BATCHES_RETAINED_MAX {
             self.batches.pop_front();
         }
@@ -71,7 +115,6 @@ impl ProducerEntry {
             last_offset: header.last_offset(),
             timestamp: header.max_timestamp,
         });
-        self.last_timestamp = self.last_timestamp.max(header.max_timestamp);
     }
 }
 
@@ -82,7 +125,8 @@ pub(crate) enum SequenceCheck {
     Duplicate(BatchMetadata),
 }
 
-/// Checks a client batch against its producer's entry (`None`: unknown).
+/// Checks a client batch's sequence and epoch against its producer's entry
+/// (`None`: unknown), and recognises a retry.
 pub(crate) fn check_batch(
     entry: Option<&ProducerEntry>,
     h: &RecordBatchHeader,
@@ -97,13 +141,7 @@ pub(crate) fn check_batch(
     if let Some(dup) = entry.find_duplicate(h) {
         return Ok(SequenceCheck::Duplicate(dup));
     }
-    if h.producer_epoch < entry.epoch {
-        return Err(StorageError::InvalidProducerEpoch {
-            producer_id,
-            current: entry.epoch,
-            received: h.producer_epoch,
-        });
-    }
+    check_epoch(Some(entry), h)?;
     let expected = if h.producer_epoch > entry.epoch {
         0
     } else {
@@ -122,14 +160,85 @@ pub(crate) fn check_batch(
     Ok(SequenceCheck::Append)
 }
 
+/// A batch from an older epoch than the producer's is from a fenced
+/// producer, or for a marker, a fenced coordinator decision.
+fn check_epoch(entry: Option<&ProducerEntry>, h: &RecordBatchHeader) -> Result<()> {
+    match entry {
+        Some(entry) if h.producer_epoch < entry.epoch => Err(StorageError::InvalidProducerEpoch {
+            producer_id: h.producer_id,
+            current: entry.epoch,
+            received: h.producer_epoch,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Kafka's `ProducerAppendInfo.append`: the producer's entry (`None`:
+/// unknown) after batch `h`, and the transaction `h` ends if it is a
+/// marker; `marker` is what the control batch `h` holds. Checks what
+/// `origin` calls for, except what `check_batch` checks for clients, which
+/// the leader runs first to recognise retries.
+pub(crate) fn append_batch(
+    entry: Option<&ProducerEntry>,
+    h: &RecordBatchHeader,
+    marker: Option<ControlRecordType>,
+    origin: AppendOrigin,
+) -> Result<(ProducerEntry, Option<CompletedTxn>)> {
+    if origin == AppendOrigin::Coordinator {
+        check_epoch(entry, h)?;
+    }
+    let mut updated = entry
+        .cloned()
+        .unwrap_or_else(|| ProducerEntry::new(h.producer_epoch));
+    updated.last_timestamp = updated.last_timestamp.max(h.max_timestamp);
+    if h.is_control() {
+        updated.update_epoch(h.producer_epoch);
+        // A marker for a producer with no transaction here completes
+        // nothing, and other control records are not markers at all.
+        let completed = marker.and_then(|marker| {
+            let first_offset = updated.current_txn_first_offset.take()?;
+            Some(CompletedTxn {
+                producer_id: h.producer_id,
+                first_offset,
+                last_offset: h.last_offset(),
+                aborted: marker == ControlRecordType::Abort,
+            })
+        });
+        return Ok((updated, completed));
+    }
+    match (updated.current_txn_first_offset, h.is_transactional()) {
+        // Kafka refuses this from any origin; a replica or a replay keeps
+        // what the leader wrote, and the transaction stays open.
+        (Some(first_offset), false) if origin != AppendOrigin::Replication => {
+            return Err(StorageError::InvalidTxnState(format!(
+                "producer {} wrote a non-transactional batch during its \
+                 transaction starting at offset {first_offset}",
+                h.producer_id
+            )));
+        }
+        (None, true) => updated.current_txn_first_offset = Some(h.base_offset),
+        _ => {}
+    }
+    updated.record(h);
+    Ok((updated, None))
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ProducerStateManager {
     producers: HashMap<ProducerId, ProducerEntry>,
+    /// Each ongoing transaction's first offset and producer, in step with
+    /// `producers` (Kafka's `ongoingTxns`): the first unstable offset is
+    /// its first key, not a scan of every producer.
+    ongoing_txns: BTreeMap<i64, ProducerId>,
 }
 
 impl ProducerStateManager {
     pub(crate) fn get(&self, producer_id: ProducerId) -> Option<&ProducerEntry> {
         self.producers.get(&producer_id)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (ProducerId, &ProducerEntry)> {
+        self.producers.iter().map(|(&id, e)| (id, e))
     }
 
     /// Each producer's last data batch, by its last offset: the batch the
@@ -142,7 +251,15 @@ impl ProducerStateManager {
             .collect()
     }
 
-    pub(crate) fn insert(&mut self, producer_id: ProducerId, entry: ProducerEntry) {
+    /// Kafka's `update`: puts `entry` in place of the producer's.
+    fn update(&mut self, producer_id: ProducerId, entry: ProducerEntry) {
+        let previous = self.producers.get(&producer_id);
+        if let Some(first) = previous.and_then(|e| e.current_txn_first_offset) {
+            self.ongoing_txns.remove(&first);
+        }
+        if let Some(first) = entry.current_txn_first_offset {
+            self.ongoing_txns.insert(first, producer_id);
+        }
         self.producers.insert(producer_id, entry);
     }
 
@@ -151,35 +268,64 @@ impl ProducerStateManager {
         self.producers.len()
     }
 
-    /// Replays a batch read back from the log: no checks, the log is the truth.
-    pub(crate) fn replay(&mut self, h: &RecordBatchHeader) {
+    /// Applies a batch that is in the log (appended, or read back) without
+    /// checks, and returns the transaction it ends, if any. `marker` is
+    /// what a control batch holds.
+    pub(crate) fn replay(
+        &mut self,
+        h: &RecordBatchHeader,
+        marker: Option<ControlRecordType>,
+    ) -> Option<CompletedTxn> {
         if h.producer_id < 0 {
-            return;
+            return None;
         }
-        let entry = self
-            .producers
-            .entry(h.producer_id)
-            .or_insert_with(|| ProducerEntry::new(h.producer_epoch));
-        if h.is_control() {
-            // A transaction marker carries the producer's epoch but no sequence.
-            if h.producer_epoch != entry.epoch {
-                entry.epoch = h.producer_epoch;
-                entry.batches.clear();
-            }
-            entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
-        } else {
-            entry.record(h);
-        }
+        let (entry, completed) = append_batch(
+            self.producers.get(&h.producer_id),
+            h,
+            marker,
+            AppendOrigin::Replication,
+        )
+        .expect("replication appends are not checked");
+        self.update(h.producer_id, entry);
+        completed
     }
 
-    /// A fresh entry for a producer seen for the first time in an append.
-    pub(crate) fn new_entry(epoch: ProducerEpoch) -> ProducerEntry {
-        ProducerEntry::new(epoch)
+    /// Kafka's `lastStableOffset(completedTxn)`, once `txn` is no longer
+    /// ongoing: the first offset of the earliest transaction still open,
+    /// or the offset after the marker.
+    pub(crate) fn last_stable_offset(&self, txn: &CompletedTxn) -> i64 {
+        self.ongoing_txns
+            .iter()
+            .find(|&(_, &producer_id)| producer_id != txn.producer_id)
+            .map_or(txn.last_offset + 1, |(&first_offset, _)| first_offset)
     }
 
+    pub(crate) fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing_txns.keys().next().copied()
+    }
+
+    /// Ongoing transactions, by first offset.
+    pub(crate) fn ongoing_txns(&self) -> impl Iterator<Item = OngoingTxn> + '_ {
+        self.ongoing_txns
+            .iter()
+            .map(|(&first_offset, &producer_id)| {
+                let entry = &self.producers[&producer_id];
+                OngoingTxn {
+                    producer_id,
+                    producer_epoch: entry.epoch,
+                    first_offset,
+                    last_timestamp: entry.last_timestamp,
+                }
+            })
+    }
+
+    /// Removes producers idle for `expiration_ms`, except those with an
+    /// ongoing transaction, which only a marker may end.
     pub(crate) fn expire(&mut self, now_ms: i64, expiration_ms: i64) {
-        self.producers
-            .retain(|_, e| now_ms.saturating_sub(e.last_timestamp) < expiration_ms);
+        self.producers.retain(|_, e| {
+            e.current_txn_first_offset.is_some()
+                || now_ms.saturating_sub(e.last_timestamp) < expiration_ms
+        });
     }
 
     // -- Snapshots ---------------------------------------------------------
@@ -198,6 +344,7 @@ impl ProducerStateManager {
             body.extend_from_slice(&id.to_be_bytes());
             body.extend_from_slice(&e.epoch.to_be_bytes());
             body.extend_from_slice(&e.last_timestamp.to_be_bytes());
+            body.extend_from_slice(&e.current_txn_first_offset.unwrap_or(-1).to_be_bytes());
             body.push(e.batches.len() as u8);
             for b in &e.batches {
                 body.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -217,7 +364,7 @@ impl ProducerStateManager {
     fn decode(bytes: &[u8]) -> Result<HashMap<ProducerId, ProducerEntry>> {
         let mut r = Reader { bytes, pos: 0 };
         let version = u16::from_be_bytes(r.take::<2>()?);
-        if version != SNAPSHOT_VERSION {
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
             return Err(StorageError::Corrupt(format!(
                 "producer snapshot version {version}"
             )));
@@ -234,6 +381,11 @@ impl ProducerStateManager {
             let id = i64::from_be_bytes(r.take::<8>()?);
             let epoch = i16::from_be_bytes(r.take::<2>()?);
             let last_timestamp = i64::from_be_bytes(r.take::<8>()?);
+            let current_txn_first_offset = if version >= 2 {
+                Some(i64::from_be_bytes(r.take::<8>()?)).filter(|&offset| offset >= 0)
+            } else {
+                None
+            };
             let n = r.take::<1>()?[0] as usize;
             if n > PRODUCER_BATCHES_RETAINED_MAX {
                 return Err(StorageError::Corrupt(format!(
@@ -256,6 +408,7 @@ impl ProducerStateManager {
                     epoch,
                     batches,
                     last_timestamp,
+                    current_txn_first_offset,
                 },
             );
         }
@@ -280,20 +433,25 @@ impl ProducerStateManager {
     }
 
     /// Drops snapshots past `log_end_offset` (they describe a truncated
-    /// log), then loads the newest readable one. Returns the offset the
-    /// caller must replay the log from.
+    /// log), then loads the newest readable one at or below `max_offset`.
+    /// Returns the offset the caller must replay the log from.
     pub(crate) fn load_latest(
         &mut self,
         dir: &Path,
+        max_offset: i64,
         log_end_offset: i64,
         log_start_offset: i64,
     ) -> Result<i64> {
         self.producers.clear();
+        self.ongoing_txns.clear();
         let snapshots = list_snapshots(dir)?;
         for &offset in snapshots.iter().rev() {
             let path = snapshot_path(dir, offset);
             if offset > log_end_offset {
                 remove_if_exists(&path)?;
+                continue;
+            }
+            if offset > max_offset {
                 continue;
             }
             if offset < log_start_offset {
@@ -302,6 +460,11 @@ impl ProducerStateManager {
             let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
             match Self::decode(&bytes) {
                 Ok(producers) => {
+                    for (&producer_id, entry) in &producers {
+                        if let Some(first) = entry.current_txn_first_offset {
+                            self.ongoing_txns.insert(first, producer_id);
+                        }
+                    }
                     self.producers = producers;
                     return Ok(offset);
                 }
@@ -419,9 +582,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut m = ProducerStateManager::default();
         for i in 0..7 {
-            m.replay(&header(9, 0, i * 2, 2, i64::from(i) * 2));
+            m.replay(&header(9, 0, i * 2, 2, i64::from(i) * 2), None);
         }
-        m.replay(&header(10, 3, 0, 1, 14));
+        m.replay(&header(10, 3, 0, 1, 14), None);
         assert_eq!(
             m.get(9).unwrap().batches.len(),
             PRODUCER_BATCHES_RETAINED_MAX
@@ -431,10 +594,10 @@ mod tests {
         }
         assert_eq!(list_snapshots(dir.path()).unwrap(), vec![10, 15]);
         let mut loaded = ProducerStateManager::default();
-        assert_eq!(loaded.load_latest(dir.path(), 15, 0).unwrap(), 15);
+        assert_eq!(loaded.load_latest(dir.path(), 15, 15, 0).unwrap(), 15);
         assert_eq!(loaded.producers, m.producers);
         // A snapshot past the log end is stale and removed.
-        assert_eq!(loaded.load_latest(dir.path(), 12, 0).unwrap(), 10);
+        assert_eq!(loaded.load_latest(dir.path(), 12, 12, 0).unwrap(), 10);
         assert_eq!(list_snapshots(dir.path()).unwrap(), vec![10]);
         // A corrupt snapshot is ignored.
         let path = snapshot_path(dir.path(), 10);
@@ -442,14 +605,14 @@ mod tests {
         let n = bytes.len();
         bytes[n - 1] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        assert_eq!(loaded.load_latest(dir.path(), 12, 0).unwrap(), 0);
+        assert_eq!(loaded.load_latest(dir.path(), 12, 12, 0).unwrap(), 0);
         assert_eq!(loaded.len(), 0);
     }
 
     #[test]
     fn expiry() {
         let mut m = ProducerStateManager::default();
-        m.replay(&header(1, 0, 0, 1, 0)); // timestamp 1
+        m.replay(&header(1, 0, 0, 1, 0), None); // timestamp 1
         m.expire(100, 1000);
         assert_eq!(m.len(), 1);
         m.expire(1001, 1000);

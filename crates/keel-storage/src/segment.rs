@@ -1,4 +1,5 @@
-//! One segment: a `.log` file of batches plus its `.index` and `.timeindex`.
+//! One segment: a `.log` file of batches plus its `.index`, `.timeindex`
+//! and (once it has an aborted transaction) `.txnindex`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -15,14 +16,21 @@ use crate::batch::{check_crc, check_framing, RecordBatchHeader};
 use crate::error::{IoContext, Result, StorageError};
 use crate::index::OffsetIndex;
 use crate::time_index::TimeIndex;
+use crate::txn_index::{AbortedTxn, TransactionIndex};
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
 pub(crate) const INDEX_SUFFIX: &str = ".index";
 pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
+pub(crate) const TXN_INDEX_SUFFIX: &str = ".txnindex";
 
-/// The three files of a segment, in the order the cleaner's swap renames
-/// them: log first, so that a `.log.swap` exists whenever any index does.
-pub(crate) const SEGMENT_SUFFIXES: [&str; 3] = [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX];
+/// The files of a segment, in the order the cleaner's swap renames them:
+/// log first, so that a `.log.swap` exists whenever any index does.
+pub(crate) const SEGMENT_SUFFIXES: [&str; 4] = [
+    LOG_SUFFIX,
+    INDEX_SUFFIX,
+    TIME_INDEX_SUFFIX,
+    TXN_INDEX_SUFFIX,
+];
 
 /// Kafka names every segment file by its base offset, 20 digits wide.
 pub(crate) fn file_name(base_offset: i64, suffix: &str) -> String {
@@ -159,6 +167,18 @@ pub(crate) fn scan(
     })
 }
 
+/// What [`Segment::open`] found.
+#[derive(Debug)]
+pub(crate) struct OpenedSegment {
+    pub(crate) segment: Segment,
+    /// Bytes cut off a bad tail, if any: then later segments must go too.
+    pub(crate) truncated: Option<u64>,
+    /// The transaction index was torn or implausible: the segment holds an
+    /// empty stand-in until it is reset and refilled by replaying the log's
+    /// producers (see `recovery::load_segments`).
+    pub(crate) txn_index_lost: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base_offset: i64,
@@ -170,6 +190,7 @@ pub(crate) struct Segment {
     size: u64,
     index: OffsetIndex,
     time_index: TimeIndex,
+    txn_index: TransactionIndex,
     /// The offset after the last batch, or the base when empty.
     next_offset: i64,
     max_timestamp: i64,
@@ -212,12 +233,9 @@ impl IndexCursor {
 }
 
 impl Segment {
-    fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
-        (
-            dir.join(file_name(base_offset, LOG_SUFFIX)),
-            dir.join(file_name(base_offset, INDEX_SUFFIX)),
-            dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)),
-        )
+    /// Log, offset index, time index, transaction index.
+    fn paths(dir: &Path, base_offset: i64) -> [PathBuf; 4] {
+        SEGMENT_SUFFIXES.map(|suffix| dir.join(file_name(base_offset, suffix)))
     }
 
     fn open_log_file(path: &Path, create: bool) -> Result<File> {
@@ -232,7 +250,7 @@ impl Segment {
 
     /// A new, empty segment. Any files of that name are replaced.
     pub(crate) fn create(dir: &Path, base_offset: i64) -> Result<Segment> {
-        let (log_path, index_path, time_path) = Self::paths(dir, base_offset);
+        let [log_path, index_path, time_path, txn_path] = Self::paths(dir, base_offset);
         let log = Self::open_log_file(&log_path, true)?;
         log.set_len(0)
             .ctx(|| format!("truncating {}", log_path.display()))?;
@@ -243,6 +261,7 @@ impl Segment {
             size: 0,
             index: OffsetIndex::create(&index_path, base_offset, Vec::new())?,
             time_index: TimeIndex::create(&time_path, base_offset, Vec::new())?,
+            txn_index: TransactionIndex::empty(txn_path)?,
             next_offset: base_offset,
             max_timestamp: keel_types::NO_TIMESTAMP,
             offset_of_max_timestamp: base_offset,
@@ -254,38 +273,71 @@ impl Segment {
 
     /// Opens an existing segment. With `recover`, every batch's CRC is
     /// checked and a bad tail cut off; otherwise indexes are trusted if they
-    /// look sane, and rebuilt if not. Returns the segment and the number of
-    /// bytes cut off (if any: then later segments must go too).
+    /// look sane, and rebuilt if not. The transaction index cannot be
+    /// rebuilt from the segment alone: see [`OpenedSegment::txn_index_lost`].
     pub(crate) fn open(
         dir: &Path,
         base_offset: i64,
         recover: bool,
         index_interval_bytes: u32,
-    ) -> Result<(Segment, Option<u64>)> {
-        let (log_path, index_path, time_path) = Self::paths(dir, base_offset);
+    ) -> Result<OpenedSegment> {
+        let [log_path, index_path, time_path, txn_path] = Self::paths(dir, base_offset);
         let log = Self::open_log_file(&log_path, false)?;
         let size = log
             .metadata()
             .ctx(|| format!("stat {}", log_path.display()))?
             .len();
-        if !recover {
-            if let Some(seg) =
-                Self::load_clean(&log_path, log, size, base_offset, &index_path, &time_path)?
-            {
-                return Ok((seg, None));
-            }
+        let (txn_index, txn_index_lost) = Self::load_txn_index(&txn_path, base_offset)?;
+        let (segment, truncated) = if recover {
+            Self::rebuild(
+                log_path,
+                log,
+                size,
+                base_offset,
+                index_interval_bytes,
+                true,
+                txn_index,
+            )?
+        } else if let Some(segment) = Self::load_clean(
+            &log_path,
+            log,
+            size,
+            base_offset,
+            &index_path,
+            &time_path,
+            txn_index,
+        )? {
+            (segment, None)
+        } else {
             tracing::warn!(segment = %log_path.display(), "index missing or corrupt; rebuilding");
             let log = Self::open_log_file(&log_path, false)?;
-            return Self::rebuild(
+            // `load_clean` took the transaction index, which was not at fault.
+            let (txn_index, _) = Self::load_txn_index(&txn_path, base_offset)?;
+            Self::rebuild(
                 log_path,
                 log,
                 size,
                 base_offset,
                 index_interval_bytes,
                 false,
-            );
+                txn_index,
+            )?
+        };
+        Ok(OpenedSegment {
+            segment,
+            truncated,
+            txn_index_lost,
+        })
+    }
+
+    /// The transaction index on disk, or a stand-in and `true` if it could
+    /// not be trusted.
+    fn load_txn_index(path: &Path, base_offset: i64) -> Result<(TransactionIndex, bool)> {
+        if let Some(index) = TransactionIndex::load(path.to_path_buf(), base_offset)? {
+            return Ok((index, false));
         }
-        Self::rebuild(log_path, log, size, base_offset, index_interval_bytes, true)
+        tracing::warn!(index = %path.display(), "transaction index torn or corrupt");
+        Ok((TransactionIndex::lost(path.to_path_buf()), true))
     }
 
     /// Trusts the indexes if they are sane; finds the tail by scanning from
@@ -297,6 +349,7 @@ impl Segment {
         base_offset: i64,
         index_path: &Path,
         time_path: &Path,
+        txn_index: TransactionIndex,
     ) -> Result<Option<Segment>> {
         let Some(index) = OffsetIndex::load(index_path, base_offset, size)? else {
             return Ok(None);
@@ -351,6 +404,7 @@ impl Segment {
             size,
             index,
             time_index,
+            txn_index,
             next_offset: expected,
             max_timestamp,
             offset_of_max_timestamp: offset_of_max,
@@ -360,7 +414,8 @@ impl Segment {
         }))
     }
 
-    /// Scans the whole segment, cuts any bad tail, and rewrites both indexes.
+    /// Scans the whole segment, cuts any bad tail, and rewrites the offset
+    /// and time indexes. Returns the number of bytes cut off, if any.
     fn rebuild(
         log_path: PathBuf,
         log: File,
@@ -368,6 +423,7 @@ impl Segment {
         base_offset: i64,
         index_interval_bytes: u32,
         verify_crc: bool,
+        txn_index: TransactionIndex,
     ) -> Result<(Segment, Option<u64>)> {
         let mut cursor = IndexCursor {
             max_timestamp: keel_types::NO_TIMESTAMP,
@@ -407,7 +463,7 @@ impl Segment {
             truncated = Some(dropped);
         }
         let dir = log_path.parent().expect("segment path has a parent");
-        let (_, index_path, time_path) = Self::paths(dir, base_offset);
+        let [_, index_path, time_path, _] = Self::paths(dir, base_offset);
         let seg = Segment {
             base_offset,
             log_path: log_path.clone(),
@@ -415,6 +471,7 @@ impl Segment {
             size: end.valid_end,
             index: OffsetIndex::create(&index_path, base_offset, offsets)?,
             time_index: TimeIndex::create(&time_path, base_offset, times)?,
+            txn_index,
             next_offset,
             max_timestamp: cursor.max_timestamp,
             offset_of_max_timestamp: cursor.offset_of_max_timestamp,
@@ -578,7 +635,8 @@ impl Segment {
     }
 
     /// Cuts the segment so that it holds no batch with last offset ≥
-    /// `offset`, then rebuilds its indexes.
+    /// `offset`, then rebuilds its indexes; aborted transactions whose
+    /// marker went go from the transaction index.
     pub(crate) fn truncate_to(self, offset: i64, index_interval_bytes: u32) -> Result<Segment> {
         let cut = self.find_batch(offset)?.map_or(self.size, |(pos, _)| pos);
         self.log
@@ -592,8 +650,38 @@ impl Segment {
             self.base_offset,
             index_interval_bytes,
             false,
+            self.txn_index.truncate_to(offset)?,
         )?;
         Ok(seg)
+    }
+
+    /// Aborted transactions whose marker is in this segment, in marker order.
+    pub(crate) fn aborted_txns(&self) -> impl Iterator<Item = &AbortedTxn> + '_ {
+        self.txn_index.entries()
+    }
+
+    pub(crate) fn append_aborted_txn(&mut self, txn: AbortedTxn) -> Result<()> {
+        assert!(
+            (self.base_offset..self.next_offset).contains(&txn.last_offset),
+            "an aborted transaction is indexed in the segment holding its marker"
+        );
+        self.txn_index.append(txn)
+    }
+
+    /// Empties the transaction index, for a replay of the log to refill it.
+    pub(crate) fn reset_txn_index(&mut self) -> Result<()> {
+        let path = self.txn_index.path().to_path_buf();
+        self.txn_index = TransactionIndex::empty(path)?;
+        Ok(())
+    }
+
+    /// The whole batch `header` at `pos`, as found by `headers_from`.
+    pub(crate) fn read_batch(&self, pos: u64, header: &RecordBatchHeader) -> Result<Vec<u8>> {
+        let mut batch = vec![0; usize::try_from(header.total_size()).expect("batches fit memory")];
+        self.log
+            .read_exact_at(&mut batch, pos)
+            .ctx(|| format!("reading batch at {pos} of {}", self.log_path.display()))?;
+        Ok(batch)
     }
 
     /// Called when the segment stops being active: records the final max
@@ -615,7 +703,8 @@ impl Segment {
     pub(crate) fn sync_all(&self) -> Result<()> {
         self.sync_log()?;
         self.index.sync()?;
-        self.time_index.sync()
+        self.time_index.sync()?;
+        self.txn_index.sync()
     }
 
     /// Removes the files. Outstanding readers keep the log's inode alive.
@@ -624,6 +713,7 @@ impl Segment {
             self.log_path.as_path(),
             self.index.path(),
             self.time_index.path(),
+            self.txn_index.path(),
         ] {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
@@ -660,7 +750,7 @@ fn push_time_entry(times: &mut Vec<(i64, u32)>, base_offset: i64, ts: i64, ts_of
     }
 }
 
-/// Writes a new, closed segment's three files under temporary names
+/// Writes a new, closed segment's files under temporary names
 /// (`<base>.log<suffix>`, ...), with the indexes that appends and a final
 /// `on_become_inactive` would have made. The cleaner writes its output
 /// through this, then renames the files into place.
@@ -669,6 +759,7 @@ pub(crate) struct SegmentWriter {
     log_path: PathBuf,
     index_path: PathBuf,
     time_index_path: PathBuf,
+    txn_index_path: PathBuf,
     log: BufWriter<File>,
     size: u64,
     /// Where the next batch may start.
@@ -680,14 +771,14 @@ pub(crate) struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    /// Creates (truncating) the three files.
+    /// Creates (truncating) the log; `finish` writes the indexes.
     pub(crate) fn create(
         dir: &Path,
         base_offset: i64,
         suffix: &str,
         index_interval_bytes: u32,
     ) -> Result<SegmentWriter> {
-        let [log_path, index_path, time_index_path] =
+        let [log_path, index_path, time_index_path, txn_index_path] =
             SEGMENT_SUFFIXES.map(|s| dir.join(file_name(base_offset, &format!("{s}{suffix}"))));
         let log = OpenOptions::new()
             .create(true)
@@ -700,6 +791,7 @@ impl SegmentWriter {
             log_path,
             index_path,
             time_index_path,
+            txn_index_path,
             log: BufWriter::with_capacity(256 * 1024, log),
             size: 0,
             next_offset: base_offset,
@@ -756,10 +848,15 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Writes the indexes, fsyncs all three files and stamps the log with
-    /// `modified` (Kafka keeps the replaced segments' last-modified time,
-    /// which time retention falls back on).
-    pub(crate) fn finish(mut self, modified: Option<SystemTime>) -> Result<()> {
+    /// Writes the indexes (the transaction index holding `aborted`, even
+    /// if that is nothing, so that the swap finds every file), fsyncs all
+    /// files and stamps the log with `modified` (Kafka keeps the replaced
+    /// segments' last-modified time, which time retention falls back on).
+    pub(crate) fn finish(
+        mut self,
+        aborted: &[AbortedTxn],
+        modified: Option<SystemTime>,
+    ) -> Result<()> {
         if self.size > 0 {
             push_time_entry(
                 &mut self.times,
@@ -782,6 +879,7 @@ impl SegmentWriter {
         log.sync_all()
             .ctx(|| format!("fsync {}", self.log_path.display()))?;
         OffsetIndex::create(&self.index_path, self.base_offset, self.offsets)?.sync()?;
-        TimeIndex::create(&self.time_index_path, self.base_offset, self.times)?.sync()
+        TimeIndex::create(&self.time_index_path, self.base_offset, self.times)?.sync()?;
+        TransactionIndex::write(&self.txn_index_path, aborted)
     }
 }

@@ -15,6 +15,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     ConsumerGroupHeartbeatResponse, DeleteGroupsResponse, HeartbeatResponse, JoinGroupResponse,
     LeaveGroupResponse, OffsetCommitResponse, OffsetDeleteResponse, SyncGroupResponse,
+    TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -31,7 +32,7 @@ mod join;
 mod offsets;
 mod sync_heartbeat_leave;
 
-pub(crate) use offsets::commit_answer;
+pub(crate) use offsets::{commit_answer, txn_commit_answer};
 
 /// How often the coordinator looks for offsets past retention
 /// (Kafka's `offsets.retention.check.interval.ms` default).
@@ -71,6 +72,7 @@ pub enum Response {
     Heartbeat(HeartbeatResponse),
     LeaveGroup(LeaveGroupResponse),
     OffsetCommit(OffsetCommitResponse),
+    TxnOffsetCommit(TxnOffsetCommitResponse),
     OffsetDelete(OffsetDeleteResponse),
     DeleteGroups(DeleteGroupsResponse),
     ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse),
@@ -98,6 +100,14 @@ impl Response {
                 }
                 Response::OffsetCommit(r)
             }
+            Response::TxnOffsetCommit(mut r) => {
+                for t in &mut r.topics {
+                    for p in &mut t.partitions {
+                        p.error_code = code;
+                    }
+                }
+                Response::TxnOffsetCommit(r)
+            }
             Response::OffsetDelete(r) => {
                 Response::OffsetDelete(r.with_error_code(code).with_topics(Vec::new()))
             }
@@ -119,6 +129,13 @@ impl Response {
 /// One record for `__consumer_offsets`: partition, key, value (`None` = tombstone).
 pub type OutRecord = (i32, Vec<u8>, Option<Vec<u8>>);
 
+/// The producer whose transaction a batch of records belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransactionalProducer {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
 /// What a call asks its driver to do, in this order: append `records`, then
 /// release `responses`, then arm `timers`.
 #[derive(Debug, Default)]
@@ -126,6 +143,12 @@ pub struct Effects {
     pub records: Vec<OutRecord>,
     pub responses: Vec<(RequestToken, Response)>,
     pub timers: Vec<(TimerKey, i64)>,
+    /// Set by TxnOffsetCommit: `records` are one transactional batch of
+    /// this producer, and once the log has taken them the driver replays
+    /// them (`GroupCoordinator::replay` with the producer id) before it
+    /// releases the response. Their offsets enter the state only then, so a
+    /// batch the log refuses (a fenced producer) leaves nothing pending.
+    pub transactional: Option<TransactionalProducer>,
 }
 
 impl Effects {
@@ -207,9 +230,16 @@ impl GroupCoordinator {
 
     // ------------------------------------------------------------ loading
 
-    /// Applies one `__consumer_offsets` record. Keys of other coordinators
-    /// (share groups) are skipped.
-    pub fn replay(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), RecordError> {
+    /// Applies one `__consumer_offsets` record; `producer_id` is that of its
+    /// batch when the batch is transactional, whose offsets stay pending
+    /// until the producer's marker (`replay_end_transaction_marker`). Keys of
+    /// other coordinators (share groups) are skipped.
+    pub fn replay(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        producer_id: Option<i64>,
+    ) -> Result<(), RecordError> {
         match records::decode(key, value)? {
             Record::OffsetCommit {
                 group_id,
@@ -224,7 +254,13 @@ impl GroupCoordinator {
                             .entry(group_id.clone())
                             .or_insert_with(|| Group::new(group_id.clone(), ts));
                     }
-                    self.offsets.put(&group_id, &topic, partition, v);
+                    match producer_id {
+                        None => self.offsets.put(&group_id, &topic, partition, v),
+                        Some(producer_id) => {
+                            self.offsets
+                                .put_pending(producer_id, &group_id, &topic, partition, v)
+                        }
+                    }
                 }
                 None => {
                     self.offsets.remove(&group_id, &topic, partition);
@@ -244,6 +280,24 @@ impl GroupCoordinator {
             Record::Other { .. } => {}
         }
         Ok(())
+    }
+
+    /// Applies a COMMIT (`commit`) or ABORT marker of `producer_id` written to
+    /// `offsets_partition` (Kafka's `replayEndTransactionMarker`): the
+    /// producer's pending offsets of the groups in that partition are
+    /// committed or dropped. Groups of other partitions wait for their own
+    /// marker; a producer with nothing pending is ignored.
+    pub fn replay_end_transaction_marker(
+        &mut self,
+        offsets_partition: i32,
+        producer_id: i64,
+        commit: bool,
+    ) {
+        let partitions = self.config.offsets_topic_partitions;
+        self.offsets
+            .complete_transaction(producer_id, commit, |group_id| {
+                keel_types::coordinator::partition_for(group_id, partitions) == offsets_partition
+            });
     }
 
     /// Ends loading: requests are served from now on, every replayed member

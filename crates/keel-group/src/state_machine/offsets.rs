@@ -1,4 +1,5 @@
-//! OffsetCommit, OffsetFetch, OffsetDelete and offset expiry.
+//! OffsetCommit, TxnOffsetCommit, OffsetFetch, OffsetDelete and offset
+//! expiry.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_commit_request::{
@@ -14,16 +15,39 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
+use kafka_protocol::messages::txn_offset_commit_request::{
+    TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{
     OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
-    OffsetFetchRequest, OffsetFetchResponse, TopicName,
+    OffsetFetchRequest, OffsetFetchResponse, TopicName, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
 };
 use uuid::Uuid;
 
 use crate::group::{Group, GroupState};
 use crate::records::{self, OffsetCommitValue};
 
-use super::{code, sb, validate_member, Effects, GroupCoordinator, RequestToken, Response, NONE};
+use super::{
+    code, sb, validate_member, Effects, GroupCoordinator, RequestToken, Response,
+    TransactionalProducer, NONE,
+};
+
+/// Who commits, as OffsetCommit and TxnOffsetCommit both say it.
+struct Committer<'a> {
+    generation_id_or_member_epoch: i32,
+    member_id: &'a str,
+    group_instance_id: Option<&'a str>,
+    /// TxnOffsetCommit, which Kafka validates with a few exceptions.
+    transactional: bool,
+}
+
+/// One partition of an OffsetFetch answer: its index, its committed offset
+/// (or the `-1` placeholder) and its error.
+type FetchedPartition = (i32, OffsetCommitValue, i16);
 
 /// The answer for one topic of an OffsetCommit, `error` deciding each
 /// partition's. It echoes both the topic's name and its id: kafka-protocol
@@ -48,6 +72,26 @@ pub(crate) fn commit_answer(
         .with_partitions(partitions)
 }
 
+/// The answer for one topic of a TxnOffsetCommit, `error` deciding each
+/// partition's.
+pub(crate) fn txn_commit_answer(
+    topic: &TxnOffsetCommitRequestTopic,
+    mut error: impl FnMut(&TxnOffsetCommitRequestPartition) -> i16,
+) -> TxnOffsetCommitResponseTopic {
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            TxnOffsetCommitResponsePartition::default()
+                .with_partition_index(p.partition_index)
+                .with_error_code(error(p))
+        })
+        .collect();
+    TxnOffsetCommitResponseTopic::default()
+        .with_name(topic.name.clone())
+        .with_partitions(partitions)
+}
+
 impl GroupCoordinator {
     pub(super) fn expire_offsets(&mut self, now_ms: i64, fx: &mut Effects) {
         let retention_ms = self.config.offsets_retention_ms;
@@ -64,9 +108,11 @@ impl GroupCoordinator {
             let partition = self.partition_for(&group_id);
             if let Some(cg) = self.consumer_groups.get(&group_id) {
                 // Offsets of a consumer group expire only while it is empty,
-                // counted from when it became empty.
+                // counted from when it became empty, and (as Kafka keeps
+                // such a group) no transaction holds offsets of it.
                 if !cg.members.is_empty()
                     || now_ms.saturating_sub(cg.state_timestamp_ms) < retention_ms
+                    || self.offsets.has_open_transactions(&group_id)
                 {
                     continue;
                 }
@@ -95,7 +141,10 @@ impl GroupCoordinator {
                 .groups
                 .get(&group_id)
                 .is_some_and(|g| g.state == GroupState::Empty && g.members.is_empty());
-            if empty && !self.offsets.has_offsets(&group_id) {
+            if empty
+                && !self.offsets.has_offsets(&group_id)
+                && !self.offsets.has_open_transactions(&group_id)
+            {
                 self.groups.remove(&group_id);
                 fx.records
                     .push((partition, records::group_metadata_key(&group_id), None));
@@ -117,23 +166,29 @@ impl GroupCoordinator {
         let mut fx = Effects::default();
         let group_id = req.group_id.0.to_string();
         let partition = self.partition_for(&group_id);
-        let group_error = self.validate_offset_commit(&group_id, req, now_ms);
+        let committer = Committer {
+            generation_id_or_member_epoch: req.generation_id_or_member_epoch,
+            member_id: &req.member_id,
+            group_instance_id: req.group_instance_id.as_deref(),
+            transactional: false,
+        };
+        let group_error = self.validate_offset_commit(&group_id, &committer, now_ms);
         let mut topics = Vec::with_capacity(req.topics.len());
         for t in &req.topics {
             let topic = t.name.0.to_string();
             topics.push(commit_answer(t, |p| {
-                let metadata = p.committed_metadata.as_deref().unwrap_or("");
                 if group_error != NONE {
                     return group_error;
                 }
-                if metadata.len() > self.config.offset_metadata_max_bytes {
-                    return code(ResponseError::OffsetMetadataTooLarge);
-                }
-                let value = OffsetCommitValue {
-                    offset: p.committed_offset,
-                    leader_epoch: p.committed_leader_epoch,
-                    metadata: metadata.to_owned(),
-                    commit_timestamp_ms: now_ms,
+                let metadata = p.committed_metadata.as_deref();
+                let value = match self.commit_value(
+                    p.committed_offset,
+                    p.committed_leader_epoch,
+                    metadata,
+                    now_ms,
+                ) {
+                    Ok(value) => value,
+                    Err(error) => return error,
                 };
                 fx.records.push((
                     partition,
@@ -152,10 +207,103 @@ impl GroupCoordinator {
         fx
     }
 
+    /// TxnOffsetCommit (Kafka's `commitTransactionalOffset`): validated as
+    /// OffsetCommit, its records go to the log as one transactional batch of
+    /// the request's producer (`Effects::transactional`), and their offsets
+    /// stay pending until that producer's transaction ends
+    /// (`replay_end_transaction_marker`). v3+ carries the member fields,
+    /// checked when given; earlier versions decode to none (generation -1,
+    /// no member id). Nothing else here depends on the version but the
+    /// loading error of v0-1.
+    pub fn txn_offset_commit(
+        &mut self,
+        token: RequestToken,
+        req: &TxnOffsetCommitRequest,
+        version: i16,
+        now_ms: i64,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        let group_id = req.group_id.0.to_string();
+        let partition = self.partition_for(&group_id);
+        let committer = Committer {
+            generation_id_or_member_epoch: req.generation_id,
+            member_id: &req.member_id,
+            group_instance_id: req.group_instance_id.as_deref(),
+            transactional: true,
+        };
+        let mut group_error = self.validate_offset_commit(&group_id, &committer, now_ms);
+        if version < 2 && group_error == code(ResponseError::CoordinatorLoadInProgress) {
+            // Producers before 2.0 (v0-1) fail on this error instead of
+            // retrying (KAFKA-7296); Kafka's KafkaApis answers them this.
+            group_error = code(ResponseError::CoordinatorNotAvailable);
+        }
+        let topics = req
+            .topics
+            .iter()
+            .map(|t| {
+                txn_commit_answer(t, |p| {
+                    if group_error != NONE {
+                        return group_error;
+                    }
+                    let metadata = p.committed_metadata.as_deref();
+                    match self.commit_value(
+                        p.committed_offset,
+                        p.committed_leader_epoch,
+                        metadata,
+                        now_ms,
+                    ) {
+                        Ok(value) => {
+                            fx.records.push((
+                                partition,
+                                records::offset_commit_key(&group_id, &t.name, p.partition_index),
+                                Some(value.encode()),
+                            ));
+                            NONE
+                        }
+                        Err(error) => error,
+                    }
+                })
+            })
+            .collect();
+        fx.transactional = Some(TransactionalProducer {
+            producer_id: req.producer_id.0,
+            producer_epoch: req.producer_epoch,
+        });
+        fx.respond(
+            token,
+            Response::TxnOffsetCommit(TxnOffsetCommitResponse::default().with_topics(topics)),
+        );
+        fx
+    }
+
+    /// The value a partition's commit stores, or OFFSET_METADATA_TOO_LARGE.
+    fn commit_value(
+        &self,
+        offset: i64,
+        leader_epoch: i32,
+        metadata: Option<&str>,
+        now_ms: i64,
+    ) -> Result<OffsetCommitValue, i16> {
+        let metadata = metadata.unwrap_or("");
+        if metadata.len() > self.config.offset_metadata_max_bytes {
+            return Err(code(ResponseError::OffsetMetadataTooLarge));
+        }
+        Ok(OffsetCommitValue {
+            offset,
+            leader_epoch,
+            metadata: metadata.to_owned(),
+            commit_timestamp_ms: now_ms,
+        })
+    }
+
+    /// Kafka's `validateOffsetCommit` and `validateTransactionalOffsetCommit`
+    /// (with `ClassicGroup.validateOffsetCommit` and
+    /// `ConsumerGroup.validateOffsetCommit`): the error every partition of
+    /// the commit gets, or NONE.
     fn validate_offset_commit(
         &mut self,
         group_id: &str,
-        req: &OffsetCommitRequest,
+        committer: &Committer,
         now_ms: i64,
     ) -> i16 {
         if !self.loaded {
@@ -164,16 +312,17 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return code(ResponseError::InvalidGroupId);
         }
-        if let Some(error) = self.validate_consumer_offset_commit(
-            group_id,
-            &req.member_id,
-            req.generation_id_or_member_epoch,
-        ) {
+        let generation = committer.generation_id_or_member_epoch;
+        let member_id = committer.member_id;
+        let instance = committer.group_instance_id;
+        if let Some(error) = self.validate_consumer_offset_commit(group_id, member_id, generation) {
+            // A transactional committer is told of a stale member epoch as
+            // of an illegal generation, the error its protocol knows.
+            if committer.transactional && error == code(ResponseError::StaleMemberEpoch) {
+                return code(ResponseError::IllegalGeneration);
+            }
             return error;
         }
-        let generation = req.generation_id_or_member_epoch;
-        let member_id = req.member_id.to_string();
-        let instance = req.group_instance_id.as_deref();
         let group = match self.groups.get(group_id) {
             Some(g) => g,
             None if generation < 0 => {
@@ -192,16 +341,21 @@ impl GroupCoordinator {
             return NONE;
         }
         if generation >= 0 || !member_id.is_empty() || instance.is_some() {
-            if let Err(e) = validate_member(group, &member_id, instance) {
+            if let Err(e) = validate_member(group, member_id, instance) {
                 return code(e);
             }
             if generation != group.generation_id {
                 return code(ResponseError::IllegalGeneration);
             }
-        } else if group.state != GroupState::Empty {
+        } else if !committer.transactional && group.state != GroupState::Empty {
+            // Only an empty group takes commits without member and
+            // generation; TxnOffsetCommit before v3 has neither, so Kafka
+            // accepts it whatever the group's state.
             return code(ResponseError::UnknownMemberId);
         }
-        if group.state == GroupState::CompletingRebalance {
+        if !committer.transactional && group.state == GroupState::CompletingRebalance {
+            // A transactional commit does not depend on the assignment in
+            // progress, and Kafka does not hold it back.
             return code(ResponseError::RebalanceInProgress);
         }
         NONE
@@ -248,7 +402,7 @@ impl GroupCoordinator {
                     .collect()
             });
             let topics = self
-                .fetch_group_offsets(&group_id, requested)
+                .fetch_group_offsets(&group_id, requested, req.require_stable)
                 .into_iter()
                 .map(|(topic, parts)| {
                     OffsetFetchResponseTopic::default()
@@ -256,12 +410,13 @@ impl GroupCoordinator {
                         .with_partitions(
                             parts
                                 .into_iter()
-                                .map(|(p, v)| {
+                                .map(|(p, v, error)| {
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(v.offset)
                                         .with_committed_leader_epoch(v.leader_epoch)
                                         .with_metadata(Some(sb(&v.metadata)))
+                                        .with_error_code(error)
                                 })
                                 .collect(),
                         )
@@ -295,18 +450,19 @@ impl GroupCoordinator {
                 // service); "all topics" get theirs from the service.
                 let ids = g.topics.iter().flatten().map(|t| t.topic_id);
                 let topics = self
-                    .fetch_group_offsets(&g.group_id.0, requested)
+                    .fetch_group_offsets(&g.group_id.0, requested, req.require_stable)
                     .into_iter()
                     .zip(ids.chain(std::iter::repeat(Uuid::nil())))
                     .map(|((topic, parts), topic_id)| {
                         let partitions = parts
                             .into_iter()
-                            .map(|(p, v)| {
+                            .map(|(p, v, error)| {
                                 OffsetFetchResponsePartitions::default()
                                     .with_partition_index(p)
                                     .with_committed_offset(v.offset)
                                     .with_committed_leader_epoch(v.leader_epoch)
                                     .with_metadata(Some(sb(&v.metadata)))
+                                    .with_error_code(error)
                             })
                             .collect();
                         OffsetFetchResponseTopics::default()
@@ -322,17 +478,32 @@ impl GroupCoordinator {
     }
 
     /// The offsets of `requested` partitions (`None`: every committed one),
-    /// with `-1`, epoch `-1` and `""` for partitions without a commit.
+    /// with `-1`, epoch `-1` and `""` for partitions without a commit, and
+    /// each partition's error. With `require_stable` (v7+) a partition an
+    /// open transaction holds an offset of answers UNSTABLE_OFFSET_COMMIT
+    /// instead of its committed offset, as Kafka's `fetchOffsets` does; the
+    /// client retries until the transaction ends.
     fn fetch_group_offsets(
         &self,
         group_id: &str,
         requested: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Vec<(String, Vec<(i32, OffsetCommitValue)>)> {
+        require_stable: bool,
+    ) -> Vec<(String, Vec<FetchedPartition>)> {
         let missing = OffsetCommitValue {
             offset: -1,
             leader_epoch: -1,
             metadata: String::new(),
             commit_timestamp_ms: -1,
+        };
+        let answer = |topic: &str, p: i32, committed: Option<&OffsetCommitValue>| {
+            if require_stable && self.offsets.has_pending(group_id, topic, p) {
+                return (
+                    p,
+                    missing.clone(),
+                    code(ResponseError::UnstableOffsetCommit),
+                );
+            }
+            (p, committed.unwrap_or(&missing).clone(), NONE)
         };
         match requested {
             Some(topics) => topics
@@ -340,24 +511,18 @@ impl GroupCoordinator {
                 .map(|(topic, parts)| {
                     let values = parts
                         .into_iter()
-                        .map(|p| {
-                            let v = self
-                                .offsets
-                                .get(group_id, &topic, p)
-                                .cloned()
-                                .unwrap_or_else(|| missing.clone());
-                            (p, v)
-                        })
+                        .map(|p| answer(&topic, p, self.offsets.get(group_id, &topic, p)))
                         .collect();
                     (topic, values)
                 })
                 .collect(),
             None => {
-                let mut out: Vec<(String, Vec<(i32, OffsetCommitValue)>)> = Vec::new();
-                for ((topic, p), v) in self.offsets.group(group_id).into_iter().flatten() {
+                let mut out: Vec<(String, Vec<FetchedPartition>)> = Vec::new();
+                for ((topic, p), v) in self.offsets.group(group_id) {
+                    let value = answer(topic, *p, Some(v));
                     match out.last_mut() {
-                        Some((t, parts)) if t == topic => parts.push((*p, v.clone())),
-                        _ => out.push((topic.clone(), vec![(*p, v.clone())])),
+                        Some((t, parts)) if t == topic => parts.push(value),
+                        _ => out.push((topic.clone(), vec![value])),
                     }
                 }
                 out
@@ -431,11 +596,9 @@ impl GroupCoordinator {
                     let error = if is_subscribed {
                         code(ResponseError::GroupSubscribedToTopic)
                     } else {
-                        if self
-                            .offsets
-                            .remove(&group_id, &topic, p.partition_index)
-                            .is_some()
-                        {
+                        // Kafka writes the tombstone for a pending offset
+                        // too: its replay drops the pending ones.
+                        if self.offsets.remove(&group_id, &topic, p.partition_index) {
                             fx.records.push((
                                 partition,
                                 records::offset_commit_key(&group_id, &topic, p.partition_index),
@@ -466,8 +629,6 @@ impl GroupCoordinator {
     pub fn committed_offsets(&self, group_id: &str) -> Vec<(String, i32, i64)> {
         self.offsets
             .group(group_id)
-            .into_iter()
-            .flatten()
             .map(|((t, p), v)| (t.clone(), *p, v.offset))
             .collect()
     }

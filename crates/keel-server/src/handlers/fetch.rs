@@ -2,10 +2,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{
-    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+    AbortedTransaction, EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
 };
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::ResponseError;
+use keel_storage::AbortedTxn;
 use keel_types::TopicPartition;
 use tokio::time::Instant;
 
@@ -14,7 +15,7 @@ use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 use crate::errors::storage_error;
 use crate::fetch_session::{PartitionFetch, PartitionKey, FINAL_EPOCH};
-use crate::replica_manager::{Leadership, Partition};
+use crate::replica_manager::{Leadership, Partition, ReadBound};
 
 /// Fetch v13 names topics by id instead of by name.
 const TOPIC_IDS_VERSION: i16 = 13;
@@ -66,7 +67,10 @@ struct PartitionResult {
     /// Where a follower's log parts from the leader's: (epoch, end offset).
     diverging_epoch: Option<(i32, i64)>,
     high_watermark: i64,
+    last_stable_offset: i64,
     log_start_offset: i64,
+    /// Only for read_committed consumers.
+    aborted_transactions: Option<Vec<AbortedTxn>>,
     records: Bytes,
 }
 
@@ -141,6 +145,13 @@ pub async fn handle(
         request.replica_id.0
     };
     let follower = replica_id >= 0;
+    let bound = if follower {
+        ReadBound::LogEnd
+    } else if request.isolation_level == super::READ_COMMITTED {
+        ReadBound::LastStable
+    } else {
+        ReadBound::HighWatermark
+    };
     let now = crate::broker::now_ms();
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let response_bytes_max = if request.max_bytes > 0 {
@@ -166,7 +177,9 @@ pub async fn handle(
                 leader: (-1, -1),
                 diverging_epoch: None,
                 high_watermark: -1,
+                last_stable_offset: -1,
                 log_start_offset: -1,
+                aborted_transactions: None,
                 records: Bytes::new(),
             };
             let Some(partition) = partition else {
@@ -214,18 +227,14 @@ pub async fn handle(
             // larger than max bytes can never stall a consumer.
             let min_one_batch = total_bytes == 0;
             let read = partition
-                .read(fetch.fetch_offset, budget, min_one_batch, follower)
-                .and_then(|r| {
-                    Ok((
-                        r.slice.map(|s| s.read_bytes()).transpose()?,
-                        r.high_watermark,
-                        r.log_start_offset,
-                    ))
-                });
+                .read(fetch.fetch_offset, budget, min_one_batch, bound)
+                .and_then(|r| Ok((r.slice.as_ref().map(|s| s.read_bytes()).transpose()?, r)));
             match read {
-                Ok((bytes, high_watermark, log_start_offset)) => {
-                    result.high_watermark = high_watermark;
-                    result.log_start_offset = log_start_offset;
+                Ok((bytes, read)) => {
+                    result.high_watermark = read.high_watermark;
+                    result.last_stable_offset = read.last_stable_offset;
+                    result.log_start_offset = read.log_start_offset;
+                    result.aborted_transactions = read.aborted_transactions;
                     if let Some(bytes) = bytes {
                         total_bytes = total_bytes
                             .saturating_add(bytes.len() as u32)
@@ -308,10 +317,18 @@ fn respond(
             .with_partition_index(r.key.partition)
             .with_error_code(error_code)
             .with_high_watermark(r.high_watermark)
-            // No transactions yet: everything below the high watermark is stable.
-            .with_last_stable_offset(r.high_watermark)
+            .with_last_stable_offset(r.last_stable_offset)
             .with_log_start_offset(r.log_start_offset)
-            .with_aborted_transactions(None)
+            .with_aborted_transactions(r.aborted_transactions.map(|aborted| {
+                aborted
+                    .iter()
+                    .map(|a| {
+                        AbortedTransaction::default()
+                            .with_producer_id(ProducerId(a.producer_id))
+                            .with_first_offset(a.first_offset)
+                    })
+                    .collect()
+            }))
             .with_preferred_read_replica(BrokerId(-1))
             .with_records(Some(r.records));
         match topics.last_mut() {

@@ -5,8 +5,8 @@ use kafka_protocol::ResponseError;
 
 use super::str_bytes;
 use crate::broker::Broker;
+use crate::coordinator_log::{OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use crate::dispatch::RequestContext;
-use crate::offsets_log::OFFSETS_TOPIC;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -40,9 +40,8 @@ pub async fn handle(
 }
 
 async fn find(broker: &Broker, key_type: i8, key: StrBytes) -> Coordinator {
-    let partition = broker.groups.partition_for(key.as_str());
     let coordinator = Coordinator::default()
-        .with_key(key)
+        .with_key(key.clone())
         .with_node_id(BrokerId(-1))
         .with_port(-1);
     let fail = |error: ResponseError, message: &str| {
@@ -51,33 +50,36 @@ async fn find(broker: &Broker, key_type: i8, key: StrBytes) -> Coordinator {
             .with_error_code(error.code())
             .with_error_message(Some(str_bytes(message)))
     };
-    match key_type {
-        KEY_TYPE_GROUP => {}
-        KEY_TYPE_TRANSACTION => {
-            return fail(
-                ResponseError::CoordinatorNotAvailable,
-                "transactions are not supported by this broker yet",
-            )
-        }
+    // Each coordinator's internal topic is created on first use, as Kafka
+    // does; the coordinator is the leader of the key's partition of it.
+    let (topic, partition, ensured) = match key_type {
+        KEY_TYPE_GROUP => (
+            OFFSETS_TOPIC,
+            broker.groups.partition_for(key.as_str()),
+            broker.ensure_offsets_topic().await,
+        ),
+        KEY_TYPE_TRANSACTION => (
+            TRANSACTION_STATE_TOPIC,
+            broker.txns.partition_for(key.as_str()),
+            broker.ensure_transaction_state_topic().await,
+        ),
         _ => {
             return fail(
                 ResponseError::InvalidRequest,
                 "unknown coordinator key type",
             )
         }
-    }
-    // The offsets topic is created on first use, as Kafka does.
-    if let Err(e) = broker.ensure_offsets_topic().await {
-        tracing::error!(error = %e, "cannot create the offsets topic");
+    };
+    if let Err(e) = ensured {
+        tracing::error!(error = %e, "cannot create {topic}");
         return fail(
             ResponseError::CoordinatorNotAvailable,
-            "the offsets topic is not available",
+            "the coordinator's topic is not available",
         );
     }
-    // The coordinator is the leader of the group's offsets partition.
     let image = broker.image();
     let leader = image
-        .topic_by_name(OFFSETS_TOPIC)
+        .topic_by_name(topic)
         .and_then(|t| t.partitions.get(&partition))
         .and_then(|p| image.brokers.get(&p.leader))
         .filter(|b| !b.fenced);
@@ -88,7 +90,7 @@ async fn find(broker: &Broker, key_type: i8, key: StrBytes) -> Coordinator {
             .with_port(b.port),
         None => fail(
             ResponseError::CoordinatorNotAvailable,
-            "the group's offsets partition has no leader",
+            "the coordinator's partition has no leader",
         ),
     }
 }

@@ -27,6 +27,7 @@ pub fn handle(
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let with_epoch = ctx.api_version >= LEADER_EPOCH_VERSION;
+    let read_committed = request.isolation_level == super::READ_COMMITTED;
     let topics = request
         .topics
         .into_iter()
@@ -45,10 +46,15 @@ pub fn handle(
                         return answer
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
-                    // Without transactions the last stable offset is the
-                    // high watermark, so both isolation levels agree.
+                    // A read_committed consumer sees nothing at or past the
+                    // last stable offset, by offset or by timestamp.
+                    let last_fetchable = if read_committed {
+                        partition.last_stable_offset()
+                    } else {
+                        partition.high_watermark()
+                    };
                     let found = match p.timestamp {
-                        LATEST_TIMESTAMP => Ok(Some((partition.high_watermark(), -1))),
+                        LATEST_TIMESTAMP => Ok(Some((last_fetchable, -1))),
                         EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => {
                             Ok(Some((partition.log_start_offset(), -1)))
                         }
@@ -60,7 +66,8 @@ pub fn handle(
                         timestamp => {
                             partition.with_log(|log| log.fetch_offset_by_timestamp(timestamp))
                         }
-                    };
+                    }
+                    .map(|found| found.filter(|&(offset, _)| offset <= last_fetchable));
                     match found {
                         Ok(Some((offset, timestamp))) => answer
                             .with_offset(offset)

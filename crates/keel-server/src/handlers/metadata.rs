@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::{str_bytes, topic_name, AUTHORIZED_OPERATIONS_OMITTED};
 use crate::broker::Broker;
+use crate::coordinator_log::OFFSETS_TOPIC;
 use crate::dispatch::RequestContext;
 use crate::errors::admin_error;
-use crate::offsets_log::OFFSETS_TOPIC;
 
 /// Every topic operation is allowed: Keel has no authorizer yet, and Kafka
 /// without one reports all of them (READ, WRITE, CREATE, DELETE, ALTER,

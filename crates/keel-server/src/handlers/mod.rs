@@ -10,6 +10,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_log_dirs;
+pub mod describe_producers;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod incremental_alter_configs;
@@ -17,6 +18,7 @@ pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod write_txn_markers;
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
@@ -31,3 +33,7 @@ pub fn topic_name(s: &str) -> TopicName {
 
 /// Kafka's "authorized operations were not requested" sentinel.
 pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+/// `isolation_level` (Fetch, ListOffsets) of a consumer that must not see
+/// open or aborted transactions.
+pub const READ_COMMITTED: i8 = 1;

@@ -6,6 +6,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use kafka_protocol::ResponseError;
+use keel_storage::RecordBatchHeader;
 use keel_types::TopicPartition;
 
 use super::str_bytes;
@@ -58,10 +59,6 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
             });
             let response = match (partition, data.records) {
                 _ if !matches!(acks, -1..=1) => error(ResponseError::InvalidRequiredAcks, None),
-                _ if request.transactional_id.is_some() => error(
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    Some("transactions are not supported by this broker yet".into()),
-                ),
                 (None, _) => error(unknown, None),
                 (Some(_), None) => {
                     error(ResponseError::CorruptMessage, Some("null records".into()))
@@ -74,10 +71,19 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                     } else {
                         0
                     };
+                    let transaction = transaction_check(
+                        broker,
+                        request.transactional_id.as_ref().map(|id| id.0.as_str()),
+                        &partition,
+                        &records,
+                    );
                     if leadership.leader != broker.config.node_id {
                         not_leader(answer.clone(), leadership)
                     } else if leadership.isr_size < min_isr {
                         error(ResponseError::NotEnoughReplicas, None)
+                    } else if let Err(refused) = transaction.await {
+                        tracing::info!(partition = %partition.tp, error = ?refused, "transactional produce refused");
+                        error(refused, None)
                     } else {
                         // Copy out of the request frame so offsets and
                         // timestamps can be patched in place.
@@ -158,11 +164,44 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
     }))
 }
 
+/// Transactional batches: only with a transactional id, and the first one
+/// of a transaction on this partition only once its coordinator confirms
+/// the partition is in the producer's ongoing transaction (KIP-890).
+async fn transaction_check(
+    broker: &Broker,
+    transactional_id: Option<&str>,
+    partition: &Partition,
+    records: &[u8],
+) -> Result<(), ResponseError> {
+    let Ok(header) = RecordBatchHeader::parse(records) else {
+        // Malformed batches are the append's to refuse, with its error.
+        return Ok(());
+    };
+    if !header.is_transactional() {
+        return Ok(());
+    }
+    let Some(transactional_id) = transactional_id else {
+        return Err(ResponseError::TransactionalIdAuthorizationFailed);
+    };
+    let producer_id = header.producer_id();
+    if partition.has_ongoing_transaction(producer_id) {
+        return Ok(());
+    }
+    broker
+        .verify_transaction(
+            transactional_id,
+            producer_id,
+            header.producer_epoch(),
+            &partition.tp,
+        )
+        .await
+}
+
 /// Kafka's delayed produce for acks=all: done once the high watermark
 /// passes the append, which means every ISR member has it. The ISR may
 /// have shrunk meanwhile; below `min.insync.replicas` the write is in the
 /// log but not as safe as asked (NOT_ENOUGH_REPLICAS_AFTER_APPEND).
-async fn replicated(
+pub(crate) async fn replicated(
     partition: &Partition,
     offset: i64,
     leader_epoch: i32,

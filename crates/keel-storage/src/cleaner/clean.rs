@@ -17,13 +17,15 @@
 //! the horizon travels inside the batch, so every replica and every restart
 //! agrees on it, and it is what Kafka does for v2 batches.
 //!
-//! Control batches (transaction markers) are kept whole, and transactional
-//! batches are compacted like any other. Removing aborted transactions
-//! needs the transaction index Kafka keeps beside each segment; it plugs in
-//! at `CleanPlan::filter_batch`, which would discard an aborted batch's
-//! records whole and give a marker whose transaction has no records left a
-//! delete horizon, as Kafka's `CleanedTransactionMetadata` decides.
+//! Transactions are over below the first unstable offset, where cleaning
+//! stops. The data batches of aborted transactions never enter the offset
+//! map (they must not supersede committed records) and lose their records,
+//! as Kafka's `CleanedTransactionMetadata` decides; committed transactional
+//! batches are compacted like any other. Control batches (transaction
+//! markers) are kept whole, and so are the transaction index entries of
+//! the replaced segments.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
@@ -42,7 +44,51 @@ use crate::batch::{
 use crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX;
 use crate::error::{IoContext, Result, StorageError};
 use crate::segment::SegmentWriter;
+use crate::txn_index::AbortedTxn;
 use crate::TimestampType;
+
+/// The aborted transactions a clean sees. Held whole, as the segments'
+/// transaction indexes already are.
+#[derive(Debug)]
+pub(super) struct AbortedTxns {
+    /// In marker order, as the transaction indexes hold them.
+    txns: Vec<AbortedTxn>,
+    /// (producer id, first offset) to the marker's offset.
+    by_producer: BTreeMap<(i64, i64), i64>,
+}
+
+impl AbortedTxns {
+    pub(super) fn new(txns: Vec<AbortedTxn>) -> AbortedTxns {
+        let by_producer = txns
+            .iter()
+            .map(|t| ((t.producer_id, t.first_offset), t.last_offset))
+            .collect();
+        AbortedTxns { txns, by_producer }
+    }
+
+    /// Whether `header` is a data batch of an aborted transaction: the
+    /// producer's last aborted transaction starting at or before it has
+    /// its marker after it.
+    fn holds(&self, header: &RecordBatchHeader) -> bool {
+        let producer = header.producer_id();
+        header.is_transactional()
+            && !header.is_control()
+            && self
+                .by_producer
+                .range((producer, i64::MIN)..=(producer, header.base_offset()))
+                .next_back()
+                .is_some_and(|(_, &marker)| header.base_offset() < marker)
+    }
+
+    /// The entries whose marker is in `offsets`.
+    fn indexed_in(&self, offsets: std::ops::Range<i64>) -> Vec<AbortedTxn> {
+        self.txns
+            .iter()
+            .filter(|t| offsets.contains(&t.last_offset))
+            .copied()
+            .collect()
+    }
+}
 
 /// What the cleaner keeps of one batch.
 enum Retention {
@@ -143,7 +189,10 @@ impl CleanPlan {
                     "cleanable segments end below the first uncleanable offset"
                 );
                 stats.map_bytes_read += batch.len() as u64;
-                if header.last_offset() < first_dirty || header.is_control() {
+                if header.last_offset() < first_dirty
+                    || header.is_control()
+                    || self.aborted.holds(&header)
+                {
                     continue;
                 }
                 let decoded = BatchRecords::decode(batch, RECORDS_UNCOMPRESSED_BYTES_MAX)?;
@@ -221,7 +270,8 @@ impl CleanPlan {
         }
         let last = group.last().expect("groups are never empty");
         let modified = last.file.metadata().and_then(|m| m.modified()).ok();
-        writer.finish(modified)?;
+        let aborted = self.aborted.indexed_in(base_offset..last.next_offset);
+        writer.finish(&aborted, modified)?;
         stats.segments_written += 1;
         Ok(())
     }
@@ -238,6 +288,8 @@ impl CleanPlan {
         stats: &mut CleanerStats,
     ) -> Result<Retention> {
         let count = header.record_count().max(0) as u64;
+        // Kafka also drops a marker whose transaction has no records left
+        // once a delete horizon passes; we keep markers, a small batch each.
         if header.is_control() {
             stats.records_read += count;
             stats.records_retained += count;
@@ -247,8 +299,9 @@ impl CleanPlan {
         let records = decoded.records()?;
         stats.records_read += records.len() as u64;
         let horizon = header.delete_horizon_ms();
+        let aborted = self.aborted.holds(header);
         let mut retained: Vec<&RecordView<'_>> = Vec::with_capacity(records.len());
-        for record in &records {
+        for record in records.iter().filter(|_| !aborted) {
             if record.offset >= end_offset {
                 retained.push(record);
                 continue;

@@ -23,10 +23,13 @@
 //! before it removes a log.
 //!
 //! Offsets never change, so the leader-epoch cache and producer state stay
-//! valid; segments only shrink. [`Log::dirtiness`] and [`filthiest_log`]
-//! choose which log to clean, as Kafka's `LogCleanerManager` does, and the
-//! first dirty offset of each log lives in the log dir's
-//! `cleaner-offset-checkpoint` (see `LogManager`).
+//! valid; segments only shrink. Nothing at or past the first unstable
+//! offset is cleaned, so a transaction is over before its records are
+//! judged; the data of aborted transactions goes, and a cleaned segment
+//! keeps the transaction index entries of the segments it replaces.
+//! [`Log::dirtiness`] and [`filthiest_log`] choose which log to clean, as
+//! Kafka's `LogCleanerManager` does, and the first dirty offset of each log
+//! lives in the log dir's `cleaner-offset-checkpoint` (see `LogManager`).
 
 mod clean;
 mod offset_map;
@@ -46,11 +49,12 @@ use std::time::Duration;
 pub use throttler::Throttler;
 
 use crate::config::LogConfig;
-use crate::error::Result;
+use crate::error::{Result, StorageError};
 use crate::log::Log;
 use crate::producer_state::remove_if_exists;
 use crate::retention::largest_timestamp;
-use crate::segment::Segment;
+use crate::segment::{OpenedSegment, Segment};
+use clean::AbortedTxns;
 
 /// Broker-wide cleaner settings, named after Kafka's `log.cleaner.*`.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,6 +169,8 @@ struct CleanPlan {
     first_uncleanable_offset: i64,
     /// Producer id to the last offset of its last data batch.
     last_data_offsets: HashMap<i64, i64>,
+    /// The aborted transactions starting below the first uncleanable offset.
+    aborted: AbortedTxns,
     now_ms: i64,
 }
 
@@ -330,9 +336,10 @@ impl Log {
     /// Kafka's `cleanableOffsets`: the checkpoint if it is within the log,
     /// else the log start; the cleanable section ends at the segment
     /// holding the smallest of the active segment's base, the caller's
-    /// `upper_bound_offset` (the high watermark, or last stable offset),
-    /// and the first dirty segment with a record younger than
-    /// `min.compaction.lag.ms`. Only whole closed segments are cleaned.
+    /// `upper_bound_offset` (the high watermark), the first unstable offset
+    /// (the two making Kafka's last stable offset), and the first dirty
+    /// segment with a record younger than `min.compaction.lag.ms`. Only
+    /// whole closed segments are cleaned.
     fn cleanable_range(
         &self,
         checkpoint: Option<i64>,
@@ -346,6 +353,9 @@ impl Log {
         let segments = self.segments();
         let active_base = *segments.keys().next_back().expect("at least one segment");
         let mut bound = upper_bound_offset.min(active_base);
+        if let Some(unstable) = self.first_unstable_offset() {
+            bound = bound.min(unstable);
+        }
         let min_lag_ms = self.config().min_compaction_lag_ms;
         if min_lag_ms > 0 {
             let cutoff = now_ms.saturating_sub(min_lag_ms);
@@ -451,6 +461,9 @@ impl Log {
                 first_dirty_position,
                 first_uncleanable_offset: range.first_uncleanable_offset,
                 last_data_offsets: self.producer_last_data_offsets(),
+                aborted: AbortedTxns::new(
+                    self.collect_aborted_txns(i64::MIN, range.first_uncleanable_offset),
+                ),
                 now_ms,
             },
             guard,
@@ -496,9 +509,21 @@ impl Log {
                         false,
                         self.config().index_interval_bytes,
                     )
+                })
+                .and_then(|opened| match opened {
+                    // Refilling it takes a replay, which the next open does.
+                    OpenedSegment {
+                        txn_index_lost: true,
+                        segment,
+                        ..
+                    } => Err(StorageError::Corrupt(format!(
+                        "cleaned segment {} has an unreadable transaction index",
+                        segment.base_offset
+                    ))),
+                    OpenedSegment { segment, .. } => Ok(segment),
                 });
             match swapped {
-                Ok((segment, _)) => retired.extend(self.replace_segments(&replaced, segment)),
+                Ok(segment) => retired.extend(self.replace_segments(&replaced, segment)),
                 Err(e) => {
                     // Later groups never started their swap: drop their files.
                     cleaned.groups = groups.into_iter().skip(i + 1).collect();

@@ -1,20 +1,23 @@
 //! Kafka's crash-safe replacement of segments by a cleaned one.
 //!
 //! The cleaned segment is written and fsynced as `<base>.log.cleaned` (and
-//! `.index.cleaned`, `.timeindex.cleaned`). To install it: rename those to
-//! `.swap` (the log first), fsync the directory, delete the replaced
-//! segments, rename the `.swap` files to their final names (the log last),
-//! fsync the directory again.
+//! `.index.cleaned`, `.timeindex.cleaned`, and `.txnindex.cleaned` holding
+//! the replaced segments' aborted transactions). To install it: rename
+//! those to `.swap` (the log first), fsync the directory, delete the
+//! replaced segments, rename the `.swap` files to their final names (the
+//! log last), fsync the directory again.
 //!
 //! Whatever step a crash interrupts, the next open finds either the old
 //! segments whole (no `.log.swap` yet: `.cleaned` files are debris) or a
 //! complete `.log.swap` (fsynced before its rename, which the first
 //! directory fsync made durable before anything was deleted). Recovery then
 //! finishes the job: it deletes every segment file whose base offset falls
-//! in the swap segment's offset range, drops index `.swap` files (indexes
-//! are rebuilt from the log) and renames the `.log.swap` into place. The
-//! range covers every replaced segment because a cleaned segment always
-//! keeps the replaced segments' last batch (see `clean.rs`).
+//! in the swap segment's offset range, drops index `.swap` files (the
+//! offset and time indexes are rebuilt from the log, the transaction index
+//! by replaying producer state: see `recovery::load_segments`) and renames
+//! the `.log.swap` into place. The range covers every replaced segment
+//! because a cleaned segment always keeps the replaced segments' last
+//! batch (see `clean.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -53,7 +56,7 @@ fn path(dir: &Path, base_offset: i64, suffix: &str, extra: &str) -> PathBuf {
 }
 
 /// The files of the cleaned segment at `base_offset` before the swap.
-pub(crate) fn cleaned_paths(dir: &Path, base_offset: i64) -> [PathBuf; 3] {
+pub(crate) fn cleaned_paths(dir: &Path, base_offset: i64) -> [PathBuf; 4] {
     SEGMENT_SUFFIXES.map(|s| path(dir, base_offset, s, CLEANED_SUFFIX))
 }
 

@@ -13,7 +13,7 @@ use crate::batch::{
 use crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX;
 use crate::config::CleanupPolicy;
 use crate::tests::{open as open_at, DAY_MS, NOW};
-use crate::{LogManager, StorageError, TimestampType};
+use crate::{AbortedTxn, ControlRecordType, LogManager, StorageError, TimestampType};
 
 type Key = Vec<u8>;
 type Value = Option<Vec<u8>>;
@@ -706,6 +706,156 @@ fn a_crash_at_any_swap_step_loses_nothing() {
         crash_after += 1;
     }
     assert_eq!(previous_records, model.compacted(true).len());
+}
+
+/// A compacted log whose closed segments hold an aborted transaction
+/// rewriting `a` and `b`, and a transaction of producer 2 still open
+/// rewriting `c`, closed so that copies of its directory open cleanly.
+fn txn_fixture(dir: &Path) -> Log {
+    let mut log = open(dir, compacted());
+    let txn = |pid: i64, records: &[(&str, &str)]| {
+        let mut b = BatchBuilder::new(0).producer(pid, 0, 0).transactional(true);
+        for (k, v) in records {
+            b.push(Some(k.as_bytes()), Some(v.as_bytes()), &[], NOW);
+        }
+        b.build()
+    };
+    append(
+        &mut log,
+        batch(
+            &[("a", Some("1")), ("b", Some("1"))],
+            NOW,
+            Compression::None,
+        ),
+    ); // 0, 1
+    log.roll_active().unwrap();
+    append(&mut log, txn(1, &[("a", "x"), ("b", "x")])); // 2, 3
+    log.append_marker(1, 0, ControlRecordType::Abort, 0, 0, NOW)
+        .unwrap(); // 4
+    log.roll_active().unwrap();
+    append(&mut log, batch(&[("c", Some("1"))], NOW, Compression::None)); // 5
+    log.roll_active().unwrap();
+    append(&mut log, txn(2, &[("c", "y")])); // 6
+    log.roll_active().unwrap();
+    append(&mut log, batch(&[("a", Some("2"))], NOW, Compression::None)); // 7
+    log.roll_active().unwrap();
+    append(&mut log, batch(&[("z", Some("z"))], NOW, Compression::None)); // 8
+    log.close().unwrap();
+    open(dir, compacted())
+}
+
+/// (offset, key, value) of every data record a fetch returns.
+fn data_records(log: &Log) -> Vec<(i64, String, String)> {
+    read_batches(log)
+        .into_iter()
+        .filter(|(h, _)| !h.is_control())
+        .flat_map(|(_, records)| records)
+        .map(|r| {
+            let text = |b: Option<Vec<u8>>| String::from_utf8(b.unwrap()).unwrap();
+            (r.offset, text(r.key), text(r.value))
+        })
+        .collect()
+}
+
+fn owned(records: &[(i64, &str, &str)]) -> Vec<(i64, String, String)> {
+    records
+        .iter()
+        .map(|&(o, k, v)| (o, k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn cleaning_stops_at_the_first_unstable_offset_and_drops_aborted_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = txn_fixture(dir.path());
+    let aborted = vec![AbortedTxn {
+        producer_id: 1,
+        first_offset: 2,
+        last_offset: 4,
+        last_stable_offset: 5,
+    }];
+    assert_eq!(log.aborted_transactions(0, 9).unwrap(), aborted);
+    assert_eq!(log.first_unstable_offset(), Some(6));
+    let dirtiness = log.dirtiness(None, log.log_end_offset(), NOW).unwrap();
+    assert_eq!(dirtiness.first_uncleanable_offset, 6);
+    let stats = installed(clean(&mut log, None, NOW, &CleanerConfig::default()));
+    assert_eq!(stats.next_dirty_offset, 6);
+
+    // The aborted writes neither survive nor supersede the committed ones;
+    // the open transaction's segment and everything after it is untouched.
+    let expected = owned(&[
+        (0, "a", "1"),
+        (1, "b", "1"),
+        (5, "c", "1"),
+        (6, "c", "y"),
+        (7, "a", "2"),
+        (8, "z", "z"),
+    ]);
+    assert_eq!(data_records(&log), expected);
+    let markers: Vec<i64> = read_batches(&log)
+        .iter()
+        .filter(|(h, _)| h.is_control())
+        .map(|(h, _)| h.base_offset())
+        .collect();
+    assert_eq!(markers, vec![4]);
+    // The cleaned segment took the replaced segments' index entries.
+    assert_eq!(log.aborted_transactions(0, 9).unwrap(), aborted);
+    assert!(leftovers(log.dir()).is_empty());
+    for recover in [None, Some(0)] {
+        drop(log);
+        log = open_at(dir.path(), compacted(), recover);
+        assert_eq!(log.aborted_transactions(0, 9).unwrap(), aborted);
+        assert_eq!(data_records(&log), expected);
+    }
+
+    // Once the open transaction commits, its records count like any other.
+    log.append_marker(2, 0, ControlRecordType::Commit, 0, 0, NOW)
+        .unwrap();
+    log.roll_active().unwrap();
+    installed(clean(&mut log, Some(6), NOW, &CleanerConfig::default()));
+    assert_eq!(
+        data_records(&log),
+        owned(&[(1, "b", "1"), (6, "c", "y"), (7, "a", "2"), (8, "z", "z")])
+    );
+    assert_eq!(log.aborted_transactions(0, 10).unwrap(), aborted);
+}
+
+#[test]
+fn a_crash_at_any_swap_step_keeps_the_aborted_transactions() {
+    let template = tempfile::tempdir().unwrap();
+    let fixture = txn_fixture(template.path());
+    let aborted = fixture.aborted_transactions(0, 9).unwrap();
+    assert_eq!(aborted.len(), 1);
+    drop(fixture);
+    let mut crash_after = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&template.path().join("t-0"), &dir.path().join("t-0"));
+        let log = open(dir.path(), compacted());
+        let cleaned = log
+            .prepare_clean(None, log.log_end_offset(), NOW)
+            .unwrap()
+            .clean(&CleanerConfig::default(), &Throttler::new(f64::MAX))
+            .unwrap();
+        let all = all_swap_steps(&log, &cleaned);
+        for step in &all[..crash_after] {
+            step.run().unwrap();
+        }
+        std::mem::forget(cleaned);
+        let log_end = log.log_end_offset();
+        drop(log);
+        let log = open_at(dir.path(), compacted(), Some(log_end));
+        assert_eq!(
+            log.aborted_transactions(0, log_end).unwrap(),
+            aborted,
+            "after {crash_after} steps"
+        );
+        assert_eq!(log.first_unstable_offset(), Some(6));
+        if crash_after == all.len() {
+            break;
+        }
+        crash_after += 1;
+    }
 }
 
 #[test]

@@ -331,6 +331,33 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
+/// `n` distinct ports free on loopback now. They are picked below the
+/// kernel's ephemeral range: the ports bound to ":0" (every single-broker
+/// test's) and of outgoing connections come from that range, and any of
+/// them could take a node's port while the node is down for a restart.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let range = 10_000..ephemeral_start.max(20_000);
+    let mut rng = rand::thread_rng();
+    // Held until all are chosen, so none is picked twice.
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..1000 {
+        if held.len() == n {
+            break;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.gen_range(range.clone()))) {
+            held.push(listener);
+        }
+    }
+    assert_eq!(held.len(), n, "no {n} free ports in {range:?}");
+    held.iter()
+        .map(|l| l.local_addr().expect("a bound port").port())
+        .collect()
+}
+
 /// A topic name unique within this process, so tests sharing a broker never
 /// collide.
 pub fn unique_topic(prefix: &str) -> String {
