@@ -53,7 +53,9 @@ pub enum LogEntry {
 
 /// Where the coordinator's records go: the `__consumer_offsets` partitions.
 pub trait OffsetsLog: Send + Sync + 'static {
-    /// Appends records to one __consumer_offsets partition; returns once they are in the log.
+    /// Appends records to one __consumer_offsets partition; returns once
+    /// every in-sync replica has them (Kafka writes them with acks=all).
+    /// Called on a blocking thread.
     fn append(&self, partition: i32, records: Vec<LogRecord>) -> Result<(), String>;
     /// Appends records as one transactional batch of the producer (TxnOffsetCommit).
     fn append_transactional(

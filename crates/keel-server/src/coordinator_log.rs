@@ -13,10 +13,15 @@ use keel_txn::TransactionLog;
 use keel_types::TopicPartition;
 
 use crate::broker::now_ms;
+use crate::handlers::produce::replicated;
 use crate::replica_manager::{Partition, ReadBound, ReplicaManager};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// How long a coordinator's append may wait for the ISR (Kafka's
+/// `offsets.commit.timeout.ms`).
+const APPEND_REPLICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Bytes read per step while loading a partition.
 const LOAD_READ_BYTES: u32 = 1 << 20;
@@ -56,13 +61,27 @@ impl CoordinatorLog {
             builder.push(Some(key), value.as_deref(), &[], now);
         }
         let mut batch = builder.build();
+        let leadership = target.leadership();
         let appended = if producer.is_some() {
             target.append_as_coordinator(&mut batch, now)
         } else {
             target.append(&mut batch, now)
-        };
-        appended.map_err(|e| e.to_string())?;
-        Ok(())
+        }
+        .map_err(|e| e.to_string())?;
+        // Kafka's coordinators write with acks=all: a commit or transaction
+        // state acknowledged before the ISR had it would be lost with this
+        // leader. Called from a blocking thread (both coordinators append
+        // through `spawn_blocking`), which may wait on the runtime.
+        let deadline = tokio::time::Instant::now() + APPEND_REPLICATION_TIMEOUT;
+        tokio::runtime::Handle::current()
+            .block_on(replicated(
+                &target,
+                appended.last_offset + 1,
+                leadership.leader_epoch,
+                0,
+                deadline,
+            ))
+            .map_err(|e| format!("{tp} did not replicate the append: {e:?}", tp = target.tp))
     }
 
     /// Every committed entry of one partition, in offset order; nothing if

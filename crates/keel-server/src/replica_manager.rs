@@ -228,6 +228,11 @@ impl Partition {
     /// Records a follower's fetch from `fetch_offset` (all it has) and
     /// returns the ISR change that follows, if any: a follower that has
     /// caught up with the high watermark rejoins the ISR.
+    /// Whether broker `id` is one of this partition's assigned replicas.
+    pub fn is_replica(&self, id: i32) -> bool {
+        self.replication.lock().replicas.contains(&id)
+    }
+
     pub fn record_follower_fetch(
         &self,
         replica_id: i32,

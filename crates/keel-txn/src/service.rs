@@ -39,7 +39,8 @@ use crate::TxnConfig;
 
 /// Where the coordinator's records go: the `__transaction_state` partitions.
 pub trait TransactionLog: Send + Sync + 'static {
-    /// Appends to one __transaction_state partition; returns once in the log.
+    /// Appends to one __transaction_state partition; returns once every
+    /// in-sync replica has the records (acks=all). Called on a blocking thread.
     fn append(&self, partition: i32, records: Vec<LogRecord>) -> Result<(), String>;
     /// Every record of one partition, in offset order (for loading).
     fn read_all(&self, partition: i32) -> Result<Vec<LogRecord>, String>;

@@ -24,6 +24,7 @@ use rand::{Rng, RngCore, SeedableRng};
 
 /// Kafka error codes these tests expect.
 const CORRUPT_MESSAGE: i16 = 2;
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const UNSUPPORTED_VERSION: i16 = 35;
 const INVALID_RECORD: i16 = 87;
 const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
@@ -144,6 +145,35 @@ fn old_formats_and_malformed_records_get_kafkas_errors() {
 
     // Nothing was appended, and the connection still works.
     assert_eq!(produce(&mut conn, &topic, good.clone()), (0, 0));
+    assert_serving(&mut broker);
+}
+
+/// A Fetch that names a replica id the partition does not have is refused,
+/// as Kafka refuses it: only followers may read above the high watermark.
+#[test]
+fn a_fetch_from_a_broker_that_is_no_replica_is_refused() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let mut broker = TestBroker::start();
+    let topic = unique_topic("not-a-replica");
+    ensure_topic(&broker, &topic);
+    let mut conn = RawConn::connect(broker.addr()).unwrap();
+    let batch = encode_batch(&[(Some(b"key"), Some(b"value"))]);
+    assert_eq!(produce(&mut conn, &topic, batch).0, 0);
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(7))
+        .with_max_wait_ms(10)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.clone())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let response = conn.request(12, &request).expect("Fetch v12");
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, NOT_LEADER_OR_FOLLOWER);
+    assert!(partition.records.as_ref().is_none_or(|r| r.is_empty()));
     assert_serving(&mut broker);
 }
 
@@ -481,8 +511,106 @@ fn seed_frames(topic: &str) -> Vec<Vec<u8>> {
     }
     let init = InitProducerIdRequest::default().with_transaction_timeout_ms(60_000);
     seeds.push(RawConn::encode_request(4, 1, &init).to_vec());
+    seeds.extend(transaction_seeds(topic));
     seeds.push(RawConn::encode_request(0, 1, &DescribeClusterRequest::default()).to_vec());
     seeds
+}
+
+/// One request of each transaction API, for the fuzzer to mutate.
+fn transaction_seeds(topic: &str) -> Vec<Vec<u8>> {
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+    };
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    use kafka_protocol::messages::*;
+    let s = |v: &str| StrBytes::from_string(v.to_string());
+    let id = TransactionalId(s("fuzz-txn"));
+    let name = TopicName(s(topic));
+    let topics = vec![AddPartitionsToTxnTopic::default()
+        .with_name(name.clone())
+        .with_partitions(vec![0])];
+    let mut seeds = vec![
+        RawConn::encode_request(
+            4,
+            1,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(Some(id.clone()))
+                .with_transaction_timeout_ms(60_000),
+        ),
+        RawConn::encode_request(
+            3,
+            1,
+            &AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(id.clone())
+                .with_v3_and_below_topics(topics.clone()),
+        ),
+        RawConn::encode_request(
+            4,
+            1,
+            &AddPartitionsToTxnRequest::default().with_transactions(vec![
+                AddPartitionsToTxnTransaction::default()
+                    .with_transactional_id(id.clone())
+                    .with_verify_only(true)
+                    .with_topics(topics),
+            ]),
+        ),
+        RawConn::encode_request(
+            3,
+            1,
+            &AddOffsetsToTxnRequest::default()
+                .with_transactional_id(id.clone())
+                .with_group_id(GroupId(s("fuzz-group"))),
+        ),
+        RawConn::encode_request(
+            3,
+            1,
+            &EndTxnRequest::default()
+                .with_transactional_id(id.clone())
+                .with_committed(true),
+        ),
+        RawConn::encode_request(
+            1,
+            1,
+            &WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+                .with_producer_id(ProducerId(1))
+                .with_topics(vec![WritableTxnMarkerTopic::default()
+                    .with_name(name.clone())
+                    .with_partition_indexes(vec![0])])]),
+        ),
+        RawConn::encode_request(
+            3,
+            1,
+            &TxnOffsetCommitRequest::default()
+                .with_transactional_id(id.clone())
+                .with_group_id(GroupId(s("fuzz-group")))
+                .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                    .with_name(name)
+                    .with_partitions(vec![
+                        TxnOffsetCommitRequestPartition::default().with_committed_offset(1)
+                    ])]),
+        ),
+        RawConn::encode_request(
+            0,
+            1,
+            &DescribeTransactionsRequest::default().with_transactional_ids(vec![id]),
+        ),
+        RawConn::encode_request(1, 1, &ListTransactionsRequest::default()),
+    ];
+    seeds.push(RawConn::encode_request(
+        0,
+        1,
+        &DescribeProducersRequest::default().with_topics(vec![
+            describe_producers_request::TopicRequest::default()
+                .with_name(TopicName(s(topic)))
+                .with_partition_indexes(vec![0]),
+        ]),
+    ));
+    seeds.into_iter().map(|b| b.to_vec()).collect()
 }
 
 #[derive(Clone, Debug)]

@@ -1,6 +1,7 @@
 //! Three combined broker/controller nodes on loopback: the cluster forms,
 //! spreads replicas and leaders over every broker, and carries on after
-//! losing its active controller.
+//! losing its active controller, a partition leader, or the transaction
+//! coordinator in the middle of a transaction.
 
 mod common;
 
@@ -11,8 +12,9 @@ use common::cluster::TestCluster;
 use common::*;
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::Offset;
 
 /// How long electing a new controller (or leader) and acting on it may
@@ -293,4 +295,87 @@ async fn acknowledged_records_survive_losing_the_leader() {
             .is_some_and(|l| l != second)
     });
     assert_eq!(read(&cluster.bootstrap()), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_survives_losing_its_coordinator() {
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            ("transaction.state.log.num.partitions", "1"),
+            ("min.insync.replicas", "2"),
+        ],
+    );
+    let topic = unique_topic("txn-failover");
+    let results = admin(&cluster.bootstrap())
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(3))],
+            &admin_options(),
+        )
+        .await
+        .expect("CreateTopics");
+    assert_eq!(results, vec![Ok(topic.clone())]);
+    placements(&cluster.bootstrap(), &topic, 1);
+
+    let mut config = client_config(&cluster.bootstrap());
+    config
+        .set("transactional.id", "failover")
+        .set("message.timeout.ms", "30000");
+    let producer: FutureProducer = config.create().expect("a transactional producer");
+    let timeout = Duration::from_secs(60);
+    producer
+        .init_transactions(timeout)
+        .expect("init_transactions");
+    let queue = |value: String| {
+        let record = FutureRecord::<str, str>::to(&topic)
+            .partition(0)
+            .payload(&value);
+        if let Err((e, _)) = producer.send_result(record) {
+            panic!("queueing {value}: {e}");
+        }
+    };
+    producer.begin_transaction().unwrap();
+    (0..50).for_each(|i| queue(format!("first-{i}")));
+    producer.commit_transaction(timeout).expect("first commit");
+
+    // The coordinator dies with a transaction open; its successor loads
+    // the replicated __transaction_state and the transaction commits or
+    // aborts as a whole.
+    producer.begin_transaction().unwrap();
+    (0..50).for_each(|i| queue(format!("second-{i}")));
+    producer.flush(timeout).expect("second's records written");
+    let coordinator = cluster
+        .node_of_leader("__transaction_state", 0)
+        .expect("the transaction log has a leader");
+    cluster.kill(coordinator);
+    let second_committed = match producer.commit_transaction(timeout) {
+        Ok(()) => true,
+        Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+            producer.abort_transaction(timeout).expect("abort");
+            false
+        }
+        Err(e) => panic!("commit after losing the coordinator: {e}"),
+    };
+    producer.begin_transaction().unwrap();
+    queue("third".to_string());
+    producer.commit_transaction(timeout).expect("third commit");
+
+    let mut expected: Vec<String> = (0..50).map(|i| format!("first-{i}")).collect();
+    if second_committed {
+        expected.extend((0..50).map(|i| format!("second-{i}")));
+    }
+    expected.push("third".to_string());
+    let read: Vec<String> = try_consume(
+        &cluster.bootstrap(),
+        &topic,
+        0,
+        Offset::Beginning,
+        expected.len(),
+        &[("isolation.level", "read_committed")],
+    )
+    .unwrap_or_else(|e| panic!("read_committed: {e}"))
+    .iter()
+    .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+    .collect();
+    assert_eq!(read, expected, "second committed: {second_committed}");
 }

@@ -197,6 +197,12 @@ pub async fn handle(
             result.leader = (state.leader, state.leader_epoch);
             let refusal =
                 leadership_error(state, broker.config.node_id, fetch.current_leader_epoch);
+            // A fetch naming a replica id must come from a replica: Kafka
+            // refuses anyone else the data above the high watermark.
+            let refusal = refusal.or_else(|| {
+                (follower && !partition.is_replica(replica_id))
+                    .then_some(ResponseError::NotLeaderOrFollower)
+            });
             let diverging = follower.then(|| divergence(&partition, fetch)).flatten();
             if refusal.is_some() || diverging.is_some() {
                 result.error = refusal;
