@@ -17,7 +17,7 @@ use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// A small `__transaction_state` with one replica, and timed-out
@@ -31,77 +31,6 @@ const BROKER: &[(&str, &str)] = &[
         "500",
     ),
 ];
-
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn transactional_producer(
-    bootstrap: &str,
-    transactional_id: &str,
-    extra: &[(&str, &str)],
-) -> FutureProducer {
-    let mut config = client_config(bootstrap);
-    config
-        .set("transactional.id", transactional_id)
-        .set("message.timeout.ms", "20000")
-        .set("linger.ms", "5");
-    for (k, v) in extra {
-        config.set(*k, *v);
-    }
-    let producer: FutureProducer = config.create().expect("creating a transactional producer");
-    producer
-        .init_transactions(TXN_TIMEOUT)
-        .expect("init_transactions");
-    producer
-}
-
-/// Queues one record (the commit flushes it).
-fn queue(producer: &FutureProducer, topic: &str, partition: i32, value: &str) {
-    let record = FutureRecord::<str, str>::to(topic)
-        .partition(partition)
-        .key(value)
-        .payload(value);
-    if let Err((e, _)) = producer.send_result(record) {
-        panic!("queueing {value}: {e}");
-    }
-}
-
-/// Reads every partition of `topic` from the start with `isolation.level`
-/// until `expected` records arrived, then a little longer to catch any
-/// record that should not be there, or until `timeout`. Returns the values.
-fn read_values(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    isolation: &str,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<String> {
-    let consumer = consumer(bootstrap, &[("isolation.level", isolation)]);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut values = Vec::new();
-    let deadline = Instant::now() + timeout;
-    let mut settle: Option<Instant> = None;
-    loop {
-        if values.len() >= expected && settle.is_none() {
-            settle = Some(Instant::now() + Duration::from_secs(1));
-        }
-        if settle.is_some_and(|s| Instant::now() >= s) || Instant::now() >= deadline {
-            return values;
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
-            }
-            Some(Err(e)) => panic!("consuming {topic} ({isolation}): {e}"),
-            None => {}
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn committed_transactions_are_visible_and_aborted_ones_never_are() {
