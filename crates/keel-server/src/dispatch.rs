@@ -197,11 +197,11 @@ pub async fn dispatch(
         RequestKind::ConsumerGroupDescribe(r) => {
             ResponseKind::ConsumerGroupDescribe(broker.groups.consumer_group_describe(r, v))
         }
-        // The transaction APIs' handlers are the transaction coordinator's
-        // methods, as the group APIs' are the group coordinator's.
-        RequestKind::AddPartitionsToTxn(r) => {
-            ResponseKind::AddPartitionsToTxn(broker.txns.add_partitions_to_txn(r, v).await)
-        }
+        RequestKind::AddPartitionsToTxn(r) => ResponseKind::AddPartitionsToTxn(
+            handlers::add_partitions_to_txn::handle(broker, &ctx, r).await,
+        ),
+        // The other transaction APIs' handlers are the transaction
+        // coordinator's methods, as the group APIs' are the group coordinator's.
         RequestKind::AddOffsetsToTxn(r) => {
             ResponseKind::AddOffsetsToTxn(broker.txns.add_offsets_to_txn(r, v).await)
         }

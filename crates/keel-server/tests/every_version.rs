@@ -2,7 +2,8 @@
 //! and encoded without error. `kafka-protocol` refuses to encode a field the
 //! negotiated version lacks, so this catches handlers that fill one in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -14,6 +15,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 use keel_server::dispatch::{dispatch, supported_range, Outcome, SUPPORTED};
 use keel_server::{Broker, BrokerConfig};
 use keel_storage::BatchBuilder;
@@ -23,7 +25,61 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-fn request(api: ApiKey, version: i16, topic_id: Uuid) -> RequestKind {
+/// The group whose offsets the `txo{v}` transactions commit.
+const TXN_GROUP: &str = "txg";
+/// The transactional id whose open transaction on `t-0` WriteTxnMarkers ends.
+const MARKED: &str = "txw";
+
+/// The transactional ids the setup gives a producer:
+/// - `tx{v}`: AddPartitionsToTxn v{v} adds `t-0` (v4 verifies `tx3`'s and
+///   adds `tx4`'s), then EndTxn v{v} commits;
+/// - `txo{v}`: AddOffsetsToTxn v{v} adds `TXN_GROUP`, then TxnOffsetCommit v{v}
+///   commits an offset in the transaction, which stays open;
+/// - `MARKED`: the setup opens a transaction on `t-0` with a transactional
+///   produce, which WriteTxnMarkers v1 ends there.
+fn transactional_ids() -> Vec<String> {
+    let tx = (0..=4).map(|v| format!("tx{v}"));
+    let txo = (0..=4).map(|v| format!("txo{v}"));
+    tx.chain(txo).chain([MARKED.to_string()]).collect()
+}
+
+/// What the requests refer to: topic `t`'s id, and each transactional id's
+/// producer id and epoch.
+#[derive(Default)]
+struct Fixture {
+    topic_id: Uuid,
+    producers: BTreeMap<String, (ProducerId, i16)>,
+}
+
+impl Fixture {
+    fn producer(&self, transactional_id: &str) -> (ProducerId, i16) {
+        *self
+            .producers
+            .get(transactional_id)
+            .unwrap_or_else(|| panic!("no producer for {transactional_id}"))
+    }
+}
+
+fn partition_t0() -> Vec<add_partitions_to_txn_request::AddPartitionsToTxnTopic> {
+    vec![
+        add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+            .with_name(TopicName(s("t")))
+            .with_partitions(vec![0]),
+    ]
+}
+
+/// AddPartitionsToTxn v0-3: `t-0` joins `transactional_id`'s transaction.
+fn add_t0(fx: &Fixture, transactional_id: &str) -> AddPartitionsToTxnRequest {
+    let (producer_id, producer_epoch) = fx.producer(transactional_id);
+    AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(s(transactional_id)))
+        .with_v3_and_below_producer_id(producer_id)
+        .with_v3_and_below_producer_epoch(producer_epoch)
+        .with_v3_and_below_topics(partition_t0())
+}
+
+fn request(api: ApiKey, version: i16, fx: &Fixture) -> RequestKind {
+    let topic_id = fx.topic_id;
     let by_id = |v: i16, min: i16| v >= min;
     match api {
         ApiKey::ApiVersions => RequestKind::ApiVersions(ApiVersionsRequest::default()),
@@ -267,8 +323,264 @@ fn request(api: ApiKey, version: i16, topic_id: Uuid) -> RequestKind {
         ApiKey::DescribeLogDirs => {
             RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None))
         }
+        // v0-3 as a producer sends it, for `tx{v}`. v4 as a partition leader
+        // sends it (KIP-890), batched: whether `tx3` (v3 added it) has `t-0`,
+        // and `t-0` added to `tx4`.
+        ApiKey::AddPartitionsToTxn => RequestKind::AddPartitionsToTxn(if version >= 4 {
+            let transaction = |id: &str, verify_only: bool| {
+                let (producer_id, producer_epoch) = fx.producer(id);
+                add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+                    .with_transactional_id(TransactionalId(s(id)))
+                    .with_producer_id(producer_id)
+                    .with_producer_epoch(producer_epoch)
+                    .with_verify_only(verify_only)
+                    .with_topics(partition_t0())
+            };
+            AddPartitionsToTxnRequest::default()
+                .with_transactions(vec![transaction("tx3", true), transaction("tx4", false)])
+        } else {
+            add_t0(fx, &format!("tx{version}"))
+        }),
+        ApiKey::AddOffsetsToTxn => {
+            let id = format!("txo{version}");
+            let (producer_id, producer_epoch) = fx.producer(&id);
+            RequestKind::AddOffsetsToTxn(
+                AddOffsetsToTxnRequest::default()
+                    .with_transactional_id(TransactionalId(s(&id)))
+                    .with_producer_id(producer_id)
+                    .with_producer_epoch(producer_epoch)
+                    .with_group_id(GroupId(s(TXN_GROUP))),
+            )
+        }
+        // Commits what AddPartitionsToTxn v{v} added to `tx{v}`; the markers
+        // follow in the background.
+        ApiKey::EndTxn => {
+            let id = format!("tx{version}");
+            let (producer_id, producer_epoch) = fx.producer(&id);
+            RequestKind::EndTxn(
+                EndTxnRequest::default()
+                    .with_transactional_id(TransactionalId(s(&id)))
+                    .with_producer_id(producer_id)
+                    .with_producer_epoch(producer_epoch)
+                    .with_committed(true),
+            )
+        }
+        // As a coordinator would: commits `MARKED`'s transaction on `t-0`.
+        ApiKey::WriteTxnMarkers => {
+            use write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
+            let (producer_id, producer_epoch) = fx.producer(MARKED);
+            RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
+                WritableTxnMarker::default()
+                    .with_producer_id(producer_id)
+                    .with_producer_epoch(producer_epoch)
+                    .with_transaction_result(true)
+                    .with_coordinator_epoch(0)
+                    .with_topics(vec![WritableTxnMarkerTopic::default()
+                        .with_name(TopicName(s("t")))
+                        .with_partition_indexes(vec![0])]),
+            ]))
+        }
+        // In the transaction AddOffsetsToTxn v{v} added `TXN_GROUP` to. The
+        // v3+ member fields are those of a committer that is no group
+        // member (generation -1, no member id), which a group without
+        // members accepts. Keel's group coordinator does not (yet) verify
+        // the transaction with its coordinator as Kafka's does (KIP-890), so
+        // a success here does not show that AddOffsetsToTxn worked:
+        // DescribeTransactions below does.
+        ApiKey::TxnOffsetCommit => {
+            use txn_offset_commit_request::{
+                TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+            };
+            let id = format!("txo{version}");
+            let (producer_id, producer_epoch) = fx.producer(&id);
+            RequestKind::TxnOffsetCommit(
+                TxnOffsetCommitRequest::default()
+                    .with_transactional_id(TransactionalId(s(&id)))
+                    .with_group_id(GroupId(s(TXN_GROUP)))
+                    .with_producer_id(producer_id)
+                    .with_producer_epoch(producer_epoch)
+                    .with_generation_id(-1)
+                    .with_member_id(s(""))
+                    .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                        .with_name(TopicName(s("t")))
+                        .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(1)])]),
+            )
+        }
+        ApiKey::DescribeProducers => {
+            RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
+                describe_producers_request::TopicRequest::default()
+                    .with_name(TopicName(s("t")))
+                    .with_partition_indexes(vec![0]),
+            ]))
+        }
+        ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default().with_transactional_ids(
+                transactional_ids()
+                    .iter()
+                    .map(|id| TransactionalId(s(id)))
+                    .collect(),
+            ),
+        ),
+        // v0 lists every transaction; v1 only the Ongoing ones, and names
+        // back the state it does not know.
+        ApiKey::ListTransactions => RequestKind::ListTransactions(if version >= 1 {
+            ListTransactionsRequest::default()
+                .with_state_filters(vec![s("Ongoing"), s("NoSuchState")])
+        } else {
+            ListTransactionsRequest::default()
+        }),
         other => panic!("add a request for {other:?} to this test"),
     }
+}
+
+/// Sends `request` through `dispatch` as it would come off the wire, and
+/// checks its answer encodes.
+async fn send(broker: &Broker, api: ApiKey, version: i16, request: RequestKind) -> ResponseKind {
+    let mut wire = BytesMut::new();
+    request
+        .encode(&mut wire, version)
+        .unwrap_or_else(|e| panic!("{api:?} v{version} request: {e}"));
+    let decoded = RequestKind::decode(api, &mut wire.freeze(), version).unwrap();
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version);
+    let mut outcome = dispatch(broker, &header, "/127.0.0.1", decoded).await;
+    let response = loop {
+        match outcome {
+            Outcome::Respond(response) => break *response,
+            Outcome::Deferred(answer) => outcome = answer.await,
+            _ => panic!("{api:?} v{version} gave no response"),
+        }
+    };
+    let mut out = BytesMut::new();
+    response
+        .encode(&mut out, version)
+        .unwrap_or_else(|e| panic!("{api:?} v{version} response: {e}"));
+    response
+}
+
+/// Sends `request` again while `error` finds in its answer an error a
+/// client retries: the transaction coordinator is loading or not there
+/// yet, or the transactional id is busy.
+async fn settled(
+    broker: &Broker,
+    api: ApiKey,
+    version: i16,
+    request: impl Fn() -> RequestKind,
+    error: impl Fn(&ResponseKind) -> i16,
+) -> ResponseKind {
+    let retriable = [
+        ResponseError::CoordinatorNotAvailable,
+        ResponseError::CoordinatorLoadInProgress,
+        ResponseError::NotCoordinator,
+        ResponseError::ConcurrentTransactions,
+    ];
+    for _ in 0..200 {
+        let response = send(broker, api, version, request()).await;
+        let code = error(&response);
+        if !retriable.iter().any(|e| e.code() == code) {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{api:?} v{version} still answers a retriable error")
+}
+
+/// Gives every transactional id of `transactional_ids` a producer (through
+/// InitProducerId at each version in turn), and opens `MARKED`'s
+/// transaction on `t-0` with a transactional produce.
+async fn set_up_transactions(broker: &Broker, fx: &mut Fixture) {
+    // Creates `__transaction_state`, whose partitions load in the background.
+    let found = settled(
+        broker,
+        ApiKey::FindCoordinator,
+        3,
+        || {
+            RequestKind::FindCoordinator(
+                FindCoordinatorRequest::default()
+                    .with_key_type(1)
+                    .with_key(s("tx0")),
+            )
+        },
+        |r| match r {
+            ResponseKind::FindCoordinator(r) => r.error_code,
+            other => panic!("{other:?}"),
+        },
+    )
+    .await;
+    let ResponseKind::FindCoordinator(found) = found else {
+        unreachable!()
+    };
+    assert_eq!(found.error_code, 0, "{found:?}");
+
+    let versions = supported_range(ApiKey::InitProducerId).unwrap();
+    for (i, id) in transactional_ids().into_iter().enumerate() {
+        let version = versions.min + (i as i16) % (versions.max - versions.min + 1);
+        let init = || {
+            RequestKind::InitProducerId(
+                InitProducerIdRequest::default()
+                    .with_transactional_id(Some(TransactionalId(s(&id))))
+                    .with_transaction_timeout_ms(600_000),
+            )
+        };
+        let response = settled(broker, ApiKey::InitProducerId, version, init, |r| match r {
+            ResponseKind::InitProducerId(r) => r.error_code,
+            other => panic!("{other:?}"),
+        })
+        .await;
+        let ResponseKind::InitProducerId(r) = response else {
+            unreachable!()
+        };
+        assert_eq!(r.error_code, 0, "InitProducerId v{version} for {id}: {r:?}");
+        assert!(r.producer_id.0 >= 0, "{r:?}");
+        // A new transactional id starts at epoch 0.
+        assert_eq!(r.producer_epoch, 0, "{r:?}");
+        fx.producers.insert(id, (r.producer_id, r.producer_epoch));
+    }
+    let ids: BTreeSet<i64> = fx.producers.values().map(|(p, _)| p.0).collect();
+    assert_eq!(ids.len(), fx.producers.len(), "one producer id each");
+
+    // `MARKED`'s transaction on `t-0`: the coordinator adds it, and the
+    // produce is verified with the coordinator (KIP-890) before it opens
+    // the transaction in the log.
+    let added = send(
+        broker,
+        ApiKey::AddPartitionsToTxn,
+        3,
+        RequestKind::AddPartitionsToTxn(add_t0(fx, MARKED)),
+    )
+    .await;
+    assert_no_errors(ApiKey::AddPartitionsToTxn, 3, &added, fx);
+    let (producer_id, producer_epoch) = fx.producer(MARKED);
+    let mut builder = BatchBuilder::new(0)
+        .producer(producer_id.0, producer_epoch, 0)
+        .transactional(true);
+    builder.push(
+        Some(b"k"),
+        Some(b"in a transaction"),
+        &[],
+        1_700_000_000_000,
+    );
+    let produced = send(
+        broker,
+        ApiKey::Produce,
+        9,
+        RequestKind::Produce(
+            ProduceRequest::default()
+                .with_transactional_id(Some(TransactionalId(s(MARKED))))
+                .with_acks(-1)
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(s("t")))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(builder.build().into()))])]),
+        ),
+    )
+    .await;
+    assert_no_errors(ApiKey::Produce, 9, &produced, fx);
 }
 
 #[tokio::test]
@@ -279,6 +591,7 @@ async fn every_supported_version_round_trips() {
         ("listeners", "PLAINTEXT://127.0.0.1:0"),
         ("group.initial.rebalance.delay.ms", "0"),
         ("offsets.topic.num.partitions", "3"),
+        ("transaction.state.log.num.partitions", "3"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -287,52 +600,67 @@ async fn every_supported_version_round_trips() {
     let broker = Broker::open(config).await.unwrap();
 
     // Create the topic every request below refers to.
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Metadata as i16)
-        .with_request_api_version(12);
-    let Outcome::Respond(response) = dispatch(
+    let mut fx = Fixture::default();
+    let metadata = send(
         &broker,
-        &header,
-        "/127.0.0.1",
-        request(ApiKey::Metadata, 12, Uuid::nil()),
+        ApiKey::Metadata,
+        12,
+        request(ApiKey::Metadata, 12, &fx),
     )
-    .await
-    else {
-        panic!("metadata answered nothing");
-    };
-    let ResponseKind::Metadata(metadata) = *response else {
+    .await;
+    let ResponseKind::Metadata(metadata) = metadata else {
         panic!("metadata answered with another API");
     };
-    let topic_id = metadata.topics[0].topic_id;
-    assert_ne!(topic_id, Uuid::nil());
+    fx.topic_id = metadata.topics[0].topic_id;
+    assert_ne!(fx.topic_id, Uuid::nil());
+    set_up_transactions(&broker, &mut fx).await;
 
-    // Creation before deletion, so each DeleteTopics version has a topic to delete.
+    // Creation before deletion, so each DeleteTopics version has a topic to
+    // delete. The transaction APIs rely on SUPPORTED's order: partitions and
+    // groups are added to transactions before they end or commit offsets.
     let mut apis: Vec<ApiKey> = SUPPORTED.iter().map(|(k, _, _)| *k).collect();
     apis.sort_by_key(|k| *k == ApiKey::DeleteTopics);
     for api in apis {
         let range = supported_range(api).unwrap();
         for version in range.min..=range.max {
-            let request = request(api, version, topic_id);
-            let mut wire = BytesMut::new();
-            request
-                .encode(&mut wire, version)
-                .unwrap_or_else(|e| panic!("{api:?} v{version} request: {e}"));
-            let decoded = RequestKind::decode(api, &mut wire.freeze(), version).unwrap();
-            let header = RequestHeader::default()
-                .with_request_api_key(api as i16)
-                .with_request_api_version(version);
-            let Outcome::Respond(response) =
-                dispatch(&broker, &header, "/127.0.0.1", decoded).await
-            else {
-                panic!("{api:?} v{version} gave no response");
-            };
-            let mut out = BytesMut::new();
-            response
-                .encode(&mut out, version)
-                .unwrap_or_else(|e| panic!("{api:?} v{version} response: {e}"));
-            assert_no_errors(api, version, &response);
+            let response = send(&broker, api, version, request(api, version, &fx)).await;
+            assert_no_errors(api, version, &response, &fx);
         }
     }
+
+    // A producer adding a partition that does not exist gets Kafka's
+    // answer, and nothing of the request reaches its transaction.
+    let (producer_id, producer_epoch) = fx.producer("tx0");
+    let topics = vec![
+        add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+            .with_name(TopicName(s("t")))
+            .with_partitions(vec![0, 99]),
+    ];
+    let request = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(s("tx0")))
+        .with_v3_and_below_producer_id(producer_id)
+        .with_v3_and_below_producer_epoch(producer_epoch)
+        .with_v3_and_below_topics(topics);
+    let ResponseKind::AddPartitionsToTxn(response) = send(
+        &broker,
+        ApiKey::AddPartitionsToTxn,
+        3,
+        RequestKind::AddPartitionsToTxn(request),
+    )
+    .await
+    else {
+        panic!("AddPartitionsToTxn answered with another API");
+    };
+    let codes: BTreeMap<i32, i16> = response.results_by_topic_v3_and_below[0]
+        .results_by_partition
+        .iter()
+        .map(|p| (p.partition_index, p.partition_error_code))
+        .collect();
+    let (not_attempted, unknown) = (
+        ResponseError::OperationNotAttempted.code(),
+        ResponseError::UnknownTopicOrPartition.code(),
+    );
+    assert_eq!(codes, BTreeMap::from([(0, not_attempted), (99, unknown)]));
 }
 
 /// Errors a request above is built to get: it joins without a member id
@@ -348,7 +676,7 @@ fn expected_errors(api: ApiKey) -> &'static [i16] {
     }
 }
 
-fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind) {
+fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind, fx: &Fixture) {
     let codes: Vec<i16> = match response {
         ResponseKind::Produce(r) => r
             .responses
@@ -431,6 +759,167 @@ fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind) {
             std::iter::once(r.error_code)
                 .chain(r.results.iter().map(|d| d.error_code))
                 .collect()
+        }
+        ResponseKind::AddPartitionsToTxn(r) => {
+            // Each transaction answers for `t-0` alone.
+            let topics: Vec<_> = if version >= 4 {
+                let ids: Vec<&str> = r
+                    .results_by_transaction
+                    .iter()
+                    .map(|t| t.transactional_id.0.as_str())
+                    .collect();
+                assert_eq!(ids, ["tx3", "tx4"], "{r:?}");
+                r.results_by_transaction
+                    .iter()
+                    .flat_map(|t| &t.topic_results)
+                    .collect()
+            } else {
+                r.results_by_topic_v3_and_below.iter().collect()
+            };
+            assert_eq!(topics.len(), if version >= 4 { 2 } else { 1 }, "{r:?}");
+            for t in &topics {
+                let partitions: Vec<i32> = t
+                    .results_by_partition
+                    .iter()
+                    .map(|p| p.partition_index)
+                    .collect();
+                assert_eq!(
+                    (t.name.0.as_str(), &partitions[..]),
+                    ("t", &[0][..]),
+                    "{r:?}"
+                );
+            }
+            std::iter::once(r.error_code)
+                .chain(topics.iter().flat_map(|t| {
+                    t.results_by_partition
+                        .iter()
+                        .map(|p| p.partition_error_code)
+                }))
+                .collect()
+        }
+        // What they did is checked by DescribeTransactions below.
+        ResponseKind::AddOffsetsToTxn(r) => vec![r.error_code],
+        ResponseKind::EndTxn(r) => vec![r.error_code],
+        ResponseKind::WriteTxnMarkers(r) => {
+            let (producer_id, _) = fx.producer(MARKED);
+            let answered: Vec<(i64, &str, Vec<i32>)> = r
+                .markers
+                .iter()
+                .flat_map(|m| {
+                    m.topics.iter().map(|t| {
+                        let partitions = t.partitions.iter().map(|p| p.partition_index);
+                        (m.producer_id.0, t.name.0.as_str(), partitions.collect())
+                    })
+                })
+                .collect();
+            assert_eq!(answered, [(producer_id.0, "t", vec![0])], "{r:?}");
+            r.markers
+                .iter()
+                .flat_map(|m| &m.topics)
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+                .collect()
+        }
+        ResponseKind::TxnOffsetCommit(r) => {
+            let answered: Vec<(&str, Vec<i32>)> = r
+                .topics
+                .iter()
+                .map(|t| {
+                    let partitions = t.partitions.iter().map(|p| p.partition_index);
+                    (t.name.0.as_str(), partitions.collect())
+                })
+                .collect();
+            assert_eq!(answered, [("t", vec![0])], "{r:?}");
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+                .collect()
+        }
+        ResponseKind::DescribeProducers(r) => {
+            // `MARKED`'s producer wrote one batch (sequence 0) and
+            // WriteTxnMarkers closed its transaction.
+            assert_eq!(r.topics.len(), 1, "{r:?}");
+            assert_eq!(r.topics[0].partitions.len(), 1, "{r:?}");
+            let partition = &r.topics[0].partitions[0];
+            assert_eq!(partition.partition_index, 0, "{r:?}");
+            let (producer_id, producer_epoch) = fx.producer(MARKED);
+            let marked = partition
+                .active_producers
+                .iter()
+                .find(|p| p.producer_id == producer_id)
+                .unwrap_or_else(|| panic!("{MARKED}'s producer is on t-0: {r:?}"));
+            assert_eq!(marked.producer_epoch, i32::from(producer_epoch), "{r:?}");
+            assert_eq!(marked.last_sequence, 0, "{r:?}");
+            assert_eq!(marked.current_txn_start_offset, -1, "{r:?}");
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+                .collect()
+        }
+        ResponseKind::DescribeTransactions(r) => {
+            let ids: Vec<String> = r
+                .transaction_states
+                .iter()
+                .map(|t| t.transactional_id.0.to_string())
+                .collect();
+            assert_eq!(ids, transactional_ids(), "{r:?}");
+            for t in &r.transaction_states {
+                let id = t.transactional_id.0.as_str();
+                assert_eq!(
+                    (t.producer_id, t.producer_epoch),
+                    fx.producer(id),
+                    "{id}: {r:?}"
+                );
+                assert_eq!(t.transaction_timeout_ms, 600_000, "{id}: {r:?}");
+                let state = t.transaction_state.as_str();
+                let topics: Vec<&str> = t.topics.iter().map(|t| t.topic.0.as_str()).collect();
+                if id.starts_with("txo") {
+                    // AddOffsetsToTxn added the group's offsets partition.
+                    assert_eq!(state, "Ongoing", "{id}: {r:?}");
+                    assert_eq!(topics, ["__consumer_offsets"], "{id}: {r:?}");
+                } else if id == MARKED {
+                    // Its coordinator has not ended it: WriteTxnMarkers
+                    // went around the coordinator.
+                    assert_eq!(state, "Ongoing", "{id}: {r:?}");
+                    assert_eq!(topics, ["t"], "{id}: {r:?}");
+                    assert_eq!(t.topics[0].partitions, [0], "{id}: {r:?}");
+                } else {
+                    // EndTxn committed it; the markers may still be on
+                    // their way.
+                    assert!(
+                        ["PrepareCommit", "CompleteCommit"].contains(&state),
+                        "{id}: {r:?}"
+                    );
+                }
+            }
+            r.transaction_states.iter().map(|t| t.error_code).collect()
+        }
+        ResponseKind::ListTransactions(r) => {
+            let listed: BTreeMap<String, (ProducerId, &str)> = r
+                .transaction_states
+                .iter()
+                .map(|t| {
+                    let id = t.transactional_id.0.to_string();
+                    (id, (t.producer_id, t.transaction_state.as_str()))
+                })
+                .collect();
+            // v0: every transactional id; v1: the Ongoing ones.
+            let expected: BTreeSet<String> = transactional_ids()
+                .into_iter()
+                .filter(|id| version == 0 || id.starts_with("txo") || id == MARKED)
+                .collect();
+            assert_eq!(
+                listed.keys().cloned().collect::<BTreeSet<_>>(),
+                expected,
+                "{r:?}"
+            );
+            for (id, (producer_id, state)) in &listed {
+                assert_eq!(*producer_id, fx.producer(id).0, "{id}: {r:?}");
+                assert!(version == 0 || *state == "Ongoing", "{id}: {r:?}");
+            }
+            let unknown: Vec<&str> = r.unknown_state_filters.iter().map(|s| s.as_str()).collect();
+            let expected_unknown: &[&str] = if version >= 1 { &["NoSuchState"] } else { &[] };
+            assert_eq!(unknown, expected_unknown, "{r:?}");
+            vec![r.error_code]
         }
         other => panic!("add the error codes of {other:?} to this test"),
     };

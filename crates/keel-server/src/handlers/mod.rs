@@ -1,6 +1,7 @@
 //! One module per Kafka API. A handler decodes nothing and writes nothing:
 //! it takes the decoded request and returns the response.
 
+pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
