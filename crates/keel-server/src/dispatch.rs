@@ -200,6 +200,9 @@ pub async fn dispatch(
         RequestKind::AddPartitionsToTxn(r) => ResponseKind::AddPartitionsToTxn(
             handlers::add_partitions_to_txn::handle(broker, &ctx, r).await,
         ),
+        RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
+            handlers::txn_offset_commit::handle(broker, &ctx, r).await,
+        ),
         // The other transaction APIs' handlers are the transaction
         // coordinator's methods, as the group APIs' are the group coordinator's.
         RequestKind::AddOffsetsToTxn(r) => {
@@ -211,9 +214,6 @@ pub async fn dispatch(
         }
         RequestKind::ListTransactions(r) => {
             ResponseKind::ListTransactions(broker.txns.list_transactions(r, v))
-        }
-        RequestKind::TxnOffsetCommit(r) => {
-            ResponseKind::TxnOffsetCommit(broker.groups.txn_offset_commit(r, v).await)
         }
         RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(
             handlers::write_txn_markers::handle(broker, &ctx, r).await,

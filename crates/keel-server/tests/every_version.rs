@@ -661,6 +661,39 @@ async fn every_supported_version_round_trips() {
         ResponseError::UnknownTopicOrPartition.code(),
     );
     assert_eq!(codes, BTreeMap::from([(0, not_attempted), (99, unknown)]));
+
+    // Offsets of a producer whose transaction never added the group
+    // (AddOffsetsToTxn) are refused after asking its coordinator (KIP-890).
+    let request = TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(s("tx1")))
+        .with_group_id(GroupId(s("never-added")))
+        .with_producer_id(fx.producer("tx1").0)
+        .with_producer_epoch(fx.producer("tx1").1)
+        .with_generation_id(-1)
+        .with_topics(vec![
+            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partitions(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(1),
+                ]),
+        ]);
+    let ResponseKind::TxnOffsetCommit(response) = send(
+        &broker,
+        ApiKey::TxnOffsetCommit,
+        3,
+        RequestKind::TxnOffsetCommit(request),
+    )
+    .await
+    else {
+        panic!("TxnOffsetCommit answered with another API");
+    };
+    let code = response.topics[0].partitions[0].error_code;
+    assert_ne!(
+        code, 0,
+        "an unverified transactional offset commit was accepted"
+    );
 }
 
 /// Errors a request above is built to get: it joins without a member id
