@@ -51,7 +51,10 @@ const CLIENT_ID: &str = "keel-cli";
 /// The group APIs start where the request has one shape (Kafka 3.0 and
 /// later): FindCoordinator v4 batches keys, ListGroups v4 filters by state,
 /// OffsetFetch v8 batches groups; OffsetCommit and OffsetFetch stop at v9,
-/// the last that names topics rather than identifying them by id.
+/// the last that names topics rather than identifying them by id. The
+/// transaction APIs of `keel txn`: ListTransactions v2 adds only a
+/// transactional-id pattern, left null; WriteTxnMarkers v1 is the only
+/// version Kafka 4 brokers accept (v0 was removed).
 const CLIENT_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 3, 3),
     (ApiKey::Metadata, 4, 13),
@@ -71,6 +74,10 @@ const CLIENT_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetFetch, 8, 9),
     (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::ListTransactions, 0, 2),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::WriteTxnMarkers, 1, 1),
 ];
 
 /// `--bootstrap-server`, shared by every command that talks to a broker.

@@ -34,6 +34,9 @@ enum Command {
     /// List, describe and delete consumer groups and reset their offsets.
     #[command(subcommand)]
     Group(commands::group::GroupCommand),
+    /// List and describe transactions, find hanging ones and abort them.
+    #[command(subcommand)]
+    Txn(commands::txn::TxnCommand),
     /// Describe and alter topic and broker configs.
     #[command(subcommand)]
     Config(commands::config::ConfigCommand),
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
             Command::Produce(args) => commands::produce::run(args).await,
             Command::Consume(args) => commands::consume::run(args).await,
             Command::Group(cmd) => commands::group::run(cmd).await,
+            Command::Txn(cmd) => commands::txn::run(cmd).await,
             Command::Config(cmd) => commands::config::run(cmd).await,
             Command::Records(cmd) => commands::records::run(cmd).await,
             Command::Dev(cmd) => commands::dev::run(cmd).await,

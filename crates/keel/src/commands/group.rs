@@ -1,20 +1,18 @@
 //! `keel group`: list, describe and delete consumer groups and reset their
 //! committed offsets, by asking each group's coordinator.
 
-use std::collections::BTreeMap;
-
 use anyhow::{anyhow, bail, Result};
 use kafka_protocol::messages::{DeleteGroupsRequest, GroupId, ListGroupsRequest};
-use kafka_protocol::protocol::{Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
+use super::cluster::{CoordinatorKind, Pool};
+use super::output::{or_dash, table};
 use crate::client::{self, BootstrapArgs};
 
 mod cluster;
 mod describe;
 mod reset;
-
-use cluster::Pool;
 
 /// Kafka's group states, as ListGroups and DescribeGroups spell them: the
 /// classic protocol's, then those only KIP-848 groups have.
@@ -110,11 +108,9 @@ async fn list(bootstrap: &BootstrapArgs, states: &[String], json: bool) -> Resul
                 .map(|s| StrBytes::from_string(s.clone()))
                 .collect(),
         );
-        let response = cluster::retry_loading(async || {
-            let response = pool.get(&address).await?.send(request.clone()).await?;
-            Ok((response.error_code, response))
-        })
-        .await?;
+        let response = pool
+            .send_retrying(&address, request, |r| r.error_code)
+            .await?;
         client::check(response.error_code, format!("ListGroups from {address}"))?;
         groups.extend(response.groups.into_iter().map(|g| ListedGroup {
             group: g.group_id.to_string(),
@@ -175,39 +171,21 @@ async fn delete(bootstrap: &BootstrapArgs, groups: &[String]) -> Result<()> {
     }
 }
 
-/// Sends `request` to the group's coordinator, and again while the
-/// coordinator is still loading or not available, as `error_code` reads the
-/// response.
-async fn ask_coordinator<R: Request + Clone>(
-    pool: &mut Pool,
-    coordinator: &cluster::Coordinator,
-    request: R,
-    error_code: impl Fn(&R::Response) -> i16,
-) -> Result<R::Response> {
-    cluster::retry_loading(async || {
-        let response = pool
-            .get(&coordinator.address)
-            .await?
-            .send(request.clone())
-            .await?;
-        let code = error_code(&response);
-        Ok((code, response))
-    })
-    .await
-}
-
 async fn delete_one(pool: &mut Pool, bootstrap: &str, group: &str) -> Result<()> {
-    let coordinator = pool.coordinator(bootstrap, group).await?;
+    let coordinator = pool
+        .coordinator(bootstrap, CoordinatorKind::Group, group)
+        .await?;
     let request = DeleteGroupsRequest::default()
         .with_groups_names(vec![GroupId(StrBytes::from_string(group.to_string()))]);
-    let response = ask_coordinator(pool, &coordinator, request, |response| {
-        response
-            .results
-            .iter()
-            .find(|r| r.group_id.as_str() == group)
-            .map_or(0, |r| r.error_code)
-    })
-    .await?;
+    let response = pool
+        .send_retrying(&coordinator.address, request, |response| {
+            response
+                .results
+                .iter()
+                .find(|r| r.group_id.as_str() == group)
+                .map_or(0, |r| r.error_code)
+        })
+        .await?;
     let result = response
         .results
         .into_iter()
@@ -240,52 +218,6 @@ fn parse_state(arg: &str) -> Result<String, String> {
         .iter()
         .find(|s| s.eq_ignore_ascii_case(arg))
         .map_or_else(|| arg.to_string(), |s| s.to_string()))
-}
-
-fn or_dash(s: String) -> String {
-    if s.is_empty() {
-        "-".to_string()
-    } else {
-        s
-    }
-}
-
-/// Left-aligned columns two spaces apart, one line per row, without
-/// trailing spaces.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let headers = headers.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(headers).chain(rows) {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.extend(std::iter::repeat_n(' ', width - cell.chars().count()));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// `topic-partition,partition,...` per topic, as a compact assignment.
-fn partition_list(partitions: &BTreeMap<String, Vec<i32>>) -> String {
-    partitions
-        .iter()
-        .map(|(topic, ps)| {
-            let ps: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
-            format!("{topic}-{}", ps.join(","))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
@@ -351,26 +283,5 @@ mod tests {
         assert!(missing.contains("GROUP_ID_NOT_FOUND"), "{missing}");
         let other = delete_error("g", 30).unwrap_err().to_string();
         assert!(other.contains("GROUP_AUTHORIZATION_FAILED"), "{other}");
-    }
-
-    #[test]
-    fn tables_align_and_trim() {
-        let rows = vec![
-            vec!["a".to_string(), "1".to_string(), "x".to_string()],
-            vec!["long-name".to_string(), "22".to_string(), String::new()],
-        ];
-        assert_eq!(
-            table(&["NAME", "N", "LAST"], rows),
-            "NAME       N   LAST\na          1   x\nlong-name  22\n"
-        );
-    }
-
-    #[test]
-    fn partition_lists_group_by_topic() {
-        let mut ps = BTreeMap::new();
-        ps.insert("b".to_string(), vec![0, 2]);
-        ps.insert("a".to_string(), vec![1]);
-        assert_eq!(partition_list(&ps), "a-1 b-0,2");
-        assert_eq!(partition_list(&BTreeMap::new()), "");
     }
 }

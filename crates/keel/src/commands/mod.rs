@@ -1,8 +1,11 @@
+pub mod cluster;
 pub mod config;
 pub mod consume;
 pub mod dev;
 pub mod group;
+pub mod output;
 pub mod produce;
 pub mod records;
 pub mod server;
 pub mod topic;
+pub mod txn;

@@ -1,52 +1,18 @@
-//! What the group commands ask the cluster: connections shared between
-//! brokers, the group's coordinator, its state and committed offsets, and
-//! the partitions' leaders and offsets.
+//! What the group commands ask the cluster beyond what every admin command
+//! does (`crate::commands::cluster`): a group's state and committed
+//! offsets, and the partitions' offsets.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{anyhow, Result};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
-use kafka_protocol::messages::{
-    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, OffsetFetchRequest,
-};
+use kafka_protocol::messages::{DescribeGroupsRequest, GroupId, OffsetFetchRequest};
 use kafka_protocol::protocol::StrBytes;
-use tokio::time::Instant;
-use uuid::Uuid;
 
-use crate::client::{self, Client};
-
-/// FindCoordinator's key type for a consumer group.
-const GROUP_KEY_TYPE: i8 = 0;
-
-/// How long to keep asking while a coordinator is loading its groups or
-/// not yet elected, as a freshly started broker answers.
-const COORDINATOR_WAIT: Duration = Duration::from_secs(15);
-const RETRY_BACKOFF: Duration = Duration::from_millis(200);
-
-/// One connection per broker address, opened when first needed.
-#[derive(Default)]
-pub struct Pool {
-    clients: HashMap<String, Client>,
-}
-
-/// The broker coordinating a group.
-pub struct Coordinator {
-    pub node_id: i32,
-    pub address: String,
-}
-
-/// A topic's partitions and their leaders, from Metadata.
-pub struct Topic {
-    /// Nil before Metadata v10.
-    pub id: Uuid,
-    /// Each partition's leader as HOST:PORT, or why it has none.
-    pub partitions: BTreeMap<i32, Result<String, String>>,
-    /// Why the topic could not be described, such as UNKNOWN_TOPIC_OR_PARTITION.
-    pub error: Option<String>,
-}
+use crate::client;
+use crate::commands::cluster::{retry_loading, Coordinator, Pool, Topic};
 
 /// A partition's log start offset and log end offset (high watermark).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,44 +30,6 @@ pub struct Committed {
 pub type TopicPartition = (String, i32);
 
 impl Pool {
-    pub fn new() -> Pool {
-        Pool::default()
-    }
-
-    pub async fn get(&mut self, address: &str) -> Result<&mut Client> {
-        if !self.clients.contains_key(address) {
-            let client = Client::connect(address).await?;
-            self.clients.insert(address.to_string(), client);
-        }
-        Ok(self.clients.get_mut(address).expect("inserted above"))
-    }
-
-    /// Asks `bootstrap` which broker coordinates `group`.
-    pub async fn coordinator(&mut self, bootstrap: &str, group: &str) -> Result<Coordinator> {
-        let request = FindCoordinatorRequest::default()
-            .with_key_type(GROUP_KEY_TYPE)
-            .with_coordinator_keys(vec![StrBytes::from_string(group.to_string())]);
-        let found = retry_loading(async || {
-            let response = self.get(bootstrap).await?.send(request.clone()).await?;
-            let found = response
-                .coordinators
-                .into_iter()
-                .find(|c| c.key.as_str() == group)
-                .ok_or_else(|| anyhow!("FindCoordinator response lacks group {group}"))?;
-            Ok((found.error_code, found))
-        })
-        .await?;
-        client::check_with_message(
-            found.error_code,
-            found.error_message.as_deref(),
-            format!("finding the coordinator of group {group}"),
-        )?;
-        Ok(Coordinator {
-            node_id: *found.node_id,
-            address: host_port(&found.host, found.port),
-        })
-    }
-
     /// DescribeGroups for one group; None when the group does not exist.
     pub async fn describe_group(
         &mut self,
@@ -184,51 +112,6 @@ impl Pool {
         Ok(committed)
     }
 
-    /// Metadata for the named topics, asked of `bootstrap`.
-    pub async fn topics(
-        &mut self,
-        bootstrap: &str,
-        names: &BTreeSet<String>,
-    ) -> Result<BTreeMap<String, Topic>> {
-        let mut topics = BTreeMap::new();
-        if names.is_empty() {
-            return Ok(topics);
-        }
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let metadata = self.get(bootstrap).await?.metadata(Some(&names)).await?;
-        for t in &metadata.topics {
-            let Some(name) = t.name.as_deref() else {
-                continue;
-            };
-            let error = (t.error_code != 0).then(|| client::error_name(t.error_code));
-            let partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let leader = if p.error_code != 0 && *p.leader_id < 0 {
-                        Err(client::error_name(p.error_code))
-                    } else {
-                        client::broker_address(&metadata, *p.leader_id).map_err(|e| e.to_string())
-                    };
-                    (p.partition_index, leader)
-                })
-                .collect();
-            let topic = Topic {
-                id: t.topic_id,
-                partitions,
-                error,
-            };
-            topics.insert(name.to_string(), topic);
-        }
-        for name in names {
-            ensure!(
-                topics.contains_key(name),
-                "Metadata response lacks topic {name}"
-            );
-        }
-        Ok(topics)
-    }
-
     /// ListOffsets at `timestamp` for each wanted partition, one request
     /// per leader and topic; a partition whose offset could not be listed
     /// maps to the reason.
@@ -302,64 +185,6 @@ impl Pool {
     }
 }
 
-/// Runs `attempt` until its error code is not one a coordinator answers
-/// while it loads or moves, or [`COORDINATOR_WAIT`] has passed; returns the
-/// last answer, which the caller checks.
-pub async fn retry_loading<T>(mut attempt: impl AsyncFnMut() -> Result<(i16, T)>) -> Result<T> {
-    let deadline = Instant::now() + COORDINATOR_WAIT;
-    loop {
-        let (code, answer) = attempt().await?;
-        let retriable = code == ResponseError::CoordinatorLoadInProgress.code()
-            || code == ResponseError::CoordinatorNotAvailable.code();
-        if !retriable || Instant::now() >= deadline {
-            return Ok(answer);
-        }
-        tokio::time::sleep(RETRY_BACKOFF).await;
-    }
-}
-
 pub fn group_id(group: &str) -> GroupId {
     GroupId(StrBytes::from_string(group.to_string()))
-}
-
-/// HOST:PORT, with an IPv6 literal in brackets.
-fn host_port(host: &str, port: i32) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_hosts_are_bracketed() {
-        assert_eq!(host_port("127.0.0.1", 9092), "127.0.0.1:9092");
-        assert_eq!(host_port("::1", 9092), "[::1]:9092");
-    }
-
-    #[tokio::test]
-    async fn retries_stop_at_the_first_final_answer() {
-        let mut codes = vec![0, 14, 15].into_iter().rev();
-        let mut tries = 0;
-        let answer = retry_loading(async || {
-            tries += 1;
-            let code = codes.next().unwrap();
-            Ok((code, code))
-        })
-        .await
-        .unwrap();
-        assert_eq!((answer, tries), (0, 3));
-        let mut tries = 0;
-        let answer = retry_loading(async || {
-            tries += 1;
-            Ok((16, "not coordinator"))
-        })
-        .await
-        .unwrap();
-        assert_eq!((answer, tries), ("not coordinator", 1));
-    }
 }

@@ -13,9 +13,10 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 use keel_storage::batch::RecordBatchHeader;
 use serde::Serialize;
 
-use super::cluster::{Committed, Coordinator, LogRange, Pool, Topic, TopicPartition};
-use super::{or_dash, partition_list, table};
+use super::cluster::{Committed, LogRange, TopicPartition};
 use crate::client::{self, BootstrapArgs};
+use crate::commands::cluster::{Coordinator, CoordinatorKind, Pool, Topic};
+use crate::commands::output::{duration, or_dash, partition_list, table};
 use crate::lag::{retention_lag, RetentionLag, TimeLeft};
 
 /// DescribeConfigs' resource type for a topic.
@@ -27,7 +28,9 @@ const ASSIGNMENT_VERSION_MAX: i16 = 3;
 
 pub async fn run(bootstrap: &BootstrapArgs, group: &str, json: bool) -> Result<()> {
     let mut pool = Pool::new();
-    let coordinator = pool.coordinator(&bootstrap.address, group).await?;
+    let coordinator = pool
+        .coordinator(&bootstrap.address, CoordinatorKind::Group, group)
+        .await?;
     let described = pool.describe_group(&coordinator, group).await?;
     let committed = pool.committed_offsets(&coordinator, group).await?;
     if described.is_none() && committed.is_empty() {
@@ -554,21 +557,6 @@ fn time_left(t: TimeLeft) -> String {
     }
 }
 
-/// Milliseconds as the two largest units: `2d 03h`, `1h 05m`, `4m 09s`, `12s`.
-fn duration(ms: i64) -> String {
-    let s = ms / 1000;
-    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    if d > 0 {
-        format!("{d}d {h:02}h")
-    } else if h > 0 {
-        format!("{h}h {m:02}m")
-    } else if m > 0 {
-        format!("{m}m {s:02}s")
-    } else {
-        format!("{s}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,11 +629,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_show_two_units() {
-        assert_eq!(duration(12_345), "12s");
-        assert_eq!(duration(249_000), "4m 09s");
-        assert_eq!(duration(3_900_000), "1h 05m");
-        assert_eq!(duration(3 * 86_400_000 + 3 * 3_600_000 + 59_000), "3d 03h");
+    fn times_left_show_two_units() {
         assert_eq!(time_left(TimeLeft::AtLeastMs(999)), "due now");
         assert_eq!(time_left(TimeLeft::AtLeastMs(61_000)), ">= 1m 01s");
         assert_eq!(time_left(TimeLeft::Unlimited), "no time limit");

@@ -12,9 +12,10 @@ use kafka_protocol::messages::OffsetCommitRequest;
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
-use super::cluster::{self, LogRange, Pool, TopicPartition};
-use super::table;
+use super::cluster::{self, LogRange, TopicPartition};
 use crate::client::{self, BootstrapArgs};
+use crate::commands::cluster::{Coordinator, CoordinatorKind, Pool};
+use crate::commands::output::table;
 
 #[derive(clap::Args, Debug)]
 #[command(group(
@@ -131,7 +132,9 @@ pub async fn run(args: ResetArgs) -> Result<()> {
     let (group, topic) = (args.group.as_str(), args.topic.as_str());
     let mut pool = Pool::new();
     let bootstrap = args.bootstrap.address.as_str();
-    let coordinator = pool.coordinator(bootstrap, group).await?;
+    let coordinator = pool
+        .coordinator(bootstrap, CoordinatorKind::Group, group)
+        .await?;
     let described = pool.describe_group(&coordinator, group).await?;
     let state = described.as_ref().map(|g| g.group_state.to_string());
     // Kafka's condition: no member may be consuming while offsets move. A
@@ -254,7 +257,7 @@ pub async fn run(args: ResetArgs) -> Result<()> {
 /// the group has no members.
 async fn commit(
     pool: &mut Pool,
-    coordinator: &cluster::Coordinator,
+    coordinator: &Coordinator,
     group: &str,
     plan: &[Planned],
 ) -> Result<()> {
@@ -280,16 +283,17 @@ async fn commit(
         .with_generation_id_or_member_epoch(-1)
         .with_member_id(StrBytes::from_static_str(""))
         .with_topics(topics);
-    let response = super::ask_coordinator(pool, coordinator, request, |response| {
-        response
-            .topics
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .map(|p| p.error_code)
-            .find(|&c| c != 0)
-            .unwrap_or(0)
-    })
-    .await?;
+    let response = pool
+        .send_retrying(&coordinator.address, request, |response| {
+            response
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.error_code)
+                .find(|&c| c != 0)
+                .unwrap_or(0)
+        })
+        .await?;
     let mut errors = Vec::new();
     for t in &response.topics {
         for p in &t.partitions {
