@@ -156,7 +156,8 @@ fn settings_json(settings: &[(&str, &str)]) -> Value {
         .into()
 }
 
-fn figures_or_error(result: &Result<Value>) -> Value {
+/// A run's figures, or its error (also printed to stderr).
+pub fn figures_or_error(result: &Result<Value>) -> Value {
     match result {
         Ok(figures) => figures.clone(),
         Err(e) => {

@@ -3,7 +3,9 @@
 //! produce and consume throughput, end-to-end latency percentiles at a fixed
 //! rate, and the broker's resident memory afterwards; or consumer group
 //! figures (`--suite groups`), log cleaner figures (`--suite compaction`),
-//! or a 3-node cluster's figures against one node's (`--suite cluster`).
+//! a 3-node cluster's figures against one node's (`--suite cluster`), or
+//! transactional produce throughput against idempotent produce's and
+//! read_committed end-to-end latency (`--suite txn`).
 //!
 //! Figures are measured, never asserted: this is not a test.
 
@@ -13,6 +15,7 @@ mod compaction;
 mod groups;
 mod latency;
 mod throughput;
+mod txn;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,8 +53,10 @@ struct Args {
     latency_seconds: u64,
     /// Which figures: `log` (produce, consume, latency), `groups`
     /// (rebalance time and commit rate per group protocol), `compaction`
-    /// (cleaner throughput, and produce throughput while it cleans) or
-    /// `cluster` (3 nodes against 1: throughput, latency, failover time).
+    /// (cleaner throughput, and produce throughput while it cleans),
+    /// `cluster` (3 nodes against 1: throughput, latency, failover time) or
+    /// `txn` (transactional produce throughput per transaction size, as a
+    /// share of idempotent produce's, and read_committed end-to-end latency).
     #[arg(long, default_value = "log")]
     suite: String,
     /// Group protocols for `--suite groups`: classic assignment strategies,
@@ -94,6 +99,28 @@ struct Args {
     /// Longest wait, after the leader is killed, for an acknowledgement.
     #[arg(long, default_value_t = 60)]
     failover_timeout_seconds: u64,
+    /// Partitions of each `--suite txn` topic; records are spread round robin.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
+    txn_partitions: i32,
+    /// 1 KiB records of each `--suite txn` throughput run (the idempotent
+    /// one and each transactional one).
+    #[arg(long, default_value_t = 300_000)]
+    txn_records: usize,
+    /// Records per transaction of the transactional throughput runs, one run
+    /// per size.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    txn_sizes: Vec<usize>,
+    /// Rate of the `--suite txn` read_committed latency run, records per
+    /// second.
+    #[arg(long, default_value_t = 5_000)]
+    txn_latency_rate: u64,
+    /// Length of the read_committed latency run, seconds.
+    #[arg(long, default_value_t = 20)]
+    txn_latency_seconds: u64,
+    /// Records per transaction of the latency run's producer, which commits
+    /// once it has sent them (at 5000 records/s, 100 is a commit every 20 ms).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    txn_latency_records_per_txn: u64,
     /// Leave the `--suite cluster` brokers' dirs (data and `stderr.log`) in
     /// place, as after a failure.
     #[arg(long)]
@@ -149,6 +176,25 @@ fn main() -> Result<()> {
             baseline: Duration::from_secs(args.compaction_baseline_seconds),
         };
         let mut line = compaction::run(&broker, &options)?;
+        line["overrides"] = json!(overrides);
+        add_rss(&mut line, &broker);
+        println!("{line}");
+        return Ok(());
+    }
+
+    if args.suite == "txn" {
+        if args.txn_sizes.contains(&0) {
+            anyhow::bail!("--txn-sizes: a transaction holds at least one record");
+        }
+        let options = txn::Options {
+            partitions: args.txn_partitions,
+            records: args.txn_records,
+            sizes: &args.txn_sizes,
+            latency_rate: args.txn_latency_rate,
+            latency_seconds: args.txn_latency_seconds,
+            latency_records_per_txn: args.txn_latency_records_per_txn as usize,
+        };
+        let mut line = txn::run(&bootstrap, &options)?;
         line["overrides"] = json!(overrides);
         add_rss(&mut line, &broker);
         println!("{line}");
