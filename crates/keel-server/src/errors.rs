@@ -17,6 +17,10 @@ pub fn storage_error(e: &StorageError) -> ResponseError {
         StorageError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         StorageError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
         StorageError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        StorageError::TransactionCoordinatorFenced { .. } => {
+            ResponseError::TransactionCoordinatorFenced
+        }
+        StorageError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
         StorageError::RecordListTooLarge { .. } => ResponseError::RecordListTooLarge,
         StorageError::InconsistentTopicId { .. } => ResponseError::InconsistentTopicId,
         // Disk trouble is the broker's problem, not the request's: the

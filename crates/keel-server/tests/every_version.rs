@@ -366,20 +366,7 @@ fn request(api: ApiKey, version: i16, fx: &Fixture) -> RequestKind {
             )
         }
         // As a coordinator would: commits `MARKED`'s transaction on `t-0`.
-        ApiKey::WriteTxnMarkers => {
-            use write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
-            let (producer_id, producer_epoch) = fx.producer(MARKED);
-            RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
-                WritableTxnMarker::default()
-                    .with_producer_id(producer_id)
-                    .with_producer_epoch(producer_epoch)
-                    .with_transaction_result(true)
-                    .with_coordinator_epoch(0)
-                    .with_topics(vec![WritableTxnMarkerTopic::default()
-                        .with_name(TopicName(s("t")))
-                        .with_partition_indexes(vec![0])]),
-            ]))
-        }
+        ApiKey::WriteTxnMarkers => RequestKind::WriteTxnMarkers(commit_marked(fx, 0)),
         // In the transaction AddOffsetsToTxn v{v} added `TXN_GROUP` to. The
         // v3+ member fields are those of a committer that is no group
         // member (generation -1, no member id), which a group without
@@ -433,6 +420,21 @@ fn request(api: ApiKey, version: i16, fx: &Fixture) -> RequestKind {
         }),
         other => panic!("add a request for {other:?} to this test"),
     }
+}
+
+/// A COMMIT marker for `MARKED`'s producer on `t-0`, from a coordinator at
+/// `coordinator_epoch`.
+fn commit_marked(fx: &Fixture, coordinator_epoch: i32) -> WriteTxnMarkersRequest {
+    use write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
+    let (producer_id, producer_epoch) = fx.producer(MARKED);
+    WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+        .with_producer_id(producer_id)
+        .with_producer_epoch(producer_epoch)
+        .with_transaction_result(true)
+        .with_coordinator_epoch(coordinator_epoch)
+        .with_topics(vec![WritableTxnMarkerTopic::default()
+            .with_name(TopicName(s("t")))
+            .with_partition_indexes(vec![0])])])
 }
 
 /// Sends `request` through `dispatch` as it would come off the wire, and
@@ -627,6 +629,53 @@ async fn every_supported_version_round_trips() {
             assert_no_errors(api, version, &response, &fx);
         }
     }
+
+    // A marker from a newer coordinator epoch is written; one from an older
+    // epoch than the producer's last marker comes from a deposed
+    // coordinator and is refused (TRANSACTION_COORDINATOR_FENCED).
+    let (marked_id, _) = fx.producer(MARKED);
+    for (coordinator_epoch, expected) in [
+        (5, 0),
+        (4, ResponseError::TransactionCoordinatorFenced.code()),
+    ] {
+        let ResponseKind::WriteTxnMarkers(response) = send(
+            &broker,
+            ApiKey::WriteTxnMarkers,
+            1,
+            RequestKind::WriteTxnMarkers(commit_marked(&fx, coordinator_epoch)),
+        )
+        .await
+        else {
+            panic!("WriteTxnMarkers answered with another API");
+        };
+        let codes: Vec<(i64, i16)> = response
+            .markers
+            .iter()
+            .flat_map(|m| m.topics.iter().map(move |t| (m.producer_id.0, t)))
+            .flat_map(|(id, t)| t.partitions.iter().map(move |p| (id, p.error_code)))
+            .collect();
+        assert_eq!(
+            codes,
+            [(marked_id.0, expected)],
+            "coordinator epoch {coordinator_epoch}: {response:?}"
+        );
+    }
+    let ResponseKind::DescribeProducers(response) = send(
+        &broker,
+        ApiKey::DescribeProducers,
+        0,
+        request(ApiKey::DescribeProducers, 0, &fx),
+    )
+    .await
+    else {
+        panic!("DescribeProducers answered with another API");
+    };
+    let marked = response.topics[0].partitions[0]
+        .active_producers
+        .iter()
+        .find(|p| p.producer_id == marked_id)
+        .unwrap_or_else(|| panic!("{MARKED}'s producer is on t-0: {response:?}"));
+    assert_eq!(marked.coordinator_epoch, 5, "{response:?}");
 
     // A producer adding a partition that does not exist gets Kafka's
     // answer, and nothing of the request reaches its transaction.
@@ -883,6 +932,7 @@ fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind, fx: &Fix
             assert_eq!(marked.producer_epoch, i32::from(producer_epoch), "{r:?}");
             assert_eq!(marked.last_sequence, 0, "{r:?}");
             assert_eq!(marked.current_txn_start_offset, -1, "{r:?}");
+            assert_eq!(marked.coordinator_epoch, 0, "{r:?}");
             r.topics
                 .iter()
                 .flat_map(|t| t.partitions.iter().map(|p| p.error_code))

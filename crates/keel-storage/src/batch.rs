@@ -1021,6 +1021,41 @@ impl ControlRecordType {
     }
 }
 
+/// What a transaction marker's control record holds (Kafka's
+/// `EndTransactionMarker`): its type, from the key, and the coordinator
+/// epoch of the coordinator that wrote it, from the value (version i16,
+/// coordinator epoch i32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndTxnMarker {
+    pub control_type: ControlRecordType,
+    pub coordinator_epoch: i32,
+}
+
+impl EndTxnMarker {
+    /// Kafka's `EndTransactionMarker.deserializeValue`: a value too short
+    /// or of a negative version is invalid; a version above ours is read
+    /// as far as we understand it.
+    fn parse_value(control_type: ControlRecordType, value: Option<&[u8]>) -> Result<EndTxnMarker> {
+        let value = value.unwrap_or_default();
+        if value.len() < 6 {
+            return Err(StorageError::InvalidRecord(format!(
+                "transaction marker value of {} bytes, expected 6",
+                value.len()
+            )));
+        }
+        let version = be_i16(value, 0);
+        if version < 0 {
+            return Err(StorageError::InvalidRecord(format!(
+                "transaction marker value version {version}"
+            )));
+        }
+        Ok(EndTxnMarker {
+            control_type,
+            coordinator_epoch: be_i32(value, 2),
+        })
+    }
+}
+
 /// Kafka's `MemoryRecords.withEndTransactionMarker`: one control record
 /// (key: version, type; value: version, coordinator epoch) in a
 /// transactional control batch carrying the producer's id and epoch and no
@@ -1049,16 +1084,28 @@ pub fn end_txn_marker(
 /// The transaction marker a batch holds: `None` for data batches, for
 /// control batches without a producer (KRaft's, which are not read), for
 /// control records that are not markers (see [`ControlRecordType::parse`])
-/// and for control batches a cleaner left empty. `batch` must hold exactly
-/// one batch.
-pub fn control_record_type(batch: &[u8]) -> Result<Option<ControlRecordType>> {
+/// and for control batches a cleaner left empty. A marker whose value does
+/// not hold a coordinator epoch is invalid. `batch` must hold exactly one
+/// batch.
+pub fn end_txn_marker_of(batch: &[u8]) -> Result<Option<EndTxnMarker>> {
     let header = RecordBatchHeader::parse(batch)?;
     if !header.is_control() || header.producer_id < 0 {
         return Ok(None);
     }
     let decoded = BatchRecords::decode(batch, crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX)?;
-    let first = decoded.iter().next().transpose()?;
-    Ok(first.and_then(|record| record.key.and_then(ControlRecordType::parse)))
+    let Some(record) = decoded.iter().next().transpose()? else {
+        return Ok(None);
+    };
+    let Some(control_type) = record.key.and_then(ControlRecordType::parse) else {
+        return Ok(None);
+    };
+    EndTxnMarker::parse_value(control_type, record.value).map(Some)
+}
+
+/// The type of the transaction marker a batch holds, as
+/// [`end_txn_marker_of`] reads it.
+pub fn control_record_type(batch: &[u8]) -> Result<Option<ControlRecordType>> {
+    Ok(end_txn_marker_of(batch)?.map(|marker| marker.control_type))
 }
 
 // ---------------------------------------------------------------------------
@@ -1333,6 +1380,38 @@ mod tests {
             control_record_type(&abort).unwrap(),
             Some(ControlRecordType::Abort)
         );
+
+        // The value carries the coordinator epoch.
+        assert_eq!(
+            end_txn_marker_of(&abort).unwrap(),
+            Some(EndTxnMarker {
+                control_type: ControlRecordType::Abort,
+                coordinator_epoch: 11
+            })
+        );
+        let marker_with_value = |value: &[u8]| {
+            let mut b = BatchBuilder::new(0)
+                .producer(42, 7, -1)
+                .transactional(true)
+                .control(true);
+            b.push(Some(&[0, 0, 0, 1]), Some(value), &[], 1);
+            end_txn_marker_of(&b.build())
+        };
+        // A newer value version is read as far as it is understood...
+        assert_eq!(
+            marker_with_value(&[0, 1, 0, 0, 0, 9, 0xff]).unwrap(),
+            Some(EndTxnMarker {
+                control_type: ControlRecordType::Commit,
+                coordinator_epoch: 9
+            })
+        );
+        // ...but a value without an epoch or of a negative version is invalid.
+        for bad in [&[0u8, 0, 0, 0, 9][..], &[0xff, 0xff, 0, 0, 0, 9]] {
+            assert!(matches!(
+                marker_with_value(bad),
+                Err(StorageError::InvalidRecord(_))
+            ));
+        }
 
         // Data batches, KRaft's control records (no producer) and keys
         // this broker cannot read hold no marker.

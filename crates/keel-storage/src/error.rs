@@ -56,6 +56,18 @@ pub enum StorageError {
         current: i16,
         received: i16,
     },
+    /// Kafka `TRANSACTION_COORDINATOR_FENCED`: a transaction marker from a
+    /// lower coordinator epoch than the producer's last marker, written by
+    /// a coordinator its successor has replaced.
+    #[error(
+        "transaction marker for producer {producer_id} has coordinator epoch {received}, \
+         older than current coordinator epoch {current}"
+    )]
+    TransactionCoordinatorFenced {
+        producer_id: i64,
+        current: i32,
+        received: i32,
+    },
     /// Kafka `INVALID_TXN_STATE`: e.g. a non-transactional batch from a
     /// producer whose transaction is ongoing.
     #[error("invalid transaction state: {0}")]

@@ -42,7 +42,7 @@ mod txn_index;
 
 pub use batch::{
     iter_records, validate_batch, BatchBuilder, BatchIter, BatchRecords, Compression,
-    ControlRecordType, RecordBatchHeader, RecordView,
+    ControlRecordType, EndTxnMarker, RecordBatchHeader, RecordView,
 };
 pub use checkpoint::{read_offset_checkpoint, write_offset_checkpoint, LeaderEpochCache};
 pub use cleaner::{

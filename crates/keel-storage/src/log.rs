@@ -14,7 +14,7 @@ use bytes::Bytes;
 use keel_types::limits::SEGMENT_RELATIVE_OFFSET_MAX;
 
 use crate::batch::{
-    self, check_crc, check_framing, BatchIter, Compression, ControlRecordType, Keys,
+    self, check_crc, check_framing, BatchIter, Compression, ControlRecordType, EndTxnMarker, Keys,
     RecordBatchHeader,
 };
 use crate::checkpoint::{ensure_partition_metadata, sync_dir, LeaderEpochCache};
@@ -219,7 +219,7 @@ impl Log {
                 .into_iter()
                 .map(|(pos, h)| {
                     let marker = if h.is_control() {
-                        batch::control_record_type(&seg.read_batch(pos, &h)?)?
+                        batch::end_txn_marker_of(&seg.read_batch(pos, &h)?)?
                     } else {
                         None
                     };
@@ -244,7 +244,7 @@ impl Log {
     fn apply_batch(
         &mut self,
         h: &RecordBatchHeader,
-        marker: Option<ControlRecordType>,
+        marker: Option<EndTxnMarker>,
         index: bool,
     ) -> Result<()> {
         let Some(txn) = self.producers.replay(h, marker) else {
@@ -441,7 +441,9 @@ impl Log {
     /// Writes a transaction marker as the leader (WriteTxnMarkers): ends
     /// the producer's transaction here, and for an ABORT indexes it. A
     /// marker from an older producer epoch is a fenced decision and is
-    /// refused; one for a producer with no transaction here is written all
+    /// refused, and so is one from a lower coordinator epoch than the
+    /// producer's last marker (a deposed coordinator); nothing is written
+    /// then. One for a producer with no transaction here is written all
     /// the same, as Kafka does, and ends nothing.
     pub fn append_marker(
         &mut self,
@@ -494,7 +496,7 @@ impl Log {
             if header.record_count == 0 {
                 return Err(StorageError::InvalidRecord("batch holds no records".into()));
             }
-            let marker = batch::control_record_type(&batches[range.clone()])?;
+            let marker = batch::end_txn_marker_of(&batches[range.clone()])?;
             if header.is_control() && marker.is_none() {
                 return Err(StorageError::InvalidRecord(
                     "control batch is not a transaction marker".into(),
@@ -611,7 +613,7 @@ impl Log {
             }
             expected = header.next_offset();
             headers.push(header);
-            markers.push(batch::control_record_type(&batches[range])?);
+            markers.push(batch::end_txn_marker_of(&batches[range])?);
         }
         let (Some(first), Some(last)) = (headers.first(), headers.last()) else {
             return Err(StorageError::InvalidRecord(

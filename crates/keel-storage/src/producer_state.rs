@@ -1,8 +1,9 @@
 //! Producer state, with Kafka's semantics (`ProducerStateManager`): per
 //! producer id the current epoch, the last few batches' sequence ranges, so
 //! that a retried batch is answered with its original offsets instead of
-//! being written twice, and the first offset of its ongoing transaction,
-//! from which the first unstable offset follows.
+//! being written twice, the first offset of its ongoing transaction, from
+//! which the first unstable offset follows, and the coordinator epoch of
+//! its last transaction marker, which fences a deposed coordinator.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -10,13 +11,17 @@ use std::path::{Path, PathBuf};
 use keel_types::limits::PRODUCER_BATCHES_RETAINED_MAX;
 use keel_types::{ProducerEpoch, ProducerId};
 
-use crate::batch::{increment_sequence, ControlRecordType, RecordBatchHeader};
+use crate::batch::{increment_sequence, ControlRecordType, EndTxnMarker, RecordBatchHeader};
 use crate::checkpoint::write_atomically;
 use crate::error::{IoContext, Result, StorageError};
 
 pub(crate) const SNAPSHOT_SUFFIX: &str = ".snapshot";
-/// Version 2 adds each producer's ongoing transaction; version 1 is still read.
-const SNAPSHOT_VERSION: u16 = 2;
+/// A producer no marker has been written for (Kafka's
+/// `RecordBatch.NO_PARTITION_LEADER_EPOCH`).
+const NO_COORDINATOR_EPOCH: i32 = -1;
+/// Version 2 adds each producer's ongoing transaction, version 3 its last
+/// marker's coordinator epoch; versions 1 and 2 are still read.
+const SNAPSHOT_VERSION: u16 = 3;
 /// Snapshots kept on disk; older ones only slow down nothing but take space.
 const SNAPSHOTS_RETAINED_MAX: usize = 2;
 
@@ -38,6 +43,9 @@ pub struct ProducerEntry {
     pub last_timestamp: i64,
     /// Where the producer's ongoing transaction starts, if one is.
     pub current_txn_first_offset: Option<i64>,
+    /// The coordinator epoch of the last transaction marker written for
+    /// the producer (-1: none); a marker from a lower one is refused.
+    pub coordinator_epoch: i32,
 }
 
 /// An ongoing transaction, for DescribeProducers and DescribeTransactions.
@@ -80,6 +88,7 @@ impl ProducerEntry {
             batches: VecDeque::with_capacity(PRODUCER_BATCHES_RETAINED_MAX),
             last_timestamp: keel_types::NO_TIMESTAMP,
             current_txn_first_offset: None,
+            coordinator_epoch: NO_COORDINATOR_EPOCH,
         }
     }
 
@@ -173,6 +182,27 @@ fn check_epoch(entry: Option<&ProducerEntry>, h: &RecordBatchHeader) -> Result<(
     }
 }
 
+/// Kafka's `checkCoordinatorEpoch`: a marker from a lower coordinator
+/// epoch than the producer's last marker comes from a coordinator its
+/// successor has replaced. Equal or higher is accepted. As in Kafka, -1
+/// is not special: a producer no marker has been written for holds -1 and
+/// takes any epoch from -1 up, and a marker with -1 is refused once a
+/// marker with a real epoch has been written.
+fn check_coordinator_epoch(
+    entry: &ProducerEntry,
+    h: &RecordBatchHeader,
+    marker: &EndTxnMarker,
+) -> Result<()> {
+    if marker.coordinator_epoch < entry.coordinator_epoch {
+        return Err(StorageError::TransactionCoordinatorFenced {
+            producer_id: h.producer_id,
+            current: entry.coordinator_epoch,
+            received: marker.coordinator_epoch,
+        });
+    }
+    Ok(())
+}
+
 /// Kafka's `ProducerAppendInfo.append`: the producer's entry (`None`:
 /// unknown) after batch `h`, and the transaction `h` ends if it is a
 /// marker; `marker` is what the control batch `h` holds. Checks what
@@ -181,7 +211,7 @@ fn check_epoch(entry: Option<&ProducerEntry>, h: &RecordBatchHeader) -> Result<(
 pub(crate) fn append_batch(
     entry: Option<&ProducerEntry>,
     h: &RecordBatchHeader,
-    marker: Option<ControlRecordType>,
+    marker: Option<EndTxnMarker>,
     origin: AppendOrigin,
 ) -> Result<(ProducerEntry, Option<CompletedTxn>)> {
     if origin == AppendOrigin::Coordinator {
@@ -192,18 +222,28 @@ pub(crate) fn append_batch(
         .unwrap_or_else(|| ProducerEntry::new(h.producer_epoch));
     updated.last_timestamp = updated.last_timestamp.max(h.max_timestamp);
     if h.is_control() {
+        // Other control records are not markers at all.
+        let Some(marker) = marker else {
+            updated.update_epoch(h.producer_epoch);
+            return Ok((updated, None));
+        };
+        // A replica or a replay keeps what the leader wrote, and the epoch
+        // the marker carries, as Kafka does.
+        if origin != AppendOrigin::Replication {
+            check_coordinator_epoch(&updated, h, &marker)?;
+        }
         updated.update_epoch(h.producer_epoch);
-        // A marker for a producer with no transaction here completes
-        // nothing, and other control records are not markers at all.
-        let completed = marker.and_then(|marker| {
-            let first_offset = updated.current_txn_first_offset.take()?;
-            Some(CompletedTxn {
+        updated.coordinator_epoch = marker.coordinator_epoch;
+        // A marker for a producer with no transaction here completes nothing.
+        let completed = updated
+            .current_txn_first_offset
+            .take()
+            .map(|first_offset| CompletedTxn {
                 producer_id: h.producer_id,
                 first_offset,
                 last_offset: h.last_offset(),
-                aborted: marker == ControlRecordType::Abort,
-            })
-        });
+                aborted: marker.control_type == ControlRecordType::Abort,
+            });
         return Ok((updated, completed));
     }
     match (updated.current_txn_first_offset, h.is_transactional()) {
@@ -274,7 +314,7 @@ impl ProducerStateManager {
     pub(crate) fn replay(
         &mut self,
         h: &RecordBatchHeader,
-        marker: Option<ControlRecordType>,
+        marker: Option<EndTxnMarker>,
     ) -> Option<CompletedTxn> {
         if h.producer_id < 0 {
             return None;
@@ -345,6 +385,7 @@ impl ProducerStateManager {
             body.extend_from_slice(&e.epoch.to_be_bytes());
             body.extend_from_slice(&e.last_timestamp.to_be_bytes());
             body.extend_from_slice(&e.current_txn_first_offset.unwrap_or(-1).to_be_bytes());
+            body.extend_from_slice(&e.coordinator_epoch.to_be_bytes());
             body.push(e.batches.len() as u8);
             for b in &e.batches {
                 body.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -386,6 +427,11 @@ impl ProducerStateManager {
             } else {
                 None
             };
+            let coordinator_epoch = if version >= 3 {
+                i32::from_be_bytes(r.take::<4>()?)
+            } else {
+                NO_COORDINATOR_EPOCH
+            };
             let n = r.take::<1>()?[0] as usize;
             if n > PRODUCER_BATCHES_RETAINED_MAX {
                 return Err(StorageError::Corrupt(format!(
@@ -409,6 +455,7 @@ impl ProducerStateManager {
                     batches,
                     last_timestamp,
                     current_txn_first_offset,
+                    coordinator_epoch,
                 },
             );
         }

@@ -1,11 +1,14 @@
 //! Tests of transactions in the log against real files: markers, the first
 //! unstable offset, the transaction index through reopen, recovery,
-//! truncation and replication, and the producer snapshot's versions.
+//! truncation and replication, coordinator-epoch fencing of markers, and
+//! the producer snapshot's versions.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use crate::batch::{control_record_type, BatchBuilder, BatchIter, BatchRecords};
+use crate::batch::{
+    control_record_type, end_txn_marker, set_base_offset, BatchBuilder, BatchIter, BatchRecords,
+};
 use crate::codec::RECORDS_UNCOMPRESSED_BYTES_MAX;
 use crate::segment::file_name;
 use crate::tests::{open, DAY_MS, NOW};
@@ -561,14 +564,23 @@ fn producers_with_an_ongoing_transaction_never_expire() {
     assert!(log.producer_state(1).is_none());
 }
 
-/// The version 1 snapshot layout, from before transactions.
-fn snapshot_v1(producers: &[(i64, i16, i64, &[BatchMetadata])]) -> Vec<u8> {
+/// A producer as an older snapshot holds it: id, epoch, last timestamp,
+/// ongoing transaction's first offset (version 2 only) and batches.
+type OldSnapshotEntry<'a> = (i64, i16, i64, Option<i64>, &'a [BatchMetadata]);
+
+/// The version 1 snapshot layout, from before transactions, and version 2,
+/// from before coordinator epochs.
+fn old_snapshot(version: u16, producers: &[OldSnapshotEntry<'_>]) -> Vec<u8> {
+    assert!(version == 1 || version == 2);
     let mut body = Vec::new();
     body.extend_from_slice(&(producers.len() as u32).to_be_bytes());
-    for (id, epoch, last_timestamp, batches) in producers {
+    for (id, epoch, last_timestamp, txn_first_offset, batches) in producers {
         body.extend_from_slice(&id.to_be_bytes());
         body.extend_from_slice(&epoch.to_be_bytes());
         body.extend_from_slice(&last_timestamp.to_be_bytes());
+        if version == 2 {
+            body.extend_from_slice(&txn_first_offset.unwrap_or(-1).to_be_bytes());
+        }
         body.push(batches.len() as u8);
         for b in *batches {
             body.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -578,14 +590,14 @@ fn snapshot_v1(producers: &[(i64, i16, i64, &[BatchMetadata])]) -> Vec<u8> {
             body.extend_from_slice(&b.timestamp.to_be_bytes());
         }
     }
-    let mut out = 1u16.to_be_bytes().to_vec();
+    let mut out = version.to_be_bytes().to_vec();
     out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
     out.extend_from_slice(&body);
     out
 }
 
 #[test]
-fn version_1_snapshots_still_load_and_version_2_keeps_transactions() {
+fn older_snapshot_versions_still_load_and_the_current_one_keeps_transactions() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), LogConfig::default(), None);
     let mut idempotent = BatchBuilder::new(0).producer(7, 1, 0);
@@ -594,9 +606,9 @@ fn version_1_snapshots_still_load_and_version_2_keeps_transactions() {
     append(&mut log, txn(8, 0, 0, 1));
     log.close().unwrap();
     let snapshot = dir.path().join("t-0").join(file_name(2, ".snapshot"));
-    assert_eq!(&std::fs::read(&snapshot).unwrap()[..2], &[0, 2]);
+    assert_eq!(&std::fs::read(&snapshot).unwrap()[..2], &[0, 3]);
 
-    // Version 2 carries the open transaction: nothing is replayed.
+    // Version 3 carries the open transaction: nothing is replayed.
     let log = open(dir.path(), LogConfig::default(), None);
     assert_eq!(log.first_unstable_offset(), Some(1));
     assert_eq!(
@@ -616,7 +628,7 @@ fn version_1_snapshots_still_load_and_version_2_keeps_transactions() {
     };
     std::fs::write(
         &snapshot,
-        snapshot_v1(&[(7, 1, NOW, &[batch]), (99, 4, NOW, &[])]),
+        old_snapshot(1, &[(7, 1, NOW, None, &[batch]), (99, 4, NOW, None, &[])]),
     )
     .unwrap();
     let mut log = open(dir.path(), LogConfig::default(), None);
@@ -624,6 +636,7 @@ fn version_1_snapshots_still_load_and_version_2_keeps_transactions() {
     let seven = log.producer_state(7).unwrap();
     assert_eq!(seven.batches.back(), Some(&batch));
     assert_eq!(seven.current_txn_first_offset, None);
+    assert_eq!(seven.coordinator_epoch, -1);
     let mut retry = BatchBuilder::new(0).producer(7, 1, 0);
     retry.push(None, Some(b"v"), &[], NOW);
     assert!(
@@ -631,4 +644,171 @@ fn version_1_snapshots_still_load_and_version_2_keeps_transactions() {
             .unwrap()
             .duplicate
     );
+}
+
+#[test]
+fn version_2_snapshots_still_load_without_coordinator_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    append(&mut log, txn(8, 0, 0, 1));
+    log.close().unwrap();
+    let snapshot = dir.path().join("t-0").join(file_name(1, ".snapshot"));
+    let batch = BatchMetadata {
+        first_seq: 0,
+        last_seq: 0,
+        first_offset: 0,
+        last_offset: 0,
+        timestamp: NOW,
+    };
+    // Producer 99 is only in the snapshot: it is used, not replayed over.
+    std::fs::write(
+        &snapshot,
+        old_snapshot(
+            2,
+            &[(8, 0, NOW, Some(0), &[batch]), (99, 4, NOW, None, &[])],
+        ),
+    )
+    .unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    assert_eq!(log.producer_state(99).unwrap().epoch, 4);
+    assert_eq!(log.producer_state(99).unwrap().coordinator_epoch, -1);
+    let eight = log.producer_state(8).unwrap();
+    assert_eq!(eight.current_txn_first_offset, Some(0));
+    assert_eq!(eight.coordinator_epoch, -1);
+    // No marker is known, so any coordinator epoch ends the transaction.
+    log.append_marker(8, 0, COMMIT, 0, 0, NOW).unwrap();
+    assert_eq!(log.first_unstable_offset(), None);
+    assert_eq!(log.producer_state(8).unwrap().coordinator_epoch, 0);
+}
+
+/// Whether a marker from `coordinator_epoch` is refused as fenced, and if
+/// so that nothing of it was written and the producer is unchanged.
+fn fenced(log: &mut Log, pid: i64, coordinator_epoch: i32, marker: ControlRecordType) -> bool {
+    let end = log.log_end_offset();
+    let before = log.producer_state(pid).cloned();
+    match log.append_marker(pid, 0, marker, coordinator_epoch, 0, NOW) {
+        Err(StorageError::TransactionCoordinatorFenced {
+            producer_id,
+            current,
+            received,
+        }) => {
+            assert_eq!((producer_id, received), (pid, coordinator_epoch));
+            assert_eq!(Some(current), before.as_ref().map(|e| e.coordinator_epoch));
+            assert_eq!(log.log_end_offset(), end, "nothing is written");
+            assert_eq!(log.producer_state(pid).cloned(), before);
+            true
+        }
+        Ok(_) => false,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[test]
+fn markers_from_a_lower_coordinator_epoch_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    // No marker yet: the producer knows no coordinator epoch.
+    append(&mut log, txn(1, 0, 0, 1)); // 0
+    assert_eq!(log.producer_state(1).unwrap().coordinator_epoch, -1);
+    assert!(!fenced(&mut log, 1, 5, COMMIT)); // 1
+    assert_eq!(log.producer_state(1).unwrap().coordinator_epoch, 5);
+
+    // A deposed coordinator cannot end the transaction its successor owns.
+    append(&mut log, txn(1, 0, 1, 1)); // 2
+    assert!(fenced(&mut log, 1, 4, ABORT));
+    assert!(fenced(&mut log, 1, -1, ABORT));
+    assert!(log.has_ongoing_transaction(1));
+    assert!(log.aborted_transactions(0, 10).unwrap().is_empty());
+    // The same coordinator epoch and a higher one are accepted.
+    assert!(!fenced(&mut log, 1, 5, ABORT)); // 3
+    assert!(!log.has_ongoing_transaction(1));
+    assert_eq!(
+        log.aborted_transactions(0, 10).unwrap(),
+        vec![aborted(1, 2, 3, 4)]
+    );
+    assert!(!fenced(&mut log, 1, 7, COMMIT)); // 4
+    assert_eq!(log.producer_state(1).unwrap().coordinator_epoch, 7);
+    assert!(fenced(&mut log, 1, 6, COMMIT));
+    // Another producer's markers are its own.
+    assert!(!fenced(&mut log, 2, 0, COMMIT)); // 5
+    assert_eq!(log.producer_state(2).unwrap().coordinator_epoch, 0);
+
+    // Markers sent by a coordinator as batches are checked the same way,
+    // against the ones before them in the same append: nothing is written.
+    let end = log.log_end_offset();
+    let mut two = end_txn_marker(COMMIT, 1, 0, 9, NOW);
+    two.extend(end_txn_marker(COMMIT, 1, 0, 8, NOW));
+    assert!(matches!(
+        log.append_as_coordinator(&mut two, 0, NOW),
+        Err(StorageError::TransactionCoordinatorFenced {
+            producer_id: 1,
+            current: 9,
+            received: 8
+        })
+    ));
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.producer_state(1).unwrap().coordinator_epoch, 7);
+}
+
+#[test]
+fn coordinator_epochs_survive_reopening_by_snapshot_and_by_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    append(&mut log, txn(1, 0, 0, 1));
+    log.append_marker(1, 0, COMMIT, 6, 0, NOW).unwrap();
+    append(&mut log, txn(1, 0, 1, 1));
+    log.append_marker(2, 0, ABORT, 2, 0, NOW).unwrap();
+    log.close().unwrap();
+    let log_dir = dir.path().join("t-0");
+    let snapshot = log_dir.join(file_name(4, ".snapshot"));
+    assert_eq!(&std::fs::read(&snapshot).unwrap()[..2], &[0, 3]);
+
+    // From the snapshot.
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    assert_eq!(log.producer_state(1).unwrap().coordinator_epoch, 6);
+    assert_eq!(log.producer_state(2).unwrap().coordinator_epoch, 2);
+    assert!(fenced(&mut log, 1, 5, ABORT));
+    drop(log);
+
+    // From the log alone.
+    for offset in crate::producer_state::list_snapshots(&log_dir).unwrap() {
+        std::fs::remove_file(crate::producer_state::snapshot_path(&log_dir, offset)).unwrap();
+    }
+    let mut log = open(dir.path(), LogConfig::default(), Some(0));
+    assert_eq!(log.producer_state(1).unwrap().coordinator_epoch, 6);
+    assert_eq!(log.producer_state(2).unwrap().coordinator_epoch, 2);
+    assert!(fenced(&mut log, 1, 5, ABORT));
+    assert!(!fenced(&mut log, 1, 6, ABORT));
+    assert!(!log.has_ongoing_transaction(1));
+}
+
+#[test]
+fn followers_and_replay_keep_what_the_leader_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    // A leader wrote a marker from epoch 5, then (as Kafka's replicas may
+    // see after an unclean election) one from epoch 3 for the same producer.
+    let mut shipped = Vec::new();
+    let mut data = txn(1, 0, 0, 1);
+    set_base_offset(&mut data, 0);
+    shipped.extend(data);
+    for (offset, coordinator_epoch) in [(1, 5), (2, 3)] {
+        let mut marker = end_txn_marker(ABORT, 1, 0, coordinator_epoch, NOW);
+        set_base_offset(&mut marker, offset);
+        shipped.extend(marker);
+    }
+    log.append_as_follower(&shipped).unwrap();
+    assert_eq!(log.log_end_offset(), 3);
+    assert_eq!(log.producer_state(1).unwrap().coordinator_epoch, 3);
+    assert_eq!(
+        log.aborted_transactions(0, 3).unwrap(),
+        vec![aborted(1, 0, 1, 2)]
+    );
+    drop(log);
+    let log_dir = dir.path().join("t-0");
+    for offset in crate::producer_state::list_snapshots(&log_dir).unwrap() {
+        std::fs::remove_file(crate::producer_state::snapshot_path(&log_dir, offset)).unwrap();
+    }
+    let log = open(dir.path(), LogConfig::default(), Some(0));
+    assert_eq!(log.producer_state(1).unwrap().coordinator_epoch, 3);
 }

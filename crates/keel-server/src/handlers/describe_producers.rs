@@ -42,8 +42,7 @@ pub fn handle(
                                     .with_producer_epoch(i32::from(p.epoch))
                                     .with_last_sequence(p.batches.back().map_or(-1, |b| b.last_seq))
                                     .with_last_timestamp(p.last_timestamp)
-                                    // Markers' coordinator epochs are not kept.
-                                    .with_coordinator_epoch(-1)
+                                    .with_coordinator_epoch(p.coordinator_epoch)
                                     .with_current_txn_start_offset(
                                         p.current_txn_first_offset.unwrap_or(-1),
                                     )

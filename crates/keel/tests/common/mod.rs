@@ -11,7 +11,7 @@
 
 pub mod cluster;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -335,7 +335,12 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
 /// kernel's ephemeral range: the ports bound to ":0" (every single-broker
 /// test's) and of outgoing connections come from that range, and any of
 /// them could take a node's port while the node is down for a restart.
+/// A port is handed out once per test process: tests run concurrently,
+/// and one whose nodes have not bound their ports yet must not see them
+/// picked again by another.
 pub fn free_ports(n: usize) -> Vec<u16> {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -348,14 +353,21 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         if held.len() == n {
             break;
         }
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.gen_range(range.clone()))) {
+        let port = rng.gen_range(range.clone());
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
             held.push(listener);
         }
     }
     assert_eq!(held.len(), n, "no {n} free ports in {range:?}");
-    held.iter()
+    let ports: Vec<u16> = held
+        .iter()
         .map(|l| l.local_addr().expect("a bound port").port())
-        .collect()
+        .collect();
+    handed_out.extend(&ports);
+    ports
 }
 
 /// A topic name unique within this process, so tests sharing a broker never
