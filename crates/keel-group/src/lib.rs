@@ -46,7 +46,8 @@ pub use keel_types::coordinator::partition_for;
 pub use member::{Member, Protocol};
 pub use service::{GroupService, LogEntry, LogRecord, OffsetsLog};
 pub use state_machine::{
-    Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey, TransactionalProducer,
+    txn_commit_answer, Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey,
+    TransactionalProducer,
 };
 
 /// The coordinator's settings, named after Kafka's broker configs with the

@@ -133,7 +133,11 @@ impl Broker {
             led_transaction_partitions: Mutex::new(BTreeMap::new()),
             broker_clients: BrokerClients::new("keel-broker"),
             fetchers: ReplicaFetchers::default(),
-            led_offsets_partitions: Mutex::new(offsets_partitions_led(&image, config.node_id)),
+            led_offsets_partitions: Mutex::new(
+                partitions_led(&image, OFFSETS_TOPIC, config.node_id)
+                    .into_keys()
+                    .collect(),
+            ),
             isr_changes,
             isr_change_queue: Mutex::new(Some(isr_change_queue)),
             log_cleaner: LogCleaner::new(cleaner_checkpoint),
@@ -172,7 +176,9 @@ impl Broker {
     /// `onElection`), which holds every commit the old leader
     /// acknowledged.
     async fn follow_offsets_leadership(&self, image: &MetadataImage) {
-        let led = offsets_partitions_led(image, self.config.node_id);
+        let led: BTreeSet<i32> = partitions_led(image, OFFSETS_TOPIC, self.config.node_id)
+            .into_keys()
+            .collect();
         let gained = {
             let mut previous = self.led_offsets_partitions.lock();
             let gained = led.difference(&previous).next().is_some();
@@ -505,14 +511,20 @@ impl From<StorageError> for AdminError {
     }
 }
 
-fn offsets_partitions_led(image: &MetadataImage, node_id: i32) -> BTreeSet<i32> {
+/// The partitions of `topic` that `node_id` leads, with their leader epochs:
+/// what a coordinator on that node owns.
+pub(crate) fn partitions_led(
+    image: &MetadataImage,
+    topic: &str,
+    node_id: i32,
+) -> BTreeMap<i32, i32> {
     image
-        .topic_by_name(OFFSETS_TOPIC)
+        .topic_by_name(topic)
         .map(|t| {
             t.partitions
                 .values()
                 .filter(|p| p.leader == node_id)
-                .map(|p| p.partition)
+                .map(|p| (p.partition, p.leader_epoch))
                 .collect()
         })
         .unwrap_or_default()

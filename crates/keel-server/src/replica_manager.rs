@@ -116,7 +116,8 @@ pub enum ReadBound {
 pub struct TxnMarkerEntry {
     pub producer_id: i64,
     pub producer_epoch: i16,
-    pub control_type: ControlRecordType,
+    /// COMMIT, or ABORT.
+    pub commit: bool,
     pub coordinator_epoch: i32,
 }
 
@@ -402,7 +403,11 @@ impl Partition {
             log.append_marker(
                 marker.producer_id,
                 marker.producer_epoch,
-                marker.control_type,
+                if marker.commit {
+                    ControlRecordType::Commit
+                } else {
+                    ControlRecordType::Abort
+                },
                 marker.coordinator_epoch,
                 leader_epoch,
                 now_ms,

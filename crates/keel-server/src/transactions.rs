@@ -22,11 +22,10 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use keel_metadata::controller::NewTopic;
 use keel_metadata::MetadataImage;
-use keel_storage::ControlRecordType;
 use keel_txn::{MarkerWriter, ProducerIdSource, TxnMarker};
 use keel_types::TopicPartition;
 
-use crate::broker::{now_ms, AdminError, Broker};
+use crate::broker::{now_ms, partitions_led, AdminError, Broker};
 use crate::coordinator_log::{OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use crate::errors::admin_error;
 use crate::handlers::produce::replicated;
@@ -104,11 +103,7 @@ impl Broker {
         let entry = TxnMarkerEntry {
             producer_id: marker.producer_id,
             producer_epoch: marker.producer_epoch,
-            control_type: if marker.commit {
-                ControlRecordType::Commit
-            } else {
-                ControlRecordType::Abort
-            },
+            commit: marker.commit,
             coordinator_epoch: marker.coordinator_epoch,
         };
         for (leader, partitions) in by_leader {
@@ -218,11 +213,7 @@ impl Broker {
         .await?;
         if tp.topic == OFFSETS_TOPIC {
             self.groups
-                .complete_transaction(
-                    tp.partition,
-                    entry.producer_id,
-                    entry.control_type == ControlRecordType::Commit,
-                )
+                .complete_transaction(tp.partition, entry.producer_id, entry.commit)
                 .await;
         }
         Ok(())
@@ -304,16 +295,7 @@ impl Broker {
     /// leader epoch as the coordinator epoch that fences markers of the
     /// previous coordinator; one it stops leading is unloaded.
     pub(crate) async fn follow_transaction_leadership(&self, image: &MetadataImage) {
-        let led: BTreeMap<i32, i32> = image
-            .topic_by_name(TRANSACTION_STATE_TOPIC)
-            .map(|t| {
-                t.partitions
-                    .values()
-                    .filter(|p| p.leader == self.config.node_id)
-                    .map(|p| (p.partition, p.leader_epoch))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let led = partitions_led(image, TRANSACTION_STATE_TOPIC, self.config.node_id);
         let (gained, lost) = {
             let mut previous = self.led_transaction_partitions.lock();
             let gained: Vec<(i32, i32)> = led

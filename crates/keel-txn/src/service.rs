@@ -18,8 +18,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTransaction;
-use kafka_protocol::messages::add_partitions_to_txn_response::AddPartitionsToTxnResult;
+use kafka_protocol::messages::add_partitions_to_txn_request::{
+    AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+};
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
+};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
     AddPartitionsToTxnResponse, DescribeTransactionsRequest, DescribeTransactionsResponse,
@@ -291,24 +295,17 @@ impl TxnService {
         version: i16,
     ) -> AddPartitionsToTxnResponse {
         if version < 4 {
-            let partitions: BTreeSet<_> = responses::request_partitions(&req.v3_and_below_topics)
-                .into_iter()
-                .collect();
-            let answer = self
-                .decide(|c, _, now| {
-                    c.add_partitions(
-                        &req.v3_and_below_transactional_id,
-                        req.v3_and_below_producer_id.0,
-                        req.v3_and_below_producer_epoch,
-                        &partitions,
-                        now,
-                    )
-                })
+            let results = self
+                .add_partitions(
+                    &req.v3_and_below_transactional_id,
+                    req.v3_and_below_producer_id.0,
+                    req.v3_and_below_producer_epoch,
+                    &req.v3_and_below_topics,
+                    version,
+                )
                 .await;
-            let code = responses::add_partitions_error(answer, version);
-            return AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
-                responses::topic_results(&req.v3_and_below_topics, |_| code),
-            );
+            return AddPartitionsToTxnResponse::default()
+                .with_results_by_topic_v3_and_below(results);
         }
         let results = futures::future::join_all(
             req.transactions
@@ -324,8 +321,8 @@ impl TxnService {
         t: &AddPartitionsToTxnTransaction,
         version: i16,
     ) -> AddPartitionsToTxnResult {
-        let partitions = responses::request_partitions(&t.topics);
         let topic_results = if t.verify_only {
+            let partitions = responses::request_partitions(&t.topics);
             let codes: HashMap<TopicPartition, i16> = self
                 .lock()
                 .verify(
@@ -338,24 +335,43 @@ impl TxnService {
                 .collect();
             responses::topic_results(&t.topics, |tp| codes[tp])
         } else {
-            let partitions: BTreeSet<_> = partitions.into_iter().collect();
-            let answer = self
-                .decide(|c, _, now| {
-                    c.add_partitions(
-                        &t.transactional_id,
-                        t.producer_id.0,
-                        t.producer_epoch,
-                        &partitions,
-                        now,
-                    )
-                })
-                .await;
-            let code = responses::add_partitions_error(answer, version);
-            responses::topic_results(&t.topics, |_| code)
+            self.add_partitions(
+                &t.transactional_id,
+                t.producer_id.0,
+                t.producer_epoch,
+                &t.topics,
+                version,
+            )
+            .await
         };
         AddPartitionsToTxnResult::default()
             .with_transactional_id(t.transactional_id.clone())
             .with_topic_results(topic_results)
+    }
+
+    /// Adds `topics` to one transaction; every partition gets its one answer.
+    async fn add_partitions(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        topics: &[AddPartitionsToTxnTopic],
+        version: i16,
+    ) -> Vec<AddPartitionsToTxnTopicResult> {
+        let partitions: BTreeSet<_> = responses::request_partitions(topics).into_iter().collect();
+        let answer = self
+            .decide(|c, _, now| {
+                c.add_partitions(
+                    transactional_id,
+                    producer_id,
+                    producer_epoch,
+                    &partitions,
+                    now,
+                )
+            })
+            .await;
+        let code = responses::add_partitions_error(answer, version);
+        responses::topic_results(topics, |_| code)
     }
 
     /// KIP-890 verification for a partition leader that is itself the

@@ -189,6 +189,23 @@ impl TxnTransit {
 }
 
 impl TransactionMetadata {
+    /// Whether a request from `producer_id` at `producer_epoch` speaks for
+    /// this transactional id: another producer id is a mapping error, an
+    /// older or newer epoch a fenced producer.
+    pub fn check_producer(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Result<(), kafka_protocol::ResponseError> {
+        if self.producer_id != producer_id {
+            return Err(kafka_protocol::ResponseError::InvalidProducerIdMapping);
+        }
+        if self.producer_epoch != producer_epoch {
+            return Err(kafka_protocol::ResponseError::ProducerFenced);
+        }
+        Ok(())
+    }
+
     /// A transactional id seen for the first time: its producer id is
     /// fresh and its epoch `-1`, so the first InitProducerId bumps it to 0.
     pub fn new(transactional_id: &str, producer_id: i64, timeout_ms: i32, now_ms: i64) -> Self {

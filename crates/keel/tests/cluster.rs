@@ -76,6 +76,28 @@ fn placements(bootstrap: &str, topic: &str, partitions: usize) -> BTreeMap<i32, 
     found
 }
 
+/// Creates `topic` with replication factor 3 through librdkafka's admin
+/// client and returns its placements once every partition has a leader.
+async fn create_replicated(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, Placement> {
+    let results = admin(bootstrap)
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(3),
+            )],
+            &admin_options(),
+        )
+        .await
+        .expect("CreateTopics");
+    assert_eq!(results, vec![Ok(topic.to_string())]);
+    placements(bootstrap, topic, partitions as usize)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_and_spread_leaders() {
     let cluster = TestCluster::start(3, &[]);
@@ -105,16 +127,7 @@ async fn three_nodes_form_a_cluster_and_spread_leaders() {
     });
 
     let topic = unique_topic("rf3");
-    let results = admin(&bootstrap)
-        .create_topics(
-            [&NewTopic::new(&topic, 6, TopicReplication::Fixed(3))],
-            &admin_options(),
-        )
-        .await
-        .expect("CreateTopics");
-    assert_eq!(results, vec![Ok(topic.clone())]);
-
-    let placements = placements(&bootstrap, &topic, 6);
+    let placements = create_replicated(&bootstrap, &topic, 6).await;
     for (partition, p) in &placements {
         let replicas: BTreeSet<i32> = p.replicas.iter().copied().collect();
         assert_eq!(
@@ -238,15 +251,7 @@ async fn losing_the_active_controller_elects_another() {
 async fn acknowledged_records_survive_losing_the_leader() {
     let mut cluster = TestCluster::start(3, &[("min.insync.replicas", "2")]);
     let topic = unique_topic("acks-all");
-    let results = admin(&cluster.bootstrap())
-        .create_topics(
-            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(3))],
-            &admin_options(),
-        )
-        .await
-        .expect("CreateTopics");
-    assert_eq!(results, vec![Ok(topic.clone())]);
-    let leader = placements(&cluster.bootstrap(), &topic, 1)[&0].leader;
+    let leader = create_replicated(&cluster.bootstrap(), &topic, 1).await[&0].leader;
 
     let to_all = producer(&cluster.bootstrap(), &[("acks", "all")]);
     for i in 0..100 {
@@ -307,15 +312,7 @@ async fn a_transaction_survives_losing_its_coordinator() {
         ],
     );
     let topic = unique_topic("txn-failover");
-    let results = admin(&cluster.bootstrap())
-        .create_topics(
-            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(3))],
-            &admin_options(),
-        )
-        .await
-        .expect("CreateTopics");
-    assert_eq!(results, vec![Ok(topic.clone())]);
-    placements(&cluster.bootstrap(), &topic, 1);
+    create_replicated(&cluster.bootstrap(), &topic, 1).await;
 
     let mut config = client_config(&cluster.bootstrap());
     config

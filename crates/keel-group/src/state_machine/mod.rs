@@ -32,7 +32,8 @@ mod join;
 mod offsets;
 mod sync_heartbeat_leave;
 
-pub(crate) use offsets::{commit_answer, txn_commit_answer};
+pub(crate) use offsets::commit_answer;
+pub use offsets::txn_commit_answer;
 
 /// How often the coordinator looks for offsets past retention
 /// (Kafka's `offsets.retention.check.interval.ms` default).

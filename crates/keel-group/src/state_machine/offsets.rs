@@ -74,7 +74,7 @@ pub(crate) fn commit_answer(
 
 /// The answer for one topic of a TxnOffsetCommit, `error` deciding each
 /// partition's.
-pub(crate) fn txn_commit_answer(
+pub fn txn_commit_answer(
     topic: &TxnOffsetCommitRequestTopic,
     mut error: impl FnMut(&TxnOffsetCommitRequestPartition) -> i16,
 ) -> TxnOffsetCommitResponseTopic {

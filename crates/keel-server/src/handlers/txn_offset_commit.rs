@@ -1,8 +1,6 @@
-use kafka_protocol::messages::txn_offset_commit_response::{
-    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
-};
 use kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 use kafka_protocol::ResponseError;
+use keel_group::txn_commit_answer;
 use keel_types::TopicPartition;
 
 use crate::broker::Broker;
@@ -21,20 +19,19 @@ pub async fn handle(
     mut request: TxnOffsetCommitRequest,
 ) -> TxnOffsetCommitResponse {
     let image = broker.image();
-    let mut refused: Vec<TxnOffsetCommitResponseTopic> = Vec::new();
+    let mut refused = Vec::new();
     for topic in &mut request.topics {
         let known = image.topic_by_name(topic.name.0.as_str());
         let (kept, unknown): (Vec<_>, Vec<_>) = std::mem::take(&mut topic.partitions)
             .into_iter()
             .partition(|p| known.is_some_and(|t| t.partitions.contains_key(&p.partition_index)));
-        topic.partitions = kept;
         if !unknown.is_empty() {
-            refused.push(answer(
-                topic.name.clone(),
-                unknown.iter().map(|p| p.partition_index),
-                ResponseError::UnknownTopicOrPartition,
-            ));
+            let unknown = topic.clone().with_partitions(unknown);
+            refused.push(txn_commit_answer(&unknown, |_| {
+                ResponseError::UnknownTopicOrPartition.code()
+            }));
         }
+        topic.partitions = kept;
     }
     request.topics.retain(|t| !t.partitions.is_empty());
     if request.topics.is_empty() {
@@ -73,36 +70,12 @@ pub async fn handle(
             TxnOffsetCommitResponse::default().with_topics(
                 request
                     .topics
-                    .into_iter()
-                    .map(|t| {
-                        answer(
-                            t.name,
-                            t.partitions.iter().map(|p| p.partition_index),
-                            error,
-                        )
-                    })
+                    .iter()
+                    .map(|t| txn_commit_answer(t, |_| error.code()))
                     .collect(),
             )
         }
     };
     response.topics.extend(refused);
     response
-}
-
-fn answer(
-    name: kafka_protocol::messages::TopicName,
-    partitions: impl Iterator<Item = i32>,
-    error: ResponseError,
-) -> TxnOffsetCommitResponseTopic {
-    TxnOffsetCommitResponseTopic::default()
-        .with_name(name)
-        .with_partitions(
-            partitions
-                .map(|index| {
-                    TxnOffsetCommitResponsePartition::default()
-                        .with_partition_index(index)
-                        .with_error_code(error.code())
-                })
-                .collect(),
-        )
 }

@@ -2,7 +2,6 @@ use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
 };
 use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
-use keel_storage::ControlRecordType;
 use keel_types::TopicPartition;
 
 use crate::broker::Broker;
@@ -22,11 +21,7 @@ pub async fn handle(
         let entry = TxnMarkerEntry {
             producer_id: marker.producer_id.0,
             producer_epoch: marker.producer_epoch,
-            control_type: if marker.transaction_result {
-                ControlRecordType::Commit
-            } else {
-                ControlRecordType::Abort
-            },
+            commit: marker.transaction_result,
             coordinator_epoch: marker.coordinator_epoch,
         };
         let mut topics = Vec::with_capacity(marker.topics.len());

@@ -36,11 +36,8 @@ impl TransactionCoordinator {
             Ok(found) => found,
             Err(e) => return e.into(),
         };
-        if metadata.producer_id != producer_id {
-            return ResponseError::InvalidProducerIdMapping.into();
-        }
-        if metadata.producer_epoch != producer_epoch {
-            return ResponseError::ProducerFenced.into();
+        if let Err(e) = metadata.check_producer(producer_id, producer_epoch) {
+            return e.into();
         }
         if metadata.pending_state.is_some() {
             return ResponseError::ConcurrentTransactions.into();
@@ -119,11 +116,8 @@ impl TransactionCoordinator {
             Ok(m) => m,
             Err(e) => return all(e),
         };
-        if metadata.producer_id != producer_id {
-            return all(ResponseError::InvalidProducerIdMapping);
-        }
-        if metadata.producer_epoch != producer_epoch {
-            return all(ResponseError::ProducerFenced);
+        if let Err(e) = metadata.check_producer(producer_id, producer_epoch) {
+            return all(e);
         }
         // Pending transitions are not checked: partitions join the set only
         // once their record is in the log and leave it only once their
