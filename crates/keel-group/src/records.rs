@@ -11,6 +11,9 @@
 //! Decoding never panics: every read checks the bytes that remain.
 
 use bytes::Bytes;
+use keel_types::record_schema::{
+    put_bytes, put_i16, put_i32, put_i64, put_nullable_string, put_string, Reader, SchemaError,
+};
 
 mod consumer;
 pub use consumer::*;
@@ -27,20 +30,10 @@ pub const GROUP_METADATA_VALUE_VERSION: i16 = 3;
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("record truncated: needed {needed} bytes at position {position}, {remaining} remain")]
-    Truncated {
-        position: usize,
-        needed: usize,
-        remaining: usize,
-    },
-    #[error("negative length {0} for a non-nullable field")]
-    NegativeLength(i64),
-    #[error("string is not UTF-8")]
-    NotUtf8,
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error("unsupported {kind} version {version}")]
     UnsupportedVersion { kind: &'static str, version: i16 },
-    #[error("{0} trailing bytes after the record")]
-    TrailingBytes(usize),
     #[error("invalid record: {0}")]
     Invalid(&'static str),
 }
@@ -121,40 +114,6 @@ pub enum Record {
 
 // ---------------------------------------------------------------- encoding
 
-fn put_i16(buf: &mut Vec<u8>, v: i16) {
-    buf.extend_from_slice(&v.to_be_bytes());
-}
-
-fn put_i32(buf: &mut Vec<u8>, v: i32) {
-    buf.extend_from_slice(&v.to_be_bytes());
-}
-
-fn put_i64(buf: &mut Vec<u8>, v: i64) {
-    buf.extend_from_slice(&v.to_be_bytes());
-}
-
-fn put_string(buf: &mut Vec<u8>, s: &str) {
-    // Group ids, topics and member ids come from requests whose own strings
-    // carry int16 lengths, so they always fit; metadata is capped by
-    // `offset_metadata_max_bytes` well below this.
-    let len = i16::try_from(s.len()).expect("string longer than i16::MAX bytes");
-    put_i16(buf, len);
-    buf.extend_from_slice(s.as_bytes());
-}
-
-fn put_nullable_string(buf: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => put_i16(buf, -1),
-        Some(s) => put_string(buf, s),
-    }
-}
-
-fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
-    let len = i32::try_from(b.len()).expect("bytes longer than i32::MAX");
-    put_i32(buf, len);
-    buf.extend_from_slice(b);
-}
-
 /// `OffsetCommitKey` bytes.
 pub fn offset_commit_key(group_id: &str, topic: &str, partition: i32) -> Vec<u8> {
     let mut buf = Vec::with_capacity(2 + 2 + group_id.len() + 2 + topic.len() + 4);
@@ -214,87 +173,12 @@ impl GroupMetadataValue {
 
 // ---------------------------------------------------------------- decoding
 
-/// A bounds-checked reader over one key or value.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        let remaining = self.buf.len() - self.pos;
-        if n > remaining {
-            return Err(RecordError::Truncated {
-                position: self.pos,
-                needed: n,
-                remaining,
-            });
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn i16(&mut self) -> Result<i16, RecordError> {
-        let b = self.take(2)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn i32(&mut self) -> Result<i32, RecordError> {
-        let b = self.take(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn i64(&mut self) -> Result<i64, RecordError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(i64::from_be_bytes(a))
-    }
-
-    fn nullable_string(&mut self) -> Result<Option<String>, RecordError> {
-        let len = self.i16()?;
-        if len < 0 {
-            return Ok(None);
-        }
-        let b = self.take(len as usize)?;
-        let s = std::str::from_utf8(b).map_err(|_| RecordError::NotUtf8)?;
-        Ok(Some(s.to_owned()))
-    }
-
-    fn string(&mut self) -> Result<String, RecordError> {
-        let position = self.pos;
-        match self.nullable_string()? {
-            Some(s) => Ok(s),
-            None => {
-                self.pos = position;
-                Err(RecordError::NegativeLength(i64::from(self.i16()?)))
-            }
-        }
-    }
-
-    fn bytes(&mut self) -> Result<Bytes, RecordError> {
-        let len = self.i32()?;
-        if len < 0 {
-            // Kafka's schema marks these non-nullable; treat null as empty
-            // rather than refusing a whole group.
-            return Ok(Bytes::new());
-        }
-        Ok(Bytes::copy_from_slice(self.take(len as usize)?))
-    }
-
-    fn finish(&self) -> Result<(), RecordError> {
-        let left = self.buf.len() - self.pos;
-        if left == 0 {
-            Ok(())
-        } else {
-            Err(RecordError::TrailingBytes(left))
-        }
-    }
+/// Classic bytes; Kafka's schema marks these non-nullable, but null reads
+/// as empty rather than refusing a whole group.
+fn bytes(r: &mut Reader<'_>) -> Result<Bytes, RecordError> {
+    Ok(Bytes::copy_from_slice(
+        r.nullable_bytes()?.unwrap_or_default(),
+    ))
 }
 
 /// Decodes a classic key (offset commit, group metadata); newer key
@@ -386,7 +270,7 @@ pub fn decode_group_metadata_value(value: &[u8]) -> Result<GroupMetadataValue, R
     let current_state_timestamp_ms = if version >= 2 { r.i64()? } else { -1 };
     let count = r.i32()?;
     if count < 0 {
-        return Err(RecordError::NegativeLength(i64::from(count)));
+        return Err(SchemaError::NegativeLength(i64::from(count)).into());
     }
     // Each member takes at least a few bytes, so never reserve more than
     // the bytes that remain.
@@ -409,8 +293,8 @@ pub fn decode_group_metadata_value(value: &[u8]) -> Result<GroupMetadataValue, R
             session_timeout_ms = r.i32()?;
             rebalance_timeout_ms = session_timeout_ms;
         }
-        let subscription = r.bytes()?;
-        let assignment = r.bytes()?;
+        let subscription = bytes(&mut r)?;
+        let assignment = bytes(&mut r)?;
         members.push(MemberMetadataValue {
             member_id,
             group_instance_id,

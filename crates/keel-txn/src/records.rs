@@ -15,6 +15,10 @@
 //!
 //! Decoding never panics: every read checks the bytes that remain.
 
+use keel_types::record_schema::{
+    put_count, put_i16, put_i32, put_i64, put_i8, put_string, Reader, SchemaError,
+};
+
 use crate::transaction_state::TransactionState;
 
 /// `TransactionLogKey` version.
@@ -30,24 +34,12 @@ const PREVIOUS_PRODUCER_ID_TAG: u32 = 0;
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("record truncated: needed {needed} bytes at position {position}, {remaining} remain")]
-    Truncated {
-        position: usize,
-        needed: usize,
-        remaining: usize,
-    },
-    #[error("negative length {0} for a non-nullable field")]
-    NegativeLength(i64),
-    #[error("string is not UTF-8")]
-    NotUtf8,
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error("unsupported {kind} version {version}")]
     UnsupportedVersion { kind: &'static str, version: i16 },
     #[error("unknown transaction status {0}")]
     UnknownTransactionStatus(i8),
-    #[error("varint longer than 5 bytes")]
-    VarintTooLong,
-    #[error("{0} trailing bytes after the record")]
-    TrailingBytes(usize),
 }
 
 /// One record of `__transaction_state`.
@@ -88,17 +80,6 @@ pub struct TransactionLogValue {
 
 // ---------------------------------------------------------------- encoding
 
-fn put_string(buf: &mut Vec<u8>, s: &str) {
-    let len = i16::try_from(s.len()).expect("string longer than i16::MAX bytes");
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(s.as_bytes());
-}
-
-fn put_count(buf: &mut Vec<u8>, n: usize) {
-    let n = i32::try_from(n).expect("array longer than i32::MAX");
-    buf.extend_from_slice(&n.to_be_bytes());
-}
-
 /// Whether `s` fits a record string (an `int16` length): callers refuse
 /// longer transactional ids and topics before they reach a record.
 pub fn fits_string(s: &str) -> bool {
@@ -108,7 +89,7 @@ pub fn fits_string(s: &str) -> bool {
 /// `TransactionLogKey` bytes.
 pub fn key(transactional_id: &str) -> Vec<u8> {
     let mut buf = Vec::with_capacity(4 + transactional_id.len());
-    buf.extend_from_slice(&KEY_VERSION.to_be_bytes());
+    put_i16(&mut buf, KEY_VERSION);
     put_string(&mut buf, transactional_id);
     buf
 }
@@ -117,162 +98,31 @@ impl TransactionLogValue {
     /// Version 0 bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(64);
-        buf.extend_from_slice(&VALUE_VERSION.to_be_bytes());
-        buf.extend_from_slice(&self.producer_id.to_be_bytes());
-        buf.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        buf.extend_from_slice(&self.transaction_timeout_ms.to_be_bytes());
-        buf.push(self.transaction_status.id() as u8);
+        put_i16(&mut buf, VALUE_VERSION);
+        put_i64(&mut buf, self.producer_id);
+        put_i16(&mut buf, self.producer_epoch);
+        put_i32(&mut buf, self.transaction_timeout_ms);
+        put_i8(&mut buf, self.transaction_status.id());
         match &self.transaction_partitions {
-            None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+            None => put_i32(&mut buf, -1),
             Some(topics) => {
                 put_count(&mut buf, topics.len());
                 for t in topics {
                     put_string(&mut buf, &t.topic);
                     put_count(&mut buf, t.partition_ids.len());
-                    for p in &t.partition_ids {
-                        buf.extend_from_slice(&p.to_be_bytes());
+                    for &p in &t.partition_ids {
+                        put_i32(&mut buf, p);
                     }
                 }
             }
         }
-        buf.extend_from_slice(&self.transaction_last_update_timestamp_ms.to_be_bytes());
-        buf.extend_from_slice(&self.transaction_start_timestamp_ms.to_be_bytes());
+        put_i64(&mut buf, self.transaction_last_update_timestamp_ms);
+        put_i64(&mut buf, self.transaction_start_timestamp_ms);
         buf
     }
 }
 
 // ---------------------------------------------------------------- decoding
-
-/// A bounds-checked reader over one key or value.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        let remaining = self.remaining();
-        if n > remaining {
-            return Err(RecordError::Truncated {
-                position: self.pos,
-                needed: n,
-                remaining,
-            });
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-
-    fn i8(&mut self) -> Result<i8, RecordError> {
-        Ok(i8::from_be_bytes(self.array()?))
-    }
-
-    fn i16(&mut self) -> Result<i16, RecordError> {
-        Ok(i16::from_be_bytes(self.array()?))
-    }
-
-    fn i32(&mut self) -> Result<i32, RecordError> {
-        Ok(i32::from_be_bytes(self.array()?))
-    }
-
-    fn i64(&mut self) -> Result<i64, RecordError> {
-        Ok(i64::from_be_bytes(self.array()?))
-    }
-
-    fn utf8(&mut self, len: usize) -> Result<String, RecordError> {
-        let b = self.take(len)?;
-        let s = std::str::from_utf8(b).map_err(|_| RecordError::NotUtf8)?;
-        Ok(s.to_owned())
-    }
-
-    /// A non-nullable classic string.
-    fn string(&mut self) -> Result<String, RecordError> {
-        let len = self.i16()?;
-        if len < 0 {
-            return Err(RecordError::NegativeLength(i64::from(len)));
-        }
-        self.utf8(len as usize)
-    }
-
-    fn unsigned_varint(&mut self) -> Result<u32, RecordError> {
-        let mut value = 0u32;
-        for i in 0..5 {
-            let b = self.array::<1>()?[0];
-            value |= u32::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(RecordError::VarintTooLong)
-    }
-
-    /// A flexible length or count: `n + 1`, with `0` for null.
-    fn compact_length(&mut self) -> Result<Option<usize>, RecordError> {
-        Ok(match self.unsigned_varint()? {
-            0 => None,
-            n => Some(n as usize - 1),
-        })
-    }
-
-    fn compact_string(&mut self) -> Result<String, RecordError> {
-        match self.compact_length()? {
-            Some(len) => self.utf8(len),
-            None => Err(RecordError::NegativeLength(-1)),
-        }
-    }
-
-    /// A count that must fit in what remains, each element taking at least
-    /// `element_bytes_min`: a corrupt count fails here instead of reserving
-    /// memory for it.
-    fn checked_count(&self, count: usize, element_bytes_min: usize) -> Result<usize, RecordError> {
-        let needed = count.saturating_mul(element_bytes_min);
-        if needed > self.remaining() {
-            return Err(RecordError::Truncated {
-                position: self.pos,
-                needed,
-                remaining: self.remaining(),
-            });
-        }
-        Ok(count)
-    }
-
-    /// The tagged fields that end a flexible struct; `on_tag` sees each
-    /// tag and its bytes.
-    fn tagged_fields(
-        &mut self,
-        mut on_tag: impl FnMut(u32, &'a [u8]) -> Result<(), RecordError>,
-    ) -> Result<(), RecordError> {
-        let count = self.unsigned_varint()? as usize;
-        for _ in 0..self.checked_count(count, 2)? {
-            let tag = self.unsigned_varint()?;
-            let size = self.unsigned_varint()? as usize;
-            on_tag(tag, self.take(size)?)?;
-        }
-        Ok(())
-    }
-
-    fn finish(&self) -> Result<(), RecordError> {
-        match self.remaining() {
-            0 => Ok(()),
-            left => Err(RecordError::TrailingBytes(left)),
-        }
-    }
-}
 
 /// Decodes a key: the transactional id, or `None` for a key version this
 /// code does not know.
@@ -304,7 +154,7 @@ pub fn decode_value(value: &[u8]) -> Result<TransactionLogValue, RecordError> {
     let transaction_status =
         TransactionState::from_id(status).ok_or(RecordError::UnknownTransactionStatus(status))?;
     let topic_count = if flexible {
-        r.compact_length()?
+        r.compact_len()?
     } else {
         usize::try_from(r.i32()?).ok()
     };
@@ -351,10 +201,10 @@ fn decode_partitions(r: &mut Reader<'_>, flexible: bool) -> Result<PartitionsSch
         r.string()?
     };
     let count = if flexible {
-        r.compact_length()?.ok_or(RecordError::NegativeLength(-1))?
+        r.compact_len()?.ok_or(SchemaError::NegativeLength(-1))?
     } else {
         let n = r.i32()?;
-        usize::try_from(n).map_err(|_| RecordError::NegativeLength(i64::from(n)))?
+        usize::try_from(n).map_err(|_| SchemaError::NegativeLength(i64::from(n)))?
     };
     let count = r.checked_count(count, 4)?;
     let mut partition_ids = Vec::with_capacity(count);
@@ -362,7 +212,7 @@ fn decode_partitions(r: &mut Reader<'_>, flexible: bool) -> Result<PartitionsSch
         partition_ids.push(r.i32()?);
     }
     if flexible {
-        r.tagged_fields(|_, _| Ok(()))?;
+        r.skip_tagged_fields()?;
     }
     Ok(PartitionsSchema {
         topic,

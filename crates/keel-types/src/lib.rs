@@ -1,10 +1,13 @@
 //! Kafka-vocabulary types shared by every Keel crate.
 //!
 //! **Architecture Invariant:** this crate depends on no other Keel crate and on
-//! no runtime (no tokio, no I/O). It holds names and limits, not behaviour.
+//! no runtime (no tokio, no I/O). It holds names and limits, and the byte
+//! layout of Kafka's internal-topic record schemas that both coordinators
+//! share (`record_schema`), not behaviour.
 
 pub mod coordinator;
 pub mod limits;
+pub mod record_schema;
 mod topic_partition;
 
 pub use topic_partition::{TopicPartition, TopicPartitionParseError};

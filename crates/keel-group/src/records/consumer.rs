@@ -7,9 +7,13 @@
 //! an empty tagged-field section after every struct. Tagged fields written
 //! by others are skipped on decode.
 
+use keel_types::record_schema::{
+    put_compact_len, put_compact_nullable_string, put_compact_string, put_empty_tags, put_i16,
+    put_i32, put_i8, put_string, Reader,
+};
 use uuid::Uuid;
 
-use super::{put_i16, put_i32, put_string, Reader, RecordError};
+use super::RecordError;
 
 /// `ConsumerGroupMetadataKey`.
 pub const CONSUMER_GROUP_METADATA_KEY_VERSION: i16 = 3;
@@ -187,41 +191,8 @@ pub fn consumer_group_current_member_assignment_key(group_id: &str, member_id: &
 
 // ---------------------------------------------------------------- flexible encoding
 
-fn put_uvarint(buf: &mut Vec<u8>, mut v: u32) {
-    while v >= 0x80 {
-        buf.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn put_compact_len(buf: &mut Vec<u8>, len: usize) {
-    let len = u32::try_from(len)
-        .ok()
-        .and_then(|n| n.checked_add(1))
-        .expect("compact length overflows u32");
-    put_uvarint(buf, len);
-}
-
-fn put_compact_string(buf: &mut Vec<u8>, s: &str) {
-    put_compact_len(buf, s.len());
-    buf.extend_from_slice(s.as_bytes());
-}
-
-fn put_compact_nullable_string(buf: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => put_uvarint(buf, 0),
-        Some(s) => put_compact_string(buf, s),
-    }
-}
-
 fn put_uuid(buf: &mut Vec<u8>, id: &Uuid) {
     buf.extend_from_slice(id.as_bytes());
-}
-
-/// An empty tagged-field section.
-fn put_no_tags(buf: &mut Vec<u8>) {
-    put_uvarint(buf, 0);
 }
 
 fn put_topic_partitions(buf: &mut Vec<u8>, tps: &TopicPartitions) {
@@ -232,7 +203,7 @@ fn put_topic_partitions(buf: &mut Vec<u8>, tps: &TopicPartitions) {
         for &p in partitions {
             put_i32(buf, p);
         }
-        put_no_tags(buf);
+        put_empty_tags(buf);
     }
 }
 
@@ -246,7 +217,7 @@ impl ConsumerGroupMetadataValue {
         let mut buf = Vec::with_capacity(7);
         value_header(&mut buf);
         put_i32(&mut buf, self.epoch);
-        put_no_tags(&mut buf);
+        put_empty_tags(&mut buf);
         buf
     }
 }
@@ -261,9 +232,9 @@ impl ConsumerGroupPartitionMetadataValue {
             put_compact_string(&mut buf, &t.topic_name);
             put_i32(&mut buf, t.num_partitions);
             put_compact_len(&mut buf, 0); // PartitionMetadata (racks): not kept.
-            put_no_tags(&mut buf);
+            put_empty_tags(&mut buf);
         }
-        put_no_tags(&mut buf);
+        put_empty_tags(&mut buf);
         buf
     }
 }
@@ -283,7 +254,7 @@ impl ConsumerGroupMemberMetadataValue {
         put_compact_nullable_string(&mut buf, self.subscribed_topic_regex.as_deref());
         put_i32(&mut buf, self.rebalance_timeout_ms);
         put_compact_nullable_string(&mut buf, self.server_assignor.as_deref());
-        put_no_tags(&mut buf);
+        put_empty_tags(&mut buf);
         buf
     }
 }
@@ -293,7 +264,7 @@ impl ConsumerGroupTargetAssignmentMetadataValue {
         let mut buf = Vec::with_capacity(7);
         value_header(&mut buf);
         put_i32(&mut buf, self.assignment_epoch);
-        put_no_tags(&mut buf);
+        put_empty_tags(&mut buf);
         buf
     }
 }
@@ -303,7 +274,7 @@ impl ConsumerGroupTargetAssignmentMemberValue {
         let mut buf = Vec::with_capacity(16);
         value_header(&mut buf);
         put_topic_partitions(&mut buf, &self.topic_partitions);
-        put_no_tags(&mut buf);
+        put_empty_tags(&mut buf);
         buf
     }
 }
@@ -314,124 +285,64 @@ impl ConsumerGroupCurrentMemberAssignmentValue {
         value_header(&mut buf);
         put_i32(&mut buf, self.member_epoch);
         put_i32(&mut buf, self.previous_member_epoch);
-        buf.push(self.state as u8);
+        put_i8(&mut buf, self.state);
         put_topic_partitions(&mut buf, &self.assigned_partitions);
         put_topic_partitions(&mut buf, &self.partitions_pending_revocation);
-        put_no_tags(&mut buf);
+        put_empty_tags(&mut buf);
         buf
     }
 }
 
 // ---------------------------------------------------------------- flexible decoding
 
-impl Reader<'_> {
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
+/// A non-nullable compact string; null is `Invalid` here.
+fn non_null_compact_string(r: &mut Reader<'_>) -> Result<String, RecordError> {
+    r.compact_nullable_string()?
+        .ok_or(RecordError::Invalid("null string in a non-nullable field"))
+}
 
-    fn i8(&mut self) -> Result<i8, RecordError> {
-        Ok(self.take(1)?[0] as i8)
-    }
+/// A non-nullable compact array count, refused before anything is
+/// allocated for it when it exceeds the bytes that remain; null is
+/// `Invalid` here.
+fn non_null_compact_array_len(r: &mut Reader<'_>) -> Result<usize, RecordError> {
+    r.compact_array_len(1)?
+        .ok_or(RecordError::Invalid("null array in a non-nullable field"))
+}
 
-    fn uvarint(&mut self) -> Result<u32, RecordError> {
-        let mut out: u32 = 0;
-        for i in 0..5 {
-            let b = self.take(1)?[0];
-            if i == 4 && b > 0x0f {
-                return Err(RecordError::Invalid("varint longer than 32 bits"));
-            }
-            out |= u32::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(out);
-            }
-        }
-        Err(RecordError::Invalid("varint longer than 32 bits"))
-    }
+fn uuid(r: &mut Reader<'_>) -> Result<Uuid, RecordError> {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(r.take(16)?);
+    Ok(Uuid::from_bytes(a))
+}
 
-    /// A compact length: `None` for null. Counts beyond the bytes that remain
-    /// are refused before anything is allocated for them.
-    fn compact_len(&mut self) -> Result<Option<usize>, RecordError> {
-        let n = self.uvarint()?;
-        if n == 0 {
-            return Ok(None);
-        }
-        let len = (n - 1) as usize;
-        if len > self.remaining() {
-            return Err(RecordError::Truncated {
-                position: self.pos,
-                needed: len,
-                remaining: self.remaining(),
-            });
-        }
-        Ok(Some(len))
-    }
-
-    fn compact_array_len(&mut self) -> Result<usize, RecordError> {
-        self.compact_len()?
-            .ok_or(RecordError::Invalid("null array in a non-nullable field"))
-    }
-
-    fn compact_nullable_string(&mut self) -> Result<Option<String>, RecordError> {
-        let Some(len) = self.compact_len()? else {
-            return Ok(None);
-        };
-        let b = self.take(len)?;
-        let s = std::str::from_utf8(b).map_err(|_| RecordError::NotUtf8)?;
-        Ok(Some(s.to_owned()))
-    }
-
-    fn compact_string(&mut self) -> Result<String, RecordError> {
-        self.compact_nullable_string()?
-            .ok_or(RecordError::Invalid("null string in a non-nullable field"))
-    }
-
-    fn uuid(&mut self) -> Result<Uuid, RecordError> {
-        let b = self.take(16)?;
-        let mut a = [0u8; 16];
-        a.copy_from_slice(b);
-        Ok(Uuid::from_bytes(a))
-    }
-
-    /// Skips a tagged-field section (unknown tags are ignored).
-    fn tags(&mut self) -> Result<(), RecordError> {
-        let count = self.uvarint()?;
+fn topic_partitions(r: &mut Reader<'_>) -> Result<TopicPartitions, RecordError> {
+    let n = non_null_compact_array_len(r)?;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let topic = uuid(r)?;
+        let count = non_null_compact_array_len(r)?;
+        let mut partitions = Vec::with_capacity(count.min(1024));
         for _ in 0..count {
-            let _tag = self.uvarint()?;
-            let size = self.uvarint()? as usize;
-            self.take(size)?;
+            partitions.push(r.i32()?);
         }
-        Ok(())
+        r.skip_tagged_fields()?;
+        out.push((topic, partitions));
     }
+    Ok(out)
+}
 
-    fn topic_partitions(&mut self) -> Result<TopicPartitions, RecordError> {
-        let n = self.compact_array_len()?;
-        let mut out = Vec::with_capacity(n.min(1024));
-        for _ in 0..n {
-            let topic = self.uuid()?;
-            let count = self.compact_array_len()?;
-            let mut partitions = Vec::with_capacity(count.min(1024));
-            for _ in 0..count {
-                partitions.push(self.i32()?);
-            }
-            self.tags()?;
-            out.push((topic, partitions));
-        }
-        Ok(out)
-    }
-
-    fn value_version(&mut self, kind: &'static str) -> Result<(), RecordError> {
-        match self.i16()? {
-            0 => Ok(()),
-            version => Err(RecordError::UnsupportedVersion { kind, version }),
-        }
+fn value_version(r: &mut Reader<'_>, kind: &'static str) -> Result<(), RecordError> {
+    match r.i16()? {
+        0 => Ok(()),
+        version => Err(RecordError::UnsupportedVersion { kind, version }),
     }
 }
 
 fn decode_metadata_value(value: &[u8]) -> Result<ConsumerGroupMetadataValue, RecordError> {
     let mut r = Reader::new(value);
-    r.value_version("ConsumerGroupMetadataValue")?;
+    value_version(&mut r, "ConsumerGroupMetadataValue")?;
     let out = ConsumerGroupMetadataValue { epoch: r.i32()? };
-    r.tags()?;
+    r.skip_tagged_fields()?;
     r.finish()?;
     Ok(out)
 }
@@ -440,30 +351,30 @@ fn decode_partition_metadata_value(
     value: &[u8],
 ) -> Result<ConsumerGroupPartitionMetadataValue, RecordError> {
     let mut r = Reader::new(value);
-    r.value_version("ConsumerGroupPartitionMetadataValue")?;
-    let n = r.compact_array_len()?;
+    value_version(&mut r, "ConsumerGroupPartitionMetadataValue")?;
+    let n = non_null_compact_array_len(&mut r)?;
     let mut topics = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
-        let topic_id = r.uuid()?;
-        let topic_name = r.compact_string()?;
+        let topic_id = uuid(&mut r)?;
+        let topic_name = non_null_compact_string(&mut r)?;
         let num_partitions = r.i32()?;
-        let racks = r.compact_array_len()?;
+        let racks = non_null_compact_array_len(&mut r)?;
         for _ in 0..racks {
             let _partition = r.i32()?;
-            let rack_count = r.compact_array_len()?;
+            let rack_count = non_null_compact_array_len(&mut r)?;
             for _ in 0..rack_count {
-                r.compact_string()?;
+                non_null_compact_string(&mut r)?;
             }
-            r.tags()?;
+            r.skip_tagged_fields()?;
         }
-        r.tags()?;
+        r.skip_tagged_fields()?;
         topics.push(PartitionMetadataTopic {
             topic_id,
             topic_name,
             num_partitions,
         });
     }
-    r.tags()?;
+    r.skip_tagged_fields()?;
     r.finish()?;
     Ok(ConsumerGroupPartitionMetadataValue { topics })
 }
@@ -472,20 +383,20 @@ fn decode_member_metadata_value(
     value: &[u8],
 ) -> Result<ConsumerGroupMemberMetadataValue, RecordError> {
     let mut r = Reader::new(value);
-    r.value_version("ConsumerGroupMemberMetadataValue")?;
+    value_version(&mut r, "ConsumerGroupMemberMetadataValue")?;
     let instance_id = r.compact_nullable_string()?;
     let rack_id = r.compact_nullable_string()?;
-    let client_id = r.compact_string()?;
-    let client_host = r.compact_string()?;
-    let n = r.compact_array_len()?;
+    let client_id = non_null_compact_string(&mut r)?;
+    let client_host = non_null_compact_string(&mut r)?;
+    let n = non_null_compact_array_len(&mut r)?;
     let mut subscribed_topic_names = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
-        subscribed_topic_names.push(r.compact_string()?);
+        subscribed_topic_names.push(non_null_compact_string(&mut r)?);
     }
     let subscribed_topic_regex = r.compact_nullable_string()?;
     let rebalance_timeout_ms = r.i32()?;
     let server_assignor = r.compact_nullable_string()?;
-    r.tags()?;
+    r.skip_tagged_fields()?;
     r.finish()?;
     Ok(ConsumerGroupMemberMetadataValue {
         instance_id,
@@ -503,11 +414,11 @@ fn decode_target_assignment_metadata_value(
     value: &[u8],
 ) -> Result<ConsumerGroupTargetAssignmentMetadataValue, RecordError> {
     let mut r = Reader::new(value);
-    r.value_version("ConsumerGroupTargetAssignmentMetadataValue")?;
+    value_version(&mut r, "ConsumerGroupTargetAssignmentMetadataValue")?;
     let out = ConsumerGroupTargetAssignmentMetadataValue {
         assignment_epoch: r.i32()?,
     };
-    r.tags()?;
+    r.skip_tagged_fields()?;
     r.finish()?;
     Ok(out)
 }
@@ -516,11 +427,11 @@ fn decode_target_assignment_member_value(
     value: &[u8],
 ) -> Result<ConsumerGroupTargetAssignmentMemberValue, RecordError> {
     let mut r = Reader::new(value);
-    r.value_version("ConsumerGroupTargetAssignmentMemberValue")?;
+    value_version(&mut r, "ConsumerGroupTargetAssignmentMemberValue")?;
     let out = ConsumerGroupTargetAssignmentMemberValue {
-        topic_partitions: r.topic_partitions()?,
+        topic_partitions: topic_partitions(&mut r)?,
     };
-    r.tags()?;
+    r.skip_tagged_fields()?;
     r.finish()?;
     Ok(out)
 }
@@ -529,16 +440,16 @@ fn decode_current_member_assignment_value(
     value: &[u8],
 ) -> Result<ConsumerGroupCurrentMemberAssignmentValue, RecordError> {
     let mut r = Reader::new(value);
-    r.value_version("ConsumerGroupCurrentMemberAssignmentValue")?;
+    value_version(&mut r, "ConsumerGroupCurrentMemberAssignmentValue")?;
     let member_epoch = r.i32()?;
     let previous_member_epoch = r.i32()?;
     let state = r.i8()?;
     if !(0..=2).contains(&state) {
         return Err(RecordError::Invalid("unknown member state"));
     }
-    let assigned_partitions = r.topic_partitions()?;
-    let partitions_pending_revocation = r.topic_partitions()?;
-    r.tags()?;
+    let assigned_partitions = topic_partitions(&mut r)?;
+    let partitions_pending_revocation = topic_partitions(&mut r)?;
+    r.skip_tagged_fields()?;
     r.finish()?;
     Ok(ConsumerGroupCurrentMemberAssignmentValue {
         member_epoch,
