@@ -156,7 +156,7 @@ async fn a_transaction_left_open_is_aborted_at_its_timeout() {
         &bootstrap,
         "hanging",
         &[
-            ("transaction.timeout.ms", "2000"),
+            ("transaction.timeout.ms", "6000"),
             ("message.timeout.ms", "2000"),
             ("socket.timeout.ms", "2000"),
         ],
@@ -169,6 +169,18 @@ async fn a_transaction_left_open_is_aborted_at_its_timeout() {
     // until the coordinator aborts the transaction, then visible.
     let plain = producer(&bootstrap, &[]);
     send(&plain, &topic, 0, None, "after").await;
+    // ListOffsets by isolation level, well before the transaction times out:
+    // the latest offset a read_committed consumer may start from is the open
+    // transaction's first offset (the last stable offset), a read_uncommitted
+    // one's the high watermark.
+    let latest = |isolation: &str| {
+        consumer(&bootstrap, &[("isolation.level", isolation)])
+            .fetch_watermarks(&topic, 0, CLIENT_TIMEOUT)
+            .expect("ListOffsets")
+            .1
+    };
+    assert_eq!(latest("read_committed"), 0);
+    assert_eq!(latest("read_uncommitted"), 2);
     let started = Instant::now();
     let read = read_values(&bootstrap, &topic, 1, "read_committed", 1, CLIENT_TIMEOUT);
     assert_eq!(
