@@ -401,7 +401,9 @@ pub struct DescribedConfig {
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub node_id: i32,
-    pub listener: std::net::SocketAddr,
+    pub process_roles: ProcessRoles,
+    /// The client (PLAINTEXT) listener; a controller-only node has none.
+    pub listener: Option<std::net::SocketAddr>,
     /// The controller quorum's settings, under KRaft's names.
     pub quorum: QuorumConfig,
     pub advertised_host: String,
@@ -433,6 +435,79 @@ pub struct BrokerConfig {
     pub txn: TxnConfig,
     /// Every setting given explicitly (file or override), after normalisation.
     explicit: BTreeMap<String, String>,
+}
+
+/// `process.roles`: whether this node serves clients and hosts partitions
+/// (broker), votes in the metadata quorum and may become the active
+/// controller (controller), or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessRoles {
+    pub broker: bool,
+    pub controller: bool,
+}
+
+impl ProcessRoles {
+    fn parse(value: &str) -> Result<Self, ConfigError> {
+        let mut roles = ProcessRoles {
+            broker: false,
+            controller: false,
+        };
+        for role in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let seen = match role {
+                "broker" => std::mem::replace(&mut roles.broker, true),
+                "controller" => std::mem::replace(&mut roles.controller, true),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "process.roles: unknown role {role:?} (broker, controller)"
+                    )))
+                }
+            };
+            if seen {
+                return Err(ConfigError(format!("process.roles: {role} given twice")));
+            }
+        }
+        if !roles.broker && !roles.controller {
+            return Err(ConfigError("process.roles names no role".into()));
+        }
+        Ok(roles)
+    }
+
+    /// Kafka's rules: a controller is one of the voters and a node that is
+    /// only a broker is not (it follows the metadata log as an observer).
+    fn check_voters(
+        self,
+        node_id: i32,
+        voters: &BTreeMap<i32, String>,
+        controller_name: &str,
+    ) -> Result<(), ConfigError> {
+        let voter = voters.contains_key(&node_id);
+        if self.controller && !voter {
+            return Err(ConfigError(format!(
+                "process.roles includes controller, so node.id {node_id} must be one of \
+                 controller.quorum.voters"
+            )));
+        }
+        if !self.controller && voter {
+            return Err(ConfigError(format!(
+                "process.roles is broker alone, so node.id {node_id} must not be one of \
+                 controller.quorum.voters; give it a {controller_name} listener for the \
+                 voters to reach it"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<std::net::SocketAddr, ConfigError> {
+    format!("{host}:{port}")
+        .parse()
+        .or_else(|_| {
+            std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or(())
+        })
+        .map_err(|_| ConfigError(format!("cannot resolve listener host {host:?}")))
 }
 
 /// The `host:port` of the listener called `name` in a `listeners`-shaped
@@ -522,41 +597,66 @@ impl BrokerConfig {
                 )));
             }
         }
-        let (host, port) = find_listener(&get("listeners"), "PLAINTEXT")?.ok_or_else(|| {
-            ConfigError("listeners has no PLAINTEXT listener; every node is a broker".into())
-        })?;
-        let listener = format!("{host}:{port}")
-            .parse()
-            .or_else(|_| {
-                std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or(())
-            })
-            .map_err(|_| ConfigError(format!("cannot resolve listener host {host:?}")))?;
-        let advertised = get("advertised.listeners");
-        let (advertised_host, advertised_port) = if advertised.is_empty() {
-            let host = if host == "0.0.0.0" {
-                "127.0.0.1".to_string()
-            } else {
-                host
-            };
-            (host, port)
-        } else {
-            find_listener(&advertised, "PLAINTEXT")?.ok_or_else(|| {
-                ConfigError("advertised.listeners has no PLAINTEXT listener".into())
-            })?
+        let process_roles = ProcessRoles::parse(&get("process.roles"))?;
+        let plaintext = find_listener(&get("listeners"), "PLAINTEXT")?;
+        let (listener, advertised_host, advertised_port) = match (process_roles.broker, plaintext) {
+            (true, Some((host, port))) => {
+                let listener = resolve(&host, port)?;
+                let advertised = get("advertised.listeners");
+                let (advertised_host, advertised_port) = if advertised.is_empty() {
+                    let host = if host == "0.0.0.0" {
+                        "127.0.0.1".to_string()
+                    } else {
+                        host
+                    };
+                    (host, port)
+                } else {
+                    find_listener(&advertised, "PLAINTEXT")?.ok_or_else(|| {
+                        ConfigError("advertised.listeners has no PLAINTEXT listener".into())
+                    })?
+                };
+                (Some(listener), advertised_host, advertised_port)
+            }
+            (true, None) => {
+                return Err(ConfigError(
+                    "listeners has no PLAINTEXT listener, which process.roles=broker needs".into(),
+                ))
+            }
+            // Kafka's rule: clients never reach a controller-only node, so
+            // it has no client listener to advertise.
+            (false, Some(_)) => {
+                return Err(ConfigError(format!(
+                    "listeners may only hold the {controller_name} listener when \
+                     process.roles=controller"
+                )))
+            }
+            (false, None) => (None, String::new(), 0),
         };
         let node_id = setting(&get, "node.id")?;
-        // A lone voter needs no address others can reach: any free port does.
+        // A lone voter needs no address others can reach: any free port
+        // does. A controller-only node is reached at nothing else.
         let controller_listener = match find_listener(&get("listeners"), controller_name)? {
             Some((host, port)) => format!("{host}:{port}"),
-            None => "127.0.0.1:0".to_string(),
+            None if process_roles.broker => "127.0.0.1:0".to_string(),
+            None => {
+                return Err(ConfigError(format!(
+                    "listeners has no {controller_name} listener, which \
+                     process.roles=controller needs"
+                )))
+            }
         };
         let voters = match get("controller.quorum.voters").trim() {
+            "" if !process_roles.controller => {
+                return Err(ConfigError(
+                    "process.roles is broker alone, so controller.quorum.voters must name \
+                     the controllers"
+                        .into(),
+                ))
+            }
             "" => BTreeMap::from([(node_id, controller_listener.clone())]),
             voters => parse_voters(voters).map_err(|e| ConfigError(e.to_string()))?,
         };
+        process_roles.check_voters(node_id, &voters, controller_name)?;
         let rack = Some(get("broker.rack")).filter(|r| !r.is_empty());
         let log_dir = PathBuf::from(
             get("log.dirs")
@@ -575,6 +675,7 @@ impl BrokerConfig {
         quorum.connections_max_idle_ms = setting(&get, "connections.max.idle.ms")?;
         let config = BrokerConfig {
             node_id,
+            process_roles,
             listener,
             quorum,
             advertised_host,
@@ -888,7 +989,7 @@ mod tests {
         let (c, unknown) = BrokerConfig::from_properties(BTreeMap::new()).unwrap();
         assert!(unknown.is_empty());
         assert_eq!(c.node_id, 1);
-        assert_eq!(c.listener.port(), 9092);
+        assert_eq!(c.listener.map(|l| l.port()), Some(9092));
         assert_eq!(c.advertised_host, "127.0.0.1");
         assert_eq!(c.log_dir, PathBuf::from("./keel-data"));
         let log = c.log_config_for(&MetadataImage::empty(), &BTreeMap::new());
@@ -951,5 +1052,52 @@ mod tests {
         assert!(BrokerConfig::from_properties(props(&[("listeners", "127.0.0.1:9092")])).is_err());
         let (_, unknown) = BrokerConfig::from_properties(props(&[("no.such", "1")])).unwrap();
         assert_eq!(unknown, vec!["no.such".to_string()]);
+    }
+
+    #[test]
+    fn process_roles_follow_kafkas_rules() {
+        let voters = "1@127.0.0.1:9192,2@127.0.0.1:9193,3@127.0.0.1:9194";
+        let node = |id: &str, roles: &str, listeners: &str| {
+            BrokerConfig::from_properties(props(&[
+                ("node.id", id),
+                ("process.roles", roles),
+                ("listeners", listeners),
+                ("controller.quorum.voters", voters),
+            ]))
+            .map(|(c, _)| c)
+        };
+        let broker = node("4", "broker", "PLAINTEXT://127.0.0.1:9095").unwrap();
+        assert!(broker.process_roles.broker && !broker.process_roles.controller);
+        let controller = node("1", "controller", "CONTROLLER://127.0.0.1:9192").unwrap();
+        assert_eq!(controller.listener, None);
+        assert!(!controller.process_roles.broker);
+        let combined = node(
+            "2",
+            "controller, broker",
+            "PLAINTEXT://127.0.0.1:9093,CONTROLLER://127.0.0.1:9193",
+        )
+        .unwrap();
+        assert!(combined.process_roles.broker && combined.process_roles.controller);
+
+        // A broker alone is not a voter; a controller is.
+        assert!(node("1", "broker", "PLAINTEXT://127.0.0.1:9092").is_err());
+        assert!(node("4", "controller", "CONTROLLER://127.0.0.1:9195").is_err());
+        // Clients never reach a controller-only node.
+        assert!(node(
+            "1",
+            "controller",
+            "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9192"
+        )
+        .is_err());
+        assert!(node("1", "controller", "").is_err());
+        assert!(node("4", "broker", "CONTROLLER://127.0.0.1:9195").is_err());
+        for roles in ["", "broker,broker", "leader"] {
+            assert!(
+                node("1", roles, "PLAINTEXT://127.0.0.1:9092").is_err(),
+                "{roles:?}"
+            );
+        }
+        // Without voters a node is its own quorum, which a broker alone cannot be.
+        assert!(BrokerConfig::from_properties(props(&[("process.roles", "broker")])).is_err());
     }
 }

@@ -11,6 +11,7 @@ mod broker_client;
 mod codec;
 pub mod config;
 mod connection;
+mod controller_node;
 mod coordinator_log;
 pub mod dispatch;
 mod errors;
@@ -25,4 +26,5 @@ mod transactions;
 
 pub use broker::{now_ms, Broker, BrokerError};
 pub use config::{BrokerConfig, ConfigError};
+pub use controller_node::ControllerNode;
 pub use server::{BoundListener, Server};

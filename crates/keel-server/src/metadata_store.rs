@@ -200,6 +200,11 @@ impl MetadataStore {
         self.quorum().node_id()
     }
 
+    /// The controller listener as bound.
+    pub fn controller_listener(&self) -> std::net::SocketAddr {
+        self.quorum().listener_addr()
+    }
+
     /// The active controller this node knows of.
     pub fn controller_id(&self) -> Option<i32> {
         self.quorum().info().leader_id

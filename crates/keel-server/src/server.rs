@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::broker::Broker;
-use crate::config::BrokerConfig;
 use crate::connection;
 
 pub struct Server {
@@ -23,9 +22,9 @@ pub struct BoundListener {
 }
 
 impl BoundListener {
-    pub async fn bind(config: &BrokerConfig) -> std::io::Result<Self> {
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
         Ok(Self {
-            listener: TcpListener::bind(config.listener).await?,
+            listener: TcpListener::bind(addr).await?,
         })
     }
 

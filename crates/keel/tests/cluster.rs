@@ -1,12 +1,13 @@
 //! Three combined broker/controller nodes on loopback: the cluster forms,
 //! spreads replicas and leaders over every broker, and carries on after
 //! losing its active controller, a partition leader, or the transaction
-//! coordinator in the middle of a transaction.
+//! coordinator in the middle of a transaction. With separate controllers,
+//! acks=all refuses writes while two of three brokers are down.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
 use common::*;
@@ -375,4 +376,88 @@ async fn a_transaction_survives_losing_its_coordinator() {
     .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
     .collect();
     assert_eq!(read, expected, "second committed: {second_committed}");
+}
+
+/// Isolated mode (`process.roles=broker` and `controller` on separate
+/// nodes): with the quorum elsewhere, two of three brokers can die. The
+/// survivor then leads alone, so acks=all writes fail with
+/// NOT_ENOUGH_REPLICAS instead of being acknowledged by too few copies; what
+/// was acknowledged stays, and writes resume once a broker is back in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_refuses_writes_with_two_of_three_brokers_down() {
+    let mut cluster = TestCluster::start_with_controllers(3, 3, &[("min.insync.replicas", "2")]);
+    let topic = unique_topic("two-down");
+    let placement = create_replicated(&cluster.bootstrap(), &topic, 1).await;
+    let leader = placement[&0].leader;
+    let follower = *placement[&0]
+        .replicas
+        .iter()
+        .find(|&&r| r != leader)
+        .expect("RF=3 has followers");
+
+    let mut acknowledged = Vec::new();
+    let to_all = producer(&cluster.bootstrap(), &[("acks", "all")]);
+    for i in 0..50 {
+        let value = format!("before-{i}");
+        send(&to_all, &topic, 0, None, &value).await;
+        acknowledged.push(value);
+    }
+    drop(to_all);
+
+    cluster.kill(leader);
+    cluster.kill(follower);
+    let survivor = cluster.running().next().expect("one broker is left");
+    let bootstrap = cluster.bootstrap();
+    wait_until("the survivor leads alone", FAILOVER_TIMEOUT, || {
+        placements(&bootstrap, &topic, 1)[&0]
+            == Placement {
+                leader: survivor,
+                replicas: placement[&0].replicas.clone(),
+                isr: vec![survivor],
+            }
+    });
+
+    // No retries, so the broker's own answer is the delivery error.
+    let refused = producer(&bootstrap, &[("acks", "all"), ("retries", "0")]);
+    let refused_by = Instant::now() + CLIENT_TIMEOUT;
+    loop {
+        let record = FutureRecord::<(), str>::to(&topic)
+            .partition(0)
+            .payload("refused");
+        match refused.send(record, Duration::from_secs(10)).await {
+            Ok(delivered) => panic!("one replica acknowledged an acks=all write: {delivered:?}"),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::NotEnoughReplicas), _)) => break,
+            // Metadata may still name a dead leader for a moment.
+            Err((e, _)) => {
+                assert!(
+                    Instant::now() < refused_by,
+                    "never NOT_ENOUGH_REPLICAS: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    drop(refused);
+
+    cluster.restart(follower);
+    wait_until(
+        "the restarted follower is in sync again",
+        FAILOVER_TIMEOUT,
+        || {
+            placements(&bootstrap, &topic, 1)[&0]
+                .isr
+                .contains(&follower)
+        },
+    );
+    let to_all = producer(&cluster.bootstrap(), &[("acks", "all")]);
+    for i in 0..50 {
+        let value = format!("after-{i}");
+        send(&to_all, &topic, 0, None, &value).await;
+        acknowledged.push(value);
+    }
+    let read: Vec<String> = consume(&cluster.bootstrap(), &topic, 0, Offset::Beginning, 100)
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(read, acknowledged);
 }

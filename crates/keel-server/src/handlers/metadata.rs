@@ -77,13 +77,25 @@ pub async fn handle(
     MetadataResponse::default()
         .with_brokers(brokers(&image))
         .with_cluster_id(Some(str_bytes(&image.cluster_id)))
-        .with_controller_id(BrokerId(broker.metadata.controller_id().unwrap_or(-1)))
+        .with_controller_id(BrokerId(controller_for_clients(broker, &image)))
         .with_topics(topics)
         .with_cluster_authorized_operations(if request.include_cluster_authorized_operations {
             CLUSTER_OPERATIONS_ALL
         } else {
             AUTHORIZED_OPERATIONS_OMITTED
         })
+}
+
+/// The controller id clients are told. They send admin requests to the
+/// broker named here, so a controller-only node, which no client can reach,
+/// is never named: this broker stands in and forwards, as Kafka's brokers
+/// do. -1 while no controller is known.
+fn controller_for_clients(broker: &Broker, image: &MetadataImage) -> i32 {
+    match broker.metadata.controller_id() {
+        Some(id) if image.brokers.get(&id).is_some_and(|b| !b.fenced) => id,
+        Some(_) => broker.config.node_id,
+        None => -1,
+    }
 }
 
 async fn auto_create_topic(

@@ -1,7 +1,8 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use keel_server::{BoundListener, Broker, BrokerConfig};
+use keel_server::{BoundListener, Broker, BrokerConfig, ControllerNode};
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
@@ -15,11 +16,18 @@ pub struct ServerArgs {
 
 pub async fn run(args: ServerArgs) -> Result<()> {
     let settings = crate::settings::load(args.config.as_deref(), &args.overrides)?;
-    let (mut config, unknown) = BrokerConfig::from_properties(settings)?;
+    let (config, unknown) = BrokerConfig::from_properties(settings)?;
     for name in unknown {
         tracing::warn!(name, "ignoring unknown setting");
     }
-    let listener = BoundListener::bind(&config)
+    match config.listener {
+        Some(addr) => run_broker(config, addr).await,
+        None => run_controller(config).await,
+    }
+}
+
+async fn run_broker(mut config: BrokerConfig, addr: SocketAddr) -> Result<()> {
+    let listener = BoundListener::bind(addr)
         .await
         .context("binding the listener")?;
     let bound = listener.local_addr()?;
@@ -33,6 +41,21 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     // Printed, not just logged: tests and scripts read the bound port here.
     println!("keel listening on {bound}");
     listener.serve(broker).run(shutdown).await?;
+    tracing::info!("clean shutdown");
+    Ok(())
+}
+
+/// `process.roles=controller`: the quorum and nothing else.
+async fn run_controller(config: BrokerConfig) -> Result<()> {
+    let controller = ControllerNode::start(&config)
+        .await
+        .context("joining the controller quorum")?;
+    let shutdown = shutdown_signal()?;
+    println!(
+        "keel controller listening on {}",
+        controller.controller_listener()
+    );
+    controller.run(shutdown).await;
     tracing::info!("clean shutdown");
     Ok(())
 }

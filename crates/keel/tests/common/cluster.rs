@@ -28,53 +28,112 @@ pub const FAST_FAILOVER: &[(&str, &str)] = &[
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 
 pub struct TestCluster {
-    /// Node `id` is `nodes[id - 1]`.
+    /// Node `id` is `nodes[id - 1]`: the brokers, which are also the
+    /// controllers unless `controllers` holds any.
     nodes: Vec<TestBroker>,
+    /// Controller-only nodes (`process.roles=controller`), ids from
+    /// [`CONTROLLER_IDS_FROM`] on; empty when every node is both.
+    controllers: Vec<TestBroker>,
     /// Nodes stopped with SIGSTOP: their sockets accept connections that are
     /// never answered, so no client is sent there.
     paused: BTreeSet<i32>,
 }
+
+/// The first controller-only node's id.
+pub const CONTROLLER_IDS_FROM: i32 = 101;
 
 impl TestCluster {
     /// Starts `n` nodes (ids 1..=n) forming one controller quorum, with
     /// [`FAST_FAILOVER`] and then `extra_overrides` as settings, and waits
     /// until every node's Metadata lists all `n` brokers and a controller.
     pub fn start(n: usize, extra_overrides: &[(&str, &str)]) -> TestCluster {
-        assert!(n >= 1, "a cluster needs a node");
-        let ports = free_ports(2 * n);
-        let (kafka_ports, controller_ports) = ports.split_at(n);
-        let voters = (1..=n)
-            .map(|id| format!("{id}@127.0.0.1:{}", controller_ports[id - 1]))
+        Self::start_with_controllers(n, 0, extra_overrides)
+    }
+
+    /// Like [`Self::start`], but with `controllers` controller-only nodes
+    /// as the quorum (Kafka's isolated mode), so brokers can die without
+    /// taking the quorum along; 0 makes every broker a controller too.
+    pub fn start_with_controllers(
+        brokers: usize,
+        controllers: usize,
+        extra_overrides: &[(&str, &str)],
+    ) -> TestCluster {
+        assert!(brokers >= 1, "a cluster needs a broker");
+        let ports = free_ports(2 * brokers + controllers);
+        let (kafka_ports, controller_ports) = ports.split_at(brokers);
+        let isolated = controllers > 0;
+        let voter_ids: Vec<i32> = if isolated {
+            (0..controllers as i32)
+                .map(|i| CONTROLLER_IDS_FROM + i)
+                .collect()
+        } else {
+            (1..=brokers as i32).collect()
+        };
+        // Brokers' controller ports first, then the controller-only nodes'.
+        let controller_port = |id: i32| {
+            if id >= CONTROLLER_IDS_FROM {
+                controller_ports[brokers + (id - CONTROLLER_IDS_FROM) as usize]
+            } else {
+                controller_ports[index(id)]
+            }
+        };
+        let voters = voter_ids
+            .iter()
+            .map(|&id| format!("{id}@127.0.0.1:{}", controller_port(id)))
             .collect::<Vec<_>>()
             .join(",");
-        let mut nodes: Vec<TestBroker> = (1..=n)
+        let node = |id: i32, roles: &str, listeners: String| {
+            let node_id = id.to_string();
+            let mut overrides = vec![
+                ("node.id", node_id.as_str()),
+                ("process.roles", roles),
+                ("listeners", listeners.as_str()),
+                ("controller.quorum.voters", voters.as_str()),
+            ];
+            overrides.extend_from_slice(FAST_FAILOVER);
+            overrides.extend_from_slice(extra_overrides);
+            let label = match roles {
+                "controller" => format!("controller {id}"),
+                _ => format!("node {id}"),
+            };
+            TestBroker::unstarted(&label, &overrides)
+        };
+        let broker_roles = if isolated {
+            "broker"
+        } else {
+            "broker,controller"
+        };
+        let mut nodes: Vec<TestBroker> = (1..=brokers as i32)
             .map(|id| {
-                let node_id = id.to_string();
+                // A broker alone still has a controller listener: the
+                // voters push the metadata log to it there.
                 let listeners = format!(
                     "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
-                    kafka_ports[id - 1],
-                    controller_ports[id - 1]
+                    kafka_ports[index(id)],
+                    controller_port(id)
                 );
-                let mut overrides = vec![
-                    ("node.id", node_id.as_str()),
-                    ("listeners", listeners.as_str()),
-                    ("controller.quorum.voters", voters.as_str()),
-                ];
-                overrides.extend_from_slice(FAST_FAILOVER);
-                overrides.extend_from_slice(extra_overrides);
-                TestBroker::unstarted(&format!("node {id}"), &overrides)
+                node(id, broker_roles, listeners)
+            })
+            .collect();
+        let mut controller_nodes: Vec<TestBroker> = voter_ids
+            .iter()
+            .filter(|_| isolated)
+            .map(|&id| {
+                let listeners = format!("CONTROLLER://127.0.0.1:{}", controller_port(id));
+                node(id, "controller", listeners)
             })
             .collect();
         // All are launched before any is awaited: a node prints its
         // listening line only once a majority of voters is up.
-        for node in &mut nodes {
+        for node in controller_nodes.iter_mut().chain(&mut nodes) {
             node.launch();
         }
-        for node in &mut nodes {
+        for node in controller_nodes.iter_mut().chain(&mut nodes) {
             node.await_listening();
         }
         let cluster = TestCluster {
             nodes,
+            controllers: controller_nodes,
             paused: BTreeSet::new(),
         };
         cluster.wait_until_formed();

@@ -183,7 +183,11 @@ impl TestBroker {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if !sent {
-                    if let Some(rest) = line.trim().strip_prefix("keel listening on ") {
+                    let line = line.trim();
+                    let listening = line
+                        .strip_prefix("keel listening on ")
+                        .or_else(|| line.strip_prefix("keel controller listening on "));
+                    if let Some(rest) = listening {
                         let _ = tx.send(rest.trim().to_string());
                         sent = true;
                     }
