@@ -1,7 +1,7 @@
 """confluent-kafka (librdkafka) AdminClient against a running broker at
 $KEEL_BOOTSTRAP: CreatePartitions (grow, refused shrink), DeleteRecords (log
 start offset, refused offset beyond the high watermark),
-IncrementalAlterConfigs on a topic (SET, APPEND, SUBTRACT, DELETE, refusals)
+ElectLeaders (preferred and unclean), IncrementalAlterConfigs on a topic (SET, APPEND, SUBTRACT, DELETE, refusals)
 and on broker 1 (static configs refused, a dynamic log.retention.ms reaching
 topics without an override), checked through DescribeConfigs values, sources
 and synonym names, and the legacy AlterConfigs replacing a topic's whole
@@ -384,8 +384,24 @@ def check_broker_configs():
                   "a topic after broker 1's log.retention.ms is deleted")
 
 
+def check_elect_leaders():
+    """ElectLeaders through librdkafka: on one broker every partition is
+    already led by its preferred replica, and an unclean election is not
+    needed where a leader exists; an unknown partition is named as such."""
+    from confluent_kafka import ElectionType
+
+    for election in (ElectionType.PREFERRED, ElectionType.UNCLEAN):
+        wanted = [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 99)]
+        results = admin.elect_leaders(election, wanted).result(timeout=TIMEOUT_S)
+        got = {tp.partition: (err.code() if err else None) for tp, err in results.items()}
+        want = {0: KafkaError.ELECTION_NOT_NEEDED, 99: KafkaError.UNKNOWN_TOPIC_OR_PART}
+        if got != want:
+            fail(f"ElectLeaders {election}: {got}, wanted {want}")
+
+
 def main():
     create_topic()
+    check_elect_leaders()
     check_create_partitions()
     check_delete_records()
     check_topic_configs()

@@ -36,7 +36,7 @@ pub fn placement_order(image: &MetadataImage) -> Vec<i32> {
         .collect()
 }
 
-fn unclean_election_enabled(
+pub(crate) fn unclean_election_enabled(
     image: &MetadataImage,
     topic: &TopicImage,
     defaults: TopicDefaults,
@@ -57,7 +57,7 @@ fn unclean_election_enabled(
 /// `restarted` is a broker that `can_serve` excludes because its process
 /// restarted: it still leads where it is all the ISR has, since no one else
 /// holds its data, but under a new epoch, as its log may have changed.
-fn rebalance_partition(
+pub(crate) fn rebalance_partition(
     p: &PartitionImage,
     can_serve: impl Fn(i32) -> bool,
     unclean: bool,
@@ -119,7 +119,7 @@ fn rebalance(
     records
 }
 
-fn serving(image: &MetadataImage, broker_id: i32) -> bool {
+pub(crate) fn serving(image: &MetadataImage, broker_id: i32) -> bool {
     image.brokers.get(&broker_id).is_some_and(|b| !b.fenced)
 }
 
@@ -234,17 +234,20 @@ pub fn alter_partition(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::controller::TopicDefaults;
 
-    const DEFAULTS: TopicDefaults = TopicDefaults {
+    pub(crate) const DEFAULTS: TopicDefaults = TopicDefaults {
         num_partitions: 1,
         replication_factor: 3,
         unclean_leader_election_enable: false,
     };
 
-    fn image(brokers: &[(i32, Option<&str>)], replicas: &[i32]) -> (MetadataImage, Uuid) {
+    pub(crate) fn image(
+        brokers: &[(i32, Option<&str>)],
+        replicas: &[i32],
+    ) -> (MetadataImage, Uuid) {
         let mut image = MetadataImage::empty();
         let mut offset = 0;
         let mut apply = |image: &mut MetadataImage, r: MetadataRecord| {
@@ -286,14 +289,14 @@ mod tests {
         (image, topic_id)
     }
 
-    fn apply_all(image: &mut MetadataImage, records: &[MetadataRecord]) {
+    pub(crate) fn apply_all(image: &mut MetadataImage, records: &[MetadataRecord]) {
         let offset = image.offset + 1;
         for r in records {
             image.apply(offset, r).unwrap();
         }
     }
 
-    fn partition(image: &MetadataImage) -> PartitionImage {
+    pub(crate) fn partition(image: &MetadataImage) -> PartitionImage {
         image.topic_by_name("t").unwrap().partitions[&0].clone()
     }
 

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod elections;
 mod image;
 mod records;
 pub mod request;

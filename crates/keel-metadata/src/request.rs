@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::cluster::{self, IsrChange};
 use crate::controller::{self, ConfigChange, ControllerError, NewTopic, TopicDefaults};
+use crate::elections::{self, ElectionResult, ElectionType};
 use crate::{ConfigResource, MetadataImage, MetadataRecord};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,6 +64,16 @@ pub enum ControllerRequest {
     AllocateProducerIds {
         block_size: i64,
     },
+    /// Kafka's ElectLeaders; `partitions: None` means every partition.
+    ElectLeaders {
+        election: ElectionType,
+        partitions: Option<Vec<(String, i32)>>,
+    },
+    /// The active controller's own periodic pass (see
+    /// [`elections::balance_leaders`]).
+    BalanceLeaders {
+        preferred: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +83,7 @@ pub enum ControllerReply {
     ProducerIdBlock {
         start: i64,
     },
+    Elections(Vec<ElectionResult>),
 }
 
 impl ControllerRequest {
@@ -150,7 +162,17 @@ pub fn decide(
         } => controller::create_partitions(image, topic, *count, assignments.as_deref())?,
         ControllerRequest::AlterConfigs {
             resource, change, ..
-        } => controller::alter_configs(image, resource, change)?,
+        } => {
+            let mut records = controller::alter_configs(image, resource, change)?;
+            // Allowing unclean elections acts at once on partitions waiting
+            // without a leader, as Kafka's controller does.
+            let mut next = image.clone();
+            for record in &records {
+                let _ = next.apply(image.offset + 1, record);
+            }
+            records.extend(elections::balance_leaders(&next, false, defaults));
+            records
+        }
         ControllerRequest::DeleteTopic { topic_id } => controller::delete_topic(image, *topic_id)?,
         ControllerRequest::AllocateProducerIds { block_size } => {
             if *block_size <= 0 {
@@ -163,6 +185,17 @@ pub fn decide(
                 next_block_start: start + block_size,
             }];
             return Ok((records, ControllerReply::ProducerIdBlock { start }));
+        }
+        ControllerRequest::ElectLeaders {
+            election,
+            partitions,
+        } => {
+            let (records, results) =
+                elections::elect_leaders(image, *election, partitions.as_deref());
+            return Ok((records, ControllerReply::Elections(results)));
+        }
+        ControllerRequest::BalanceLeaders { preferred } => {
+            elections::balance_leaders(image, *preferred, defaults)
         }
     };
     if request.validate_only() {

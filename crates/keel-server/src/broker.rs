@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keel_group::GroupService;
 use keel_metadata::cluster::IsrChange;
 use keel_metadata::controller::{self, ConfigChange, ControllerError, NewTopic};
+use keel_metadata::elections::{ElectionResult, ElectionType};
 use keel_metadata::{ConfigResource, ControllerReply, ControllerRequest, MetadataImage};
 use keel_storage::{LogManager, StorageError};
 use keel_txn::TxnService;
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use crate::broker_client::BrokerClients;
 use crate::config::BrokerConfig;
+use crate::controller_node::run_controller_duties;
 use crate::coordinator_log::{CoordinatorLog, OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use crate::fetch_session::FetchSessionCache;
 use crate::log_cleaner::LogCleaner;
@@ -359,6 +361,24 @@ impl Broker {
         Ok(())
     }
 
+    /// ElectLeaders for `partitions` (None: every partition).
+    pub async fn elect_leaders(
+        &self,
+        election: ElectionType,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Vec<ElectionResult>, AdminError> {
+        let reply = self
+            .request(ControllerRequest::ElectLeaders {
+                election,
+                partitions,
+            })
+            .await?;
+        let ControllerReply::Elections(results) = reply else {
+            unreachable!("the controller answers ElectLeaders with elections")
+        };
+        Ok(results)
+    }
+
     pub async fn delete_topic(&self, topic_id: Uuid) -> Result<(), AdminError> {
         self.request(ControllerRequest::DeleteTopic { topic_id })
             .await?;
@@ -454,16 +474,24 @@ impl Broker {
         }
     }
 
-    /// Heartbeats to the active controller and, while this node is the
-    /// active controller, fences brokers whose heartbeats stopped.
+    /// Heartbeats to the active controller and, on a node that is also a
+    /// controller, runs the active controller's duties.
     async fn run_liveness(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let session_timeout = Duration::from_millis(self.config.broker_session_timeout_ms);
+        let duties = self.config.process_roles.controller.then(|| {
+            let (broker, mut shutdown) = (self.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = shutdown.changed().await;
+                };
+                run_controller_duties(&broker.metadata, &broker.config, stopped).await
+            })
+        });
         let mut tick = tokio::time::interval(Duration::from_millis(
             self.config.broker_heartbeat_interval_ms,
         ));
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
                 _ = tick.tick() => {}
             }
             let heartbeat = ControllerRequest::BrokerHeartbeat {
@@ -474,7 +502,9 @@ impl Broker {
                 Ok(Err(refused)) => tracing::warn!(error = %refused, "heartbeat refused"),
                 Err(e) => tracing::debug!(error = %e, "heartbeat did not reach the controller"),
             }
-            self.metadata.fence_silent_brokers(session_timeout).await;
+        }
+        if let Some(duties) = duties {
+            let _ = duties.await;
         }
     }
 

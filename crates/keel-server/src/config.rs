@@ -114,6 +114,20 @@ pub const BROKER_CONFIGS: &[BrokerConfigDef] = &[
         "How long a broker may go without a heartbeat before it is fenced.",
     ),
     def(
+        "auto.leader.rebalance.enable",
+        "true",
+        Boolean,
+        Any,
+        "Whether the active controller moves leadership back to preferred replicas that are in sync.",
+    ),
+    def(
+        "leader.imbalance.check.interval.seconds",
+        "300",
+        Long,
+        AtLeast(1),
+        "How often the active controller looks for partitions led by other than their preferred replica, or left without a leader where unclean election is allowed.",
+    ),
+    def(
         "replica.lag.time.max.ms",
         "30000",
         Long,
@@ -411,6 +425,8 @@ pub struct BrokerConfig {
     pub rack: Option<String>,
     pub broker_heartbeat_interval_ms: u64,
     pub broker_session_timeout_ms: u64,
+    pub auto_leader_rebalance_enable: bool,
+    pub leader_imbalance_check_interval_ms: u64,
     pub replica_lag_time_max_ms: i64,
     pub replica_fetch_wait_max_ms: i32,
     pub replica_fetch_max_bytes: i32,
@@ -684,6 +700,13 @@ impl BrokerConfig {
             log_dir,
             broker_heartbeat_interval_ms: setting(&get, "broker.heartbeat.interval.ms")?,
             broker_session_timeout_ms: setting(&get, "broker.session.timeout.ms")?,
+            auto_leader_rebalance_enable: get("auto.leader.rebalance.enable")
+                .eq_ignore_ascii_case("true"),
+            leader_imbalance_check_interval_ms: setting::<u64>(
+                &get,
+                "leader.imbalance.check.interval.seconds",
+            )?
+            .saturating_mul(1000),
             replica_lag_time_max_ms: setting(&get, "replica.lag.time.max.ms")?,
             replica_fetch_wait_max_ms: setting(&get, "replica.fetch.wait.max.ms")?,
             replica_fetch_max_bytes: setting(&get, "replica.fetch.max.bytes")?,

@@ -259,6 +259,33 @@ impl MetadataStore {
         }
     }
 
+    /// On the active controller, the periodic leader pass: preferred
+    /// replicas lead again when `preferred`, and leaderless partitions whose
+    /// topic allows it get an unclean election.
+    pub async fn balance_leaders(&self, preferred: bool) {
+        let Some(quorum) = self.controller.quorum.get() else {
+            return;
+        };
+        if !quorum.info().is_leader() {
+            return;
+        }
+        match self
+            .controller
+            .decide(&ControllerRequest::BalanceLeaders { preferred })
+            .await
+        {
+            ControllerAnswer::Decided {
+                offset: Some(offset),
+                ..
+            } => tracing::info!(offset, "moved partition leadership"),
+            ControllerAnswer::Decided { offset: None, .. } => {}
+            ControllerAnswer::Refused(why) => tracing::warn!(%why, "leader balancing refused"),
+            ControllerAnswer::NotController(why) | ControllerAnswer::Failed(why) => {
+                tracing::info!(%why, "leader balancing did not happen")
+            }
+        }
+    }
+
     /// On the active controller, fences every unfenced broker that has not
     /// been heard from for `session_timeout`; elsewhere, forgets what it
     /// knew, so a later term starts with fresh sessions.

@@ -89,6 +89,14 @@ fn request(api: ApiKey, version: i16, fx: &Fixture) -> RequestKind {
             ])))
         }
         ApiKey::DescribeCluster => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+        ApiKey::ElectLeaders => RequestKind::ElectLeaders(
+            ElectLeadersRequest::default()
+                .with_topic_partitions(Some(vec![elect_leaders_request::TopicPartitions::default(
+                )
+                .with_topic(TopicName(s("t")))
+                .with_partitions(vec![0])]))
+                .with_timeout_ms(10_000),
+        ),
         ApiKey::CreateTopics => {
             RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![
             CreatableTopic::default()
@@ -783,6 +791,16 @@ fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind, fx: &Fix
         ResponseKind::DescribeConfigs(r) => r.results.iter().map(|t| t.error_code).collect(),
         ResponseKind::InitProducerId(r) => vec![r.error_code],
         ResponseKind::DescribeCluster(r) => vec![r.error_code],
+        ResponseKind::ElectLeaders(r) => {
+            // The only broker is every partition's preferred leader.
+            let codes: Vec<i16> = r
+                .replica_election_results
+                .iter()
+                .flat_map(|t| t.partition_result.iter().map(|p| p.error_code))
+                .collect();
+            assert_eq!(codes, [ResponseError::ElectionNotNeeded.code()], "{r:?}");
+            vec![r.error_code]
+        }
         ResponseKind::ApiVersions(r) => vec![r.error_code],
         ResponseKind::FindCoordinator(r) => std::iter::once(r.error_code)
             .chain(r.coordinators.iter().map(|c| c.error_code))

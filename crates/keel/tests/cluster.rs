@@ -1,8 +1,9 @@
 //! Three combined broker/controller nodes on loopback: the cluster forms,
 //! spreads replicas and leaders over every broker, and carries on after
 //! losing its active controller, a partition leader, or the transaction
-//! coordinator in the middle of a transaction. With separate controllers,
-//! acks=all refuses writes while two of three brokers are down.
+//! coordinator in the middle of a transaction; leadership returns to
+//! preferred replicas on request (ElectLeaders) or by itself. With separate
+//! controllers, acks=all refuses writes while two of three brokers are down.
 
 mod common;
 
@@ -11,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
 use common::*;
+use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+use kafka_protocol::messages::{ElectLeadersRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -460,4 +464,111 @@ async fn acks_all_refuses_writes_with_two_of_three_brokers_down() {
         .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
         .collect();
     assert_eq!(read, acknowledged);
+}
+
+/// ElectLeaders v2 sent to node `via` for `topic`-`partition`: the one
+/// partition result's error code.
+fn elect_leader(
+    cluster: &TestCluster,
+    via: i32,
+    election_type: i8,
+    topic: &str,
+    partition: i32,
+) -> i16 {
+    let request = ElectLeadersRequest::default()
+        .with_election_type(election_type)
+        .with_topic_partitions(Some(vec![TopicPartitions::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![partition])]))
+        .with_timeout_ms(10_000);
+    let response = RawConn::connect(cluster.node(via).addr())
+        .expect("connecting")
+        .request(2, &request)
+        .expect("ElectLeaders");
+    assert_eq!(response.error_code, 0, "{response:?}");
+    let results = &response.replica_election_results;
+    assert_eq!(results.len(), 1, "{response:?}");
+    assert_eq!(results[0].topic.0.as_str(), topic);
+    results[0].partition_result[0].error_code
+}
+
+/// Restarts the preferred (first) replica of `topic`-0, which then gives up
+/// leadership, and waits until it is back in the ISR as a follower.
+async fn displace_preferred_leader(cluster: &mut TestCluster, topic: &str) -> i32 {
+    let placement = create_replicated(&cluster.bootstrap(), topic, 1).await;
+    let preferred = placement[&0].replicas[0];
+    assert_eq!(placement[&0].leader, preferred, "{placement:?}");
+    cluster.restart(preferred);
+    let bootstrap = cluster.bootstrap();
+    wait_until(
+        "the restarted preferred leader is in sync again",
+        FAILOVER_TIMEOUT,
+        || {
+            placements(&bootstrap, topic, 1)[&0]
+                .isr
+                .contains(&preferred)
+        },
+    );
+    preferred
+}
+
+const ELECTION_NOT_NEEDED: i16 = 84;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+
+/// With `auto.leader.rebalance.enable=false` leadership stays where a
+/// failure moved it until an admin's ElectLeaders moves it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_leaders_moves_leadership_back_to_the_preferred_replica() {
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            ("auto.leader.rebalance.enable", "false"),
+            ("leader.imbalance.check.interval.seconds", "1"),
+        ],
+    );
+    let topic = unique_topic("elect");
+    let preferred = displace_preferred_leader(&mut cluster, &topic).await;
+    let via = cluster.running().find(|&id| id != preferred).unwrap();
+    // Several balance intervals pass without the controller moving it.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_ne!(cluster.node_of_leader(&topic, 0), Some(preferred));
+
+    // Kafka's election types: 0 preferred, 1 unclean.
+    assert_eq!(
+        elect_leader(&cluster, via, 1, &topic, 0),
+        ELECTION_NOT_NEEDED
+    );
+    assert_eq!(elect_leader(&cluster, via, 0, &topic, 0), 0);
+    wait_until(
+        "the preferred replica leads again",
+        FAILOVER_TIMEOUT,
+        || cluster.node_of_leader(&topic, 0) == Some(preferred),
+    );
+    assert_eq!(
+        elect_leader(&cluster, via, 0, &topic, 0),
+        ELECTION_NOT_NEEDED
+    );
+    assert_eq!(
+        elect_leader(&cluster, via, 0, &topic, 7),
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+
+    // Clients follow the move.
+    let to_all = producer(&cluster.bootstrap(), &[("acks", "all")]);
+    send(&to_all, &topic, 0, None, "after the election").await;
+}
+
+/// With `auto.leader.rebalance.enable` (Kafka's default) the active
+/// controller moves leadership back by itself once the preferred replica
+/// is in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_moves_leadership_back_by_itself() {
+    let mut cluster = TestCluster::start(3, &[("leader.imbalance.check.interval.seconds", "1")]);
+    let topic = unique_topic("rebalance");
+    let preferred = displace_preferred_leader(&mut cluster, &topic).await;
+    wait_until(
+        "the preferred replica leads again",
+        FAILOVER_TIMEOUT,
+        || cluster.node_of_leader(&topic, 0) == Some(preferred),
+    );
 }

@@ -47,7 +47,7 @@ async fn run_broker(mut config: BrokerConfig, addr: SocketAddr) -> Result<()> {
 
 /// `process.roles=controller`: the quorum and nothing else.
 async fn run_controller(config: BrokerConfig) -> Result<()> {
-    let controller = ControllerNode::start(&config)
+    let controller = ControllerNode::start(config)
         .await
         .context("joining the controller quorum")?;
     let shutdown = shutdown_signal()?;
