@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::controller::{ControllerError, TopicDefaults};
+use crate::reassignment;
 use crate::{MetadataImage, MetadataRecord, PartitionImage, TopicImage};
 
 pub const NO_LEADER: i32 = -1;
@@ -230,6 +231,15 @@ pub fn alter_partition(
         partition_epoch: p.partition_epoch + 1,
         ..p.clone()
     };
+    // The ISR that takes in the last added replica completes a
+    // reassignment, as in Kafka's PartitionChangeBuilder.
+    let next = match reassignment::complete_if_caught_up(image, &next) {
+        Some(done) => PartitionImage {
+            leader_epoch: next.leader_epoch + i32::from(done.leader != next.leader),
+            ..done
+        },
+        None => next,
+    };
     Ok((next.to_record(change.topic_id), next))
 }
 
@@ -284,6 +294,8 @@ pub(crate) mod tests {
                 leader: replicas[0],
                 leader_epoch: 0,
                 partition_epoch: 0,
+                adding_replicas: Vec::new(),
+                removing_replicas: Vec::new(),
             },
         );
         (image, topic_id)

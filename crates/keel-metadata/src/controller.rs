@@ -45,6 +45,8 @@ pub enum ControllerError {
     InvalidUpdateVersion,
     #[error("A replica added to the ISR is fenced or not registered.")]
     IneligibleReplica,
+    #[error("No partition reassignment is in progress.")]
+    NoReassignmentInProgress,
 }
 
 /// A CreateTopics entry, after the handler has decoded it.
@@ -158,6 +160,8 @@ pub fn create_topic(
                 replicas,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                adding_replicas: Vec::new(),
+                removing_replicas: Vec::new(),
             }),
     );
     Ok(records)
@@ -349,6 +353,8 @@ pub fn create_partitions(
             replicas,
             leader_epoch: 0,
             partition_epoch: 0,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         })
         .collect())
 }

@@ -51,6 +51,10 @@ pub struct PartitionImage {
     pub leader: i32,
     pub leader_epoch: i32,
     pub partition_epoch: i32,
+    /// Replicas a reassignment adds (they are in `replicas` too).
+    pub adding_replicas: Vec<i32>,
+    /// Replicas a reassignment will remove once the added ones are in sync.
+    pub removing_replicas: Vec<i32>,
 }
 
 impl PartitionImage {
@@ -64,7 +68,14 @@ impl PartitionImage {
             leader: self.leader,
             leader_epoch: self.leader_epoch,
             partition_epoch: self.partition_epoch,
+            adding_replicas: self.adding_replicas.clone(),
+            removing_replicas: self.removing_replicas.clone(),
         }
+    }
+
+    /// Whether a reassignment is under way.
+    pub fn reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
     }
 }
 
@@ -230,6 +241,8 @@ impl MetadataImage {
                 leader,
                 leader_epoch,
                 partition_epoch,
+                adding_replicas,
+                removing_replicas,
             } => {
                 let topic = self
                     .topics
@@ -244,6 +257,8 @@ impl MetadataImage {
                         leader: *leader,
                         leader_epoch: *leader_epoch,
                         partition_epoch: *partition_epoch,
+                        adding_replicas: adding_replicas.clone(),
+                        removing_replicas: removing_replicas.clone(),
                     },
                 );
             }
@@ -323,6 +338,8 @@ mod tests {
                     leader: 1,
                     leader_epoch: 0,
                     partition_epoch: 0,
+                    adding_replicas: Vec::new(),
+                    removing_replicas: Vec::new(),
                 },
             )
             .unwrap();
@@ -399,11 +416,13 @@ mod tests {
             MetadataRecord::Partition {
                 topic_id: Uuid::from_u128(7),
                 partition: 0,
-                replicas: vec![2],
+                replicas: vec![3, 2],
                 isr: vec![2],
                 leader: 2,
                 leader_epoch: 3,
                 partition_epoch: 4,
+                adding_replicas: vec![3],
+                removing_replicas: vec![2],
             },
             MetadataRecord::Config {
                 resource: ConfigResource::Topic("t".into()),

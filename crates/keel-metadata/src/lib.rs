@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod elections;
 mod image;
+pub mod reassignment;
 mod records;
 pub mod request;
 

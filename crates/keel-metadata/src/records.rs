@@ -48,6 +48,13 @@ pub enum MetadataRecord {
         /// based on an older state is refused (Kafka's partition epoch).
         #[serde(default)]
         partition_epoch: i32,
+        /// A reassignment under way (Kafka's adding and removing
+        /// replicas): `replicas` holds the target replicas, then those
+        /// being removed; the ones being added catch up meanwhile.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        adding_replicas: Vec<i32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removing_replicas: Vec<i32>,
     },
     /// Sets (`Some`) or removes (`None`) one dynamic config.
     Config {

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::cluster::{self, IsrChange};
 use crate::controller::{self, ConfigChange, ControllerError, NewTopic, TopicDefaults};
 use crate::elections::{self, ElectionResult, ElectionType};
+use crate::reassignment;
 use crate::{ConfigResource, MetadataImage, MetadataRecord};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +70,12 @@ pub enum ControllerRequest {
         election: ElectionType,
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// Kafka's AlterPartitionReassignments: target replicas per partition,
+    /// `None` to cancel.
+    AlterPartitionReassignments {
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
+        allow_replication_factor_change: bool,
+    },
     /// The active controller's own periodic pass (see
     /// [`elections::balance_leaders`]).
     BalanceLeaders {
@@ -84,6 +91,8 @@ pub enum ControllerReply {
         start: i64,
     },
     Elections(Vec<ElectionResult>),
+    /// Each reassignment's refusal, in request order.
+    Reassignments(Vec<Option<ControllerError>>),
 }
 
 impl ControllerRequest {
@@ -193,6 +202,36 @@ pub fn decide(
             let (records, results) =
                 elections::elect_leaders(image, *election, partitions.as_deref());
             return Ok((records, ControllerReply::Elections(results)));
+        }
+        ControllerRequest::AlterPartitionReassignments {
+            reassignments,
+            allow_replication_factor_change,
+        } => {
+            // One after another on a working image, so two entries for one
+            // partition see each other as Kafka's sequential handling does.
+            let mut next = image.clone();
+            let mut records = Vec::new();
+            let mut refusals = Vec::new();
+            for (topic, partition, target) in reassignments {
+                let decided = reassignment::alter_reassignment(
+                    &next,
+                    topic,
+                    *partition,
+                    target.as_deref(),
+                    *allow_replication_factor_change,
+                );
+                match decided {
+                    Ok(record) => {
+                        if let Some(record) = record {
+                            let _ = next.apply(image.offset + 1, &record);
+                            records.push(record);
+                        }
+                        refusals.push(None);
+                    }
+                    Err(e) => refusals.push(Some(e)),
+                }
+            }
+            return Ok((records, ControllerReply::Reassignments(refusals)));
         }
         ControllerRequest::BalanceLeaders { preferred } => {
             elections::balance_leaders(image, *preferred, defaults)

@@ -379,6 +379,24 @@ impl Broker {
         Ok(results)
     }
 
+    /// AlterPartitionReassignments: each entry's refusal, in order.
+    pub async fn alter_partition_reassignments(
+        &self,
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
+        allow_replication_factor_change: bool,
+    ) -> Result<Vec<Option<ControllerError>>, AdminError> {
+        let reply = self
+            .request(ControllerRequest::AlterPartitionReassignments {
+                reassignments,
+                allow_replication_factor_change,
+            })
+            .await?;
+        let ControllerReply::Reassignments(refusals) = reply else {
+            unreachable!("the controller answers reassignments with their refusals")
+        };
+        Ok(refusals)
+    }
+
     pub async fn delete_topic(&self, topic_id: Uuid) -> Result<(), AdminError> {
         self.request(ControllerRequest::DeleteTopic { topic_id })
             .await?;

@@ -44,6 +44,7 @@ pub fn controller_error(e: &ControllerError) -> ResponseError {
         ControllerError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
         ControllerError::InvalidUpdateVersion => ResponseError::InvalidUpdateVersion,
         ControllerError::IneligibleReplica => ResponseError::IneligibleReplica,
+        ControllerError::NoReassignmentInProgress => ResponseError::NoReassignmentInProgress,
     }
 }
 

@@ -89,6 +89,21 @@ fn request(api: ApiKey, version: i16, fx: &Fixture) -> RequestKind {
             ])))
         }
         ApiKey::DescribeCluster => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+        // Onto the broker it is on already: accepted, and nothing moves.
+        ApiKey::AlterPartitionReassignments => RequestKind::AlterPartitionReassignments(
+            AlterPartitionReassignmentsRequest::default().with_topics(vec![
+                alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(TopicName(s("t")))
+                    .with_partitions(vec![
+                        alter_partition_reassignments_request::ReassignablePartition::default()
+                            .with_partition_index(0)
+                            .with_replicas(Some(vec![BrokerId(1)])),
+                    ]),
+            ]),
+        ),
+        ApiKey::ListPartitionReassignments => {
+            RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default())
+        }
         ApiKey::ElectLeaders => RequestKind::ElectLeaders(
             ElectLeadersRequest::default()
                 .with_topic_partitions(Some(vec![elect_leaders_request::TopicPartitions::default(
@@ -791,6 +806,17 @@ fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind, fx: &Fix
         ResponseKind::DescribeConfigs(r) => r.results.iter().map(|t| t.error_code).collect(),
         ResponseKind::InitProducerId(r) => vec![r.error_code],
         ResponseKind::DescribeCluster(r) => vec![r.error_code],
+        ResponseKind::AlterPartitionReassignments(r) => std::iter::once(r.error_code)
+            .chain(
+                r.responses
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+            )
+            .collect(),
+        ResponseKind::ListPartitionReassignments(r) => {
+            assert!(r.topics.is_empty(), "nothing is moving: {r:?}");
+            vec![r.error_code]
+        }
         ResponseKind::ElectLeaders(r) => {
             // The only broker is every partition's preferred leader.
             let codes: Vec<i16> = r

@@ -2,7 +2,8 @@
 //! spreads replicas and leaders over every broker, and carries on after
 //! losing its active controller, a partition leader, or the transaction
 //! coordinator in the middle of a transaction; leadership returns to
-//! preferred replicas on request (ElectLeaders) or by itself. With separate
+//! preferred replicas on request (ElectLeaders) or by itself; a partition
+//! moves to other brokers under load (AlterPartitionReassignments). With separate
 //! controllers, acks=all refuses writes while two of three brokers are down.
 
 mod common;
@@ -12,15 +13,24 @@ use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
 use common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
 use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
-use kafka_protocol::messages::{ElectLeadersRequest, TopicName};
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, BrokerId, ElectLeadersRequest,
+    ListPartitionReassignmentsRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::Offset;
+use rdkafka::{Offset, TopicPartitionList};
 
 /// How long electing a new controller (or leader) and acting on it may
 /// take: the cluster's election and fetch timeouts are 0.5 s and 1 s, the
@@ -571,4 +581,147 @@ async fn the_controller_moves_leadership_back_by_itself() {
         FAILOVER_TIMEOUT,
         || cluster.node_of_leader(&topic, 0) == Some(preferred),
     );
+}
+
+/// AlterPartitionReassignments v1 sent to node `via`: one partition's
+/// error code.
+fn reassign(cluster: &TestCluster, via: i32, topic: &str, target: Option<&[i32]>) -> i16 {
+    let request = AlterPartitionReassignmentsRequest::default().with_topics(vec![
+        ReassignableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(0)
+                .with_replicas(
+                    target.map(|t| t.iter().copied().map(BrokerId).collect()),
+                )]),
+    ]);
+    let response = RawConn::connect(cluster.node(via).addr())
+        .expect("connecting")
+        .request(1, &request)
+        .expect("AlterPartitionReassignments");
+    assert_eq!(response.error_code, 0, "{response:?}");
+    response.responses[0].partitions[0].error_code
+}
+
+/// The partitions ListPartitionReassignments names as moving.
+fn reassigning(cluster: &TestCluster, via: i32) -> usize {
+    RawConn::connect(cluster.node(via).addr())
+        .expect("connecting")
+        .request(0, &ListPartitionReassignmentsRequest::default())
+        .expect("ListPartitionReassignments")
+        .topics
+        .iter()
+        .map(|t| t.partitions.len())
+        .sum()
+}
+
+/// A partition moves from brokers {1, 2} to {2, 3} while a producer writes
+/// to it with acks=all and a consumer reads it: broker 3 catches up,
+/// leadership leaves broker 1, which drops its copy, and every acknowledged
+/// record is read back once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reassignment_moves_a_partition_under_load_without_loss() {
+    let cluster = TestCluster::start(3, &[]);
+    let bootstrap = cluster.bootstrap();
+    let topic = unique_topic("moving");
+    let results = admin(&bootstrap)
+        .create_topics(
+            [&NewTopic::new(
+                &topic,
+                1,
+                TopicReplication::Variable(&[&[1, 2]]),
+            )],
+            &admin_options(),
+        )
+        .await
+        .expect("CreateTopics");
+    assert_eq!(results, vec![Ok(topic.clone())]);
+    assert_eq!(placements(&bootstrap, &topic, 1)[&0].leader, 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, topic) = (stop.clone(), topic.clone());
+        let producer = producer(
+            &bootstrap,
+            &[("acks", "all"), ("enable.idempotence", "true")],
+        );
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) && i >= 200 {
+                    break;
+                }
+                let value = format!("record-{i}");
+                send(&producer, &topic, 0, None, &value).await;
+                acknowledged.push(value);
+            }
+            acknowledged
+        })
+    };
+    let reader = {
+        let (stop, topic, bootstrap) = (stop.clone(), topic.clone(), bootstrap.clone());
+        tokio::task::spawn_blocking(move || {
+            let consumer = consumer(&bootstrap, &[]);
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&topic, 0, Offset::Beginning)
+                .unwrap();
+            consumer.assign(&assignment).unwrap();
+            let mut read = Vec::new();
+            let mut quiet_since_stop = 0;
+            while quiet_since_stop < 20 {
+                match consumer.poll(Duration::from_millis(250)) {
+                    Some(Ok(m)) => {
+                        read.push(
+                            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                        );
+                        quiet_since_stop = 0;
+                    }
+                    Some(Err(e)) => eprintln!("consumer: {e}"),
+                    None if stop.load(Ordering::Relaxed) => quiet_since_stop += 1,
+                    None => {}
+                }
+            }
+            read
+        })
+    };
+
+    // Let the writer get going, then move the partition.
+    wait_until("records flow before the move", CLIENT_TIMEOUT, || {
+        watermarks(&bootstrap, &topic, 0).1 >= 100
+    });
+    assert_eq!(reassign(&cluster, 3, &topic, Some(&[2, 3])), 0);
+    wait_until(
+        "the partition lives on brokers 2 and 3",
+        FAILOVER_TIMEOUT,
+        || {
+            let p = &placements(&bootstrap, &topic, 1)[&0];
+            p.replicas == [2, 3] && p.isr.len() == 2 && p.leader == 2
+        },
+    );
+    assert_eq!(reassigning(&cluster, 1), 0);
+    // Cancelling a finished move is refused as Kafka refuses it.
+    const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
+    assert_eq!(
+        reassign(&cluster, 1, &topic, None),
+        NO_REASSIGNMENT_IN_PROGRESS
+    );
+    let partition_dir = cluster.node(1).data_dir().join(format!("{topic}-0"));
+    wait_until("broker 1 drops its copy", FAILOVER_TIMEOUT, || {
+        !partition_dir.exists()
+    });
+
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writer.await.unwrap();
+    let read_while_moving = reader.await.unwrap();
+    assert_eq!(
+        read_while_moving, acknowledged,
+        "the consumer that ran throughout"
+    );
+    let read_after: Vec<String> =
+        consume(&bootstrap, &topic, 0, Offset::Beginning, acknowledged.len())
+            .iter()
+            .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+            .collect();
+    assert_eq!(read_after, acknowledged);
 }

@@ -1,0 +1,328 @@
+//! Partition reassignment (Kafka's AlterPartitionReassignments): moving a
+//! partition's replicas to other brokers without losing what it holds.
+//!
+//! Kafka's scheme (`PartitionReassignmentReplicas`): while a reassignment is
+//! under way the partition's replicas are the target replicas followed by
+//! those being removed, so the new ones fetch and catch up while the old
+//! ones keep serving. Once every added replica is in the ISR the controller
+//! completes it: the replicas become the target, the ISR keeps only target
+//! replicas, and a leader outside the target hands over to one inside.
+//! Cancelling reverts to the replicas from before.
+
+use crate::cluster::{serving, NO_LEADER};
+use crate::controller::ControllerError;
+use crate::{MetadataImage, MetadataRecord, PartitionImage};
+
+/// Starts, replaces or (with `target: None`) cancels the reassignment of
+/// `topic`-`partition`. Returns the partition's record, or none when nothing
+/// changes. `allow_replication_factor_change` is KIP-860's switch.
+pub fn alter_reassignment(
+    image: &MetadataImage,
+    topic: &str,
+    partition: i32,
+    target: Option<&[i32]>,
+    allow_replication_factor_change: bool,
+) -> Result<Option<MetadataRecord>, ControllerError> {
+    let t = image
+        .topic_by_name(topic)
+        .ok_or(ControllerError::UnknownTopicOrPartition)?;
+    let p = t
+        .partitions
+        .get(&partition)
+        .ok_or(ControllerError::UnknownTopicOrPartition)?;
+    let reverted = revert(p)?;
+    let next = match target {
+        None if !p.reassigning() => return Err(ControllerError::NoReassignmentInProgress),
+        None => reverted,
+        Some(target) => {
+            check_target(image, target)?;
+            if !allow_replication_factor_change && target.len() != reverted.replicas.len() {
+                return Err(ControllerError::InvalidReplicationFactor(format!(
+                    "The replication factor is changed from {} to {}, which the request does not allow",
+                    reverted.replicas.len(),
+                    target.len()
+                )));
+            }
+            let adding: Vec<i32> = target
+                .iter()
+                .copied()
+                .filter(|b| !reverted.replicas.contains(b))
+                .collect();
+            let removing: Vec<i32> = reverted
+                .replicas
+                .iter()
+                .copied()
+                .filter(|b| !target.contains(b))
+                .collect();
+            let started = PartitionImage {
+                replicas: target.iter().chain(&removing).copied().collect(),
+                adding_replicas: adding,
+                removing_replicas: removing,
+                ..reverted
+            };
+            // A pure removal or reordering may complete at once.
+            complete_if_caught_up(image, &started).unwrap_or(started)
+        }
+    };
+    if next == *p {
+        return Ok(None);
+    }
+    let leader_changed = next.leader != p.leader;
+    let next = PartitionImage {
+        leader_epoch: p.leader_epoch + i32::from(leader_changed),
+        partition_epoch: p.partition_epoch + 1,
+        ..next
+    };
+    Ok(Some(next.to_record(t.topic_id)))
+}
+
+/// The partition as it was before any reassignment under way: the added
+/// replicas leave replicas and ISR. Epochs are left to the caller.
+fn revert(p: &PartitionImage) -> Result<PartitionImage, ControllerError> {
+    if !p.reassigning() {
+        return Ok(p.clone());
+    }
+    let replicas: Vec<i32> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|b| !p.adding_replicas.contains(b))
+        .collect();
+    let isr: Vec<i32> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|b| replicas.contains(b))
+        .collect();
+    if isr.is_empty() {
+        // Only added replicas are in sync: reverting would leave the
+        // partition without an in-sync replica.
+        return Err(ControllerError::InvalidReplicaAssignment(
+            "the reassignment cannot be changed or cancelled while only its added replicas are in sync"
+                .into(),
+        ));
+    }
+    let leader = if isr.contains(&p.leader) {
+        p.leader
+    } else {
+        first_serving(&replicas, &isr, |_| true)
+    };
+    Ok(PartitionImage {
+        replicas,
+        isr,
+        leader,
+        adding_replicas: Vec::new(),
+        removing_replicas: Vec::new(),
+        ..p.clone()
+    })
+}
+
+/// Kafka's `validateManualPartitionAssignment`.
+fn check_target(image: &MetadataImage, target: &[i32]) -> Result<(), ControllerError> {
+    if target.is_empty() {
+        return Err(ControllerError::InvalidReplicaAssignment(
+            "The manual partition assignment includes an empty replica list.".into(),
+        ));
+    }
+    let mut unique = target.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != target.len() {
+        return Err(ControllerError::InvalidReplicaAssignment(format!(
+            "The manual partition assignment includes a duplicate replica: {target:?}"
+        )));
+    }
+    if let Some(b) = target.iter().find(|b| !image.brokers.contains_key(b)) {
+        return Err(ControllerError::InvalidReplicaAssignment(format!(
+            "The manual partition assignment includes broker {b}, but no such broker is registered."
+        )));
+    }
+    Ok(())
+}
+
+/// The first of `replicas` in `isr` that `can_lead`, else no leader.
+fn first_serving(replicas: &[i32], isr: &[i32], can_lead: impl Fn(i32) -> bool) -> i32 {
+    replicas
+        .iter()
+        .copied()
+        .find(|b| isr.contains(b) && can_lead(*b))
+        .unwrap_or(NO_LEADER)
+}
+
+/// The partition with its reassignment completed, if every added replica
+/// is in the ISR and some target replica is too (Kafka's
+/// `maybeCompleteReassignment`). Epochs are left to the caller.
+pub(crate) fn complete_if_caught_up(
+    image: &MetadataImage,
+    p: &PartitionImage,
+) -> Option<PartitionImage> {
+    if !p.reassigning() || !p.adding_replicas.iter().all(|b| p.isr.contains(b)) {
+        return None;
+    }
+    let keep = |b: &i32| !p.removing_replicas.contains(b);
+    let isr: Vec<i32> = p.isr.iter().copied().filter(keep).collect();
+    if isr.is_empty() {
+        return None;
+    }
+    let replicas: Vec<i32> = p.replicas.iter().copied().filter(keep).collect();
+    let leader = if isr.contains(&p.leader) {
+        p.leader
+    } else {
+        first_serving(&replicas, &isr, |b| serving(image, b))
+    };
+    Some(PartitionImage {
+        replicas,
+        isr,
+        leader,
+        adding_replicas: Vec::new(),
+        removing_replicas: Vec::new(),
+        ..p.clone()
+    })
+}
+
+/// The partitions with a reassignment under way, as
+/// ListPartitionReassignments reports them: `(topic, partition)` pairs to
+/// look at, or every partition when `None`.
+pub fn ongoing_reassignments<'a>(
+    image: &'a MetadataImage,
+    wanted: Option<&'a [(String, i32)]>,
+) -> Vec<(&'a str, &'a PartitionImage)> {
+    let mut ongoing = Vec::new();
+    match wanted {
+        Some(wanted) => {
+            for (topic, partition) in wanted {
+                let found = image
+                    .topic_by_name(topic)
+                    .and_then(|t| Some((t.name.as_str(), t.partitions.get(partition)?)));
+                if let Some((name, p)) = found.filter(|(_, p)| p.reassigning()) {
+                    ongoing.push((name, p));
+                }
+            }
+        }
+        None => {
+            for t in image.topics() {
+                for p in t.partitions.values().filter(|p| p.reassigning()) {
+                    ongoing.push((t.name.as_str(), p));
+                }
+            }
+            ongoing.sort_by_key(|(name, p)| (*name, p.partition));
+        }
+    }
+    ongoing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::tests::{apply_all, image, partition};
+    use crate::cluster::{alter_partition, IsrChange};
+
+    fn reassign(img: &mut MetadataImage, target: Option<&[i32]>) -> Result<(), ControllerError> {
+        if let Some(record) = alter_reassignment(img, "t", 0, target, true)? {
+            apply_all(img, &[record]);
+        }
+        Ok(())
+    }
+
+    /// The leader reports `isr` as the partition's new ISR.
+    fn alter_isr(img: &mut MetadataImage, isr: &[i32]) {
+        let p = partition(img);
+        let change = IsrChange {
+            topic_id: img.topic_by_name("t").unwrap().topic_id,
+            partition: 0,
+            leader_id: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: isr.to_vec(),
+        };
+        let (record, _) = alter_partition(img, &change).unwrap();
+        apply_all(img, &[record]);
+    }
+
+    #[test]
+    fn a_moved_partition_keeps_its_old_replicas_until_the_new_ones_are_in_sync() {
+        let (mut img, _) = image(&[(1, None), (2, None), (3, None), (4, None)], &[1, 2]);
+        reassign(&mut img, Some(&[3, 4])).unwrap();
+        let p = partition(&img);
+        assert_eq!(p.replicas, [3, 4, 1, 2]);
+        assert_eq!(
+            (p.adding_replicas.clone(), p.removing_replicas.clone()),
+            (vec![3, 4], vec![1, 2])
+        );
+        assert_eq!(
+            (p.leader, p.isr.clone(), p.leader_epoch),
+            (1, vec![1, 2], 0)
+        );
+
+        // One new replica in sync is not enough.
+        alter_isr(&mut img, &[1, 2, 3]);
+        assert!(partition(&img).reassigning());
+        // Both are: the old replicas go, and leadership moves to the target.
+        alter_isr(&mut img, &[1, 2, 3, 4]);
+        let p = partition(&img);
+        assert!(!p.reassigning());
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![3, 4], vec![3, 4], 3)
+        );
+        assert_eq!(p.leader_epoch, 1);
+    }
+
+    #[test]
+    fn cancelling_reverts_and_removal_alone_completes_at_once() {
+        let (mut img, _) = image(&[(1, None), (2, None), (3, None)], &[1, 2]);
+        assert_eq!(
+            reassign(&mut img, None),
+            Err(ControllerError::NoReassignmentInProgress)
+        );
+        reassign(&mut img, Some(&[1, 3])).unwrap();
+        alter_isr(&mut img, &[1, 2]);
+        reassign(&mut img, None).unwrap();
+        let p = partition(&img);
+        assert!(!p.reassigning());
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone()),
+            (vec![1, 2], vec![1, 2])
+        );
+
+        // Dropping a replica needs no catching up.
+        reassign(&mut img, Some(&[2])).unwrap();
+        let p = partition(&img);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![2], vec![2], 2)
+        );
+        assert!(!p.reassigning());
+        // Asking for what is already there changes nothing.
+        assert_eq!(alter_reassignment(&img, "t", 0, Some(&[2]), true), Ok(None));
+    }
+
+    #[test]
+    fn bad_targets_are_refused_as_kafka_refuses_them() {
+        let (img, _) = image(&[(1, None), (2, None)], &[1, 2]);
+        let refused = |target: &[i32], allow_rf_change| {
+            alter_reassignment(&img, "t", 0, Some(target), allow_rf_change).unwrap_err()
+        };
+        assert!(matches!(
+            refused(&[], true),
+            ControllerError::InvalidReplicaAssignment(_)
+        ));
+        assert!(matches!(
+            refused(&[1, 1], true),
+            ControllerError::InvalidReplicaAssignment(_)
+        ));
+        assert!(matches!(
+            refused(&[1, 9], true),
+            ControllerError::InvalidReplicaAssignment(_)
+        ));
+        assert!(matches!(
+            refused(&[1], false),
+            ControllerError::InvalidReplicationFactor(_)
+        ));
+        assert_eq!(
+            alter_reassignment(&img, "t", 5, Some(&[1]), true),
+            Err(ControllerError::UnknownTopicOrPartition)
+        );
+        assert_eq!(ongoing_reassignments(&img, None).len(), 0);
+    }
+}
