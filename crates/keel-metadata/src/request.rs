@@ -36,7 +36,9 @@ pub enum ControllerRequest {
     BrokerHeartbeat {
         broker_id: i32,
     },
-    /// The active controller's own session timer fences a broker.
+    /// A broker leaves service, losing leadership and ISR membership: the
+    /// active controller's session timer fences a silent one, and a broker
+    /// shutting down cleanly asks for it (Kafka's controlled shutdown).
     FenceBroker {
         broker_id: i32,
     },

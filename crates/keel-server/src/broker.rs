@@ -75,6 +75,9 @@ pub struct Broker {
     /// from the fetch path and the upkeep task, one at a time, in order.
     isr_changes: mpsc::UnboundedSender<IsrChangeRequest>,
     isr_change_queue: Mutex<Option<mpsc::UnboundedReceiver<IsrChangeRequest>>>,
+    /// Set once a controlled shutdown has begun; held while a heartbeat is
+    /// in flight, so none can unfence this broker after it left service.
+    heartbeats_stopped: tokio::sync::Mutex<bool>,
     /// The id of the `__consumer_offsets` the coordinator has loaded. A
     /// deleted or recreated topic has another id (or none) and is reloaded.
     loaded_offsets_topic: tokio::sync::Mutex<Option<Uuid>>,
@@ -144,6 +147,7 @@ impl Broker {
             isr_change_queue: Mutex::new(Some(isr_change_queue)),
             log_cleaner: LogCleaner::new(cleaner_checkpoint),
             loaded_offsets_topic: tokio::sync::Mutex::new(loaded_offsets_topic),
+            heartbeats_stopped: tokio::sync::Mutex::new(false),
             groups,
             fetch_sessions: FetchSessionCache::new(config.fetch_session_cache_slots),
             config: Arc::new(config),
@@ -512,6 +516,10 @@ impl Broker {
                 _ = shutdown.changed() => break,
                 _ = tick.tick() => {}
             }
+            let stopped = self.heartbeats_stopped.lock().await;
+            if *stopped {
+                continue;
+            }
             let heartbeat = ControllerRequest::BrokerHeartbeat {
                 broker_id: self.config.node_id,
             };
@@ -520,9 +528,36 @@ impl Broker {
                 Ok(Err(refused)) => tracing::warn!(error = %refused, "heartbeat refused"),
                 Err(e) => tracing::debug!(error = %e, "heartbeat did not reach the controller"),
             }
+            drop(stopped);
         }
         if let Some(duties) = duties {
             let _ = duties.await;
+        }
+    }
+
+    /// Kafka's controlled shutdown: before a clean stop, this broker leaves
+    /// service through the controller, so its partitions get new leaders
+    /// now rather than a session timeout after it is gone. Clients are
+    /// still served meanwhile and follow the new leaders. Skipped when no
+    /// other broker could take over, or the controller cannot be reached
+    /// within `within`.
+    pub async fn controlled_shutdown(&self, within: Duration) {
+        *self.heartbeats_stopped.lock().await = true;
+        let image = self.image();
+        let others = image
+            .brokers
+            .values()
+            .any(|b| b.broker_id != self.config.node_id && !b.fenced);
+        if !others {
+            return;
+        }
+        let leave = ControllerRequest::FenceBroker {
+            broker_id: self.config.node_id,
+        };
+        match tokio::time::timeout(within, self.request(leave)).await {
+            Ok(Ok(_)) => tracing::info!("controlled shutdown: leadership handed over"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "controlled shutdown refused"),
+            Err(_) => tracing::warn!(?within, "controlled shutdown: no controller answered"),
         }
     }
 

@@ -10,6 +10,10 @@ use tokio::sync::{watch, Semaphore};
 use crate::broker::Broker;
 use crate::connection;
 
+/// How long a stopping broker waits for the controller to move its
+/// leadership elsewhere before it stops anyway.
+const CONTROLLED_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Server {
     broker: Arc<Broker>,
     listener: TcpListener,
@@ -79,6 +83,9 @@ impl Server {
             while connections.try_join_next().is_some() {}
         }
         tracing::info!("shutting down");
+        self.broker
+            .controlled_shutdown(CONTROLLED_SHUTDOWN_TIMEOUT)
+            .await;
         let _ = stop.send(true);
         connections.shutdown().await;
         let _ = background.await;

@@ -725,3 +725,23 @@ async fn reassignment_moves_a_partition_under_load_without_loss() {
             .collect();
     assert_eq!(read_after, acknowledged);
 }
+
+/// Kafka's controlled shutdown: a broker stopped cleanly hands its
+/// leadership over before it exits, so its partitions move at once, not a
+/// session timeout (here far longer than the test waits) after it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_hands_leadership_over_at_once() {
+    let mut cluster = TestCluster::start(3, &[("broker.session.timeout.ms", "60000")]);
+    let topic = unique_topic("handover");
+    let leader = create_replicated(&cluster.bootstrap(), &topic, 1).await[&0].leader;
+    cluster.stop(leader);
+    let bootstrap = cluster.bootstrap();
+    let moved = Instant::now();
+    wait_until("another broker leads", Duration::from_secs(10), || {
+        let p = &placements(&bootstrap, &topic, 1)[&0];
+        p.leader != leader && !p.isr.contains(&leader)
+    });
+    eprintln!("leadership moved {:?} after the stop", moved.elapsed());
+    let to_all = producer(&bootstrap, &[("acks", "all")]);
+    send(&to_all, &topic, 0, None, "to the new leader").await;
+}
