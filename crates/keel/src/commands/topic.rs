@@ -1,4 +1,5 @@
-//! `keel topic`: create, list, describe and delete topics.
+//! `keel topic`: create, list, describe and delete topics; move their
+//! leadership and replicas.
 
 use anyhow::{anyhow, Result};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
@@ -9,6 +10,7 @@ use kafka_protocol::protocol::StrBytes;
 use crate::client::{self, BootstrapArgs, Client};
 
 mod describe;
+mod leadership;
 
 /// How long the broker may take to create or delete a topic before it
 /// answers REQUEST_TIMED_OUT.
@@ -61,6 +63,39 @@ pub enum TopicCommand {
         #[command(flatten)]
         bootstrap: BootstrapArgs,
     },
+    /// Elect leaders: each partition's preferred (first) replica, or with
+    /// `--unclean` any live replica where no in-sync one is left.
+    ElectLeaders {
+        /// The topic; every partition of every topic if absent.
+        name: Option<String>,
+        /// One partition of the topic.
+        #[arg(long)]
+        partition: Option<i32>,
+        #[arg(long)]
+        unclean: bool,
+        #[command(flatten)]
+        bootstrap: BootstrapArgs,
+    },
+    /// Move a partition onto other brokers, or cancel its move.
+    Reassign {
+        /// The topic's name.
+        name: String,
+        #[arg(long)]
+        partition: i32,
+        /// The target replicas, the preferred leader first: `2,3`.
+        #[arg(long, value_delimiter = ',', required_unless_present = "cancel")]
+        replicas: Option<Vec<i32>>,
+        /// Cancel the move under way.
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+        #[command(flatten)]
+        bootstrap: BootstrapArgs,
+    },
+    /// List the partition moves under way.
+    Reassignments {
+        #[command(flatten)]
+        bootstrap: BootstrapArgs,
+    },
 }
 
 pub async fn run(cmd: TopicCommand) -> Result<()> {
@@ -80,6 +115,22 @@ pub async fn run(cmd: TopicCommand) -> Result<()> {
             bootstrap,
         } => alter(&bootstrap, &name, partitions).await,
         TopicCommand::Delete { name, bootstrap } => delete(&bootstrap, &name).await,
+        TopicCommand::ElectLeaders {
+            name,
+            partition,
+            unclean,
+            bootstrap,
+        } => leadership::elect_leaders(&bootstrap, name.as_deref(), partition, unclean).await,
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            cancel: _,
+            bootstrap,
+        } => leadership::reassign(&bootstrap, &name, partition, replicas).await,
+        TopicCommand::Reassignments { bootstrap } => {
+            leadership::list_reassignments(&bootstrap).await
+        }
     }
 }
 
