@@ -1,7 +1,8 @@
 //! The follower's side of replication (Kafka's `ReplicaFetcherThread`): one
 //! task per leader this broker follows, fetching every partition it follows
 //! there with its replica id, appending what comes back with the leader's
-//! offsets and epochs, and truncating first where its log diverged.
+//! offsets and epochs, truncating first where its log diverged, and
+//! resetting its log where the leader no longer has its fetch offset.
 //!
 //! A fetcher is started for a leader when the image first makes this
 //! broker follow it, and ends by itself once it follows nothing there.
@@ -13,9 +14,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use keel_types::TopicPartition;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
@@ -26,6 +31,11 @@ use crate::replica_manager::Partition;
 /// Fetch v12 is the first with `last_fetched_epoch` and diverging epochs,
 /// and the last that names topics, which every hosted partition knows.
 const FETCH_VERSION: i16 = 12;
+/// ListOffsets v4+ carries the follower's current leader epoch.
+const LIST_OFFSETS_VERSION: i16 = 7;
+/// ListOffsets' timestamps for the log end and the log start.
+const LATEST_TIMESTAMP: i64 = -1;
+const EARLIEST_TIMESTAMP: i64 = -2;
 /// Kafka's `replica.fetch.backoff.ms`.
 const FETCH_BACKOFF: Duration = Duration::from_millis(1000);
 /// Kafka's `replica.fetch.response.max.bytes`.
@@ -104,7 +114,17 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32) {
                 continue;
             }
         };
-        if !apply_response(leader, &partitions, response) {
+        let (mut progressed, out_of_range) = apply_response(leader, &partitions, response);
+        if !out_of_range.is_empty() {
+            let exchange = LeaderExchange {
+                broker: &broker,
+                connection: &mut connection,
+                address: &address,
+                timeout,
+            };
+            progressed &= reset_out_of_range(exchange, leader, &out_of_range).await;
+        }
+        if !progressed {
             tokio::time::sleep(FETCH_BACKOFF).await;
         }
     }
@@ -146,14 +166,20 @@ fn fetch_request(broker: &Broker, partitions: &[Arc<Partition>]) -> FetchRequest
         .with_topics(topics)
 }
 
-/// Applies one response; false when nothing could be done and the fetcher
-/// should back off (leadership is moving, or the log refused).
-fn apply_response(leader: i32, partitions: &[Arc<Partition>], response: FetchResponse) -> bool {
+/// Applies one response. Returns false when nothing could be done and the
+/// fetcher should back off (leadership is moving, or the log refused), and
+/// the partitions whose fetch offset the leader called out of range.
+fn apply_response(
+    leader: i32,
+    partitions: &[Arc<Partition>],
+    response: FetchResponse,
+) -> (bool, Vec<Arc<Partition>>) {
     if response.error_code != 0 {
         tracing::debug!(leader, code = response.error_code, "fetch refused whole");
-        return false;
+        return (false, Vec::new());
     }
     let mut progressed = true;
+    let mut out_of_range = Vec::new();
     for topic in response.responses {
         for data in topic.partitions {
             let Some(partition) = partitions.iter().find(|p| {
@@ -161,26 +187,24 @@ fn apply_response(leader: i32, partitions: &[Arc<Partition>], response: FetchRes
             }) else {
                 continue;
             };
+            if data.error_code == ResponseError::OffsetOutOfRange.code() {
+                out_of_range.push(partition.clone());
+                continue;
+            }
             if let Err(why) = apply_partition(partition, data) {
                 tracing::debug!(partition = %partition.tp, leader, %why, "follower fetch not applied");
                 progressed = false;
             }
         }
     }
-    progressed
+    (progressed, out_of_range)
 }
 
 fn apply_partition(partition: &Partition, data: PartitionData) -> Result<(), String> {
     if data.diverging_epoch.epoch >= 0 {
-        // Truncate to where both logs agree: the leader's end of that
-        // epoch, or ours if we know the epoch to end earlier.
         let target = partition.with_log(|log| {
-            log.leader_epoch_cache()
-                .end_offset_for_epoch(data.diverging_epoch.epoch, log.log_end_offset())
-                .filter(|(epoch, _)| *epoch == data.diverging_epoch.epoch)
-                .map_or(data.diverging_epoch.end_offset, |(_, ours)| {
-                    ours.min(data.diverging_epoch.end_offset)
-                })
+            let leader = (data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
+            truncation_offset(log.end_offset_for_epoch(leader.0), leader).min(log.log_end_offset())
         });
         return partition.truncate_to(target).map_err(|e| e.to_string());
     }
@@ -201,4 +225,188 @@ fn apply_partition(partition: &Partition, data: PartitionData) -> Result<(), Str
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Where a follower truncates when the leader says its log diverged after
+/// `leader` = (epoch, end offset): Kafka's `getOffsetTruncationState`.
+/// `ours` is where the largest epoch we have up to that one ends in our
+/// log. Both logs agree up to the earlier end of the same epoch. If we lack
+/// that epoch, what we wrote after our older one is not the leader's: cut
+/// there, and the next fetch checks again from our previous epoch. If the
+/// leader's epoch is newer than all of ours, or we have none, its end
+/// offset is all there is to go by.
+fn truncation_offset(ours: Option<(i32, i64)>, leader: (i32, i64)) -> i64 {
+    match ours {
+        Some((epoch, end)) if epoch == leader.0 => end.min(leader.1),
+        Some((_, end)) => end,
+        None => leader.1,
+    }
+}
+
+/// What a follower does once the leader called its fetch offset, its log
+/// end, out of range (Kafka's `fetchOffsetAndTruncate`).
+#[derive(Debug, PartialEq, Eq)]
+enum OutOfRangeReset {
+    /// The leader's log ends before ours, as after an unclean election:
+    /// what we have past its end is not in its log.
+    TruncateTo(i64),
+    /// The leader's log starts past our end (retention or DeleteRecords
+    /// while we were away): nothing we hold is still in its log.
+    StartAt(i64),
+    /// Our log end is within the leader's log by now: fetch again, after
+    /// the usual backoff, so that a leader still refusing it is not asked
+    /// in a tight loop.
+    Retry,
+}
+
+fn out_of_range_reset(log_end: i64, leader_start: i64, leader_end: i64) -> OutOfRangeReset {
+    if leader_end < log_end {
+        OutOfRangeReset::TruncateTo(leader_end)
+    } else if leader_start > log_end {
+        OutOfRangeReset::StartAt(leader_start)
+    } else {
+        OutOfRangeReset::Retry
+    }
+}
+
+/// The fetcher's connection to its leader, for requests besides Fetch.
+struct LeaderExchange<'a> {
+    broker: &'a Broker,
+    connection: &'a mut BrokerConnection,
+    address: &'a str,
+    timeout: Duration,
+}
+
+/// Learns the leader's log start and end for `partitions` (ListOffsets as
+/// a replica, which sees up to the log end) and truncates each follower
+/// log as [`out_of_range_reset`] says. Returns whether every partition was
+/// reset; otherwise the fetcher backs off before fetching again.
+async fn reset_out_of_range(
+    mut exchange: LeaderExchange<'_>,
+    leader: i32,
+    partitions: &[Arc<Partition>],
+) -> bool {
+    let epochs: Vec<i32> = partitions.iter().map(|p| p.leader_epoch()).collect();
+    let ends = list_offsets(&mut exchange, partitions, &epochs, LATEST_TIMESTAMP).await;
+    let starts = list_offsets(&mut exchange, partitions, &epochs, EARLIEST_TIMESTAMP).await;
+    let (ends, starts) = match (ends, starts) {
+        (Ok(ends), Ok(starts)) => (ends, starts),
+        (Err(why), _) | (_, Err(why)) => {
+            tracing::debug!(leader, %why, "asking the leader for its log offsets failed");
+            return false;
+        }
+    };
+    let mut reset = true;
+    for (partition, epoch) in partitions.iter().zip(epochs) {
+        let offsets = ends.get(&partition.tp).zip(starts.get(&partition.tp));
+        let Some((Ok(leader_end), Ok(leader_start))) = offsets else {
+            tracing::debug!(partition = %partition.tp, leader, ?offsets, "the leader gave no log offsets");
+            reset = false;
+            continue;
+        };
+        // The answers took a round trip: act only for the leadership they
+        // were asked under.
+        let state = partition.leadership();
+        if state.leader != leader || state.leader_epoch != epoch {
+            reset = false;
+            continue;
+        }
+        let log_end = partition.log_end_offset();
+        let done = match out_of_range_reset(log_end, *leader_start, *leader_end) {
+            OutOfRangeReset::TruncateTo(offset) => partition.truncate_to(offset),
+            OutOfRangeReset::StartAt(offset) => partition.truncate_fully_and_start_at(offset),
+            OutOfRangeReset::Retry => {
+                reset = false;
+                continue;
+            }
+        };
+        if let Err(e) = done {
+            tracing::error!(partition = %partition.tp, error = %e, "resetting an out-of-range follower log failed");
+            reset = false;
+        }
+    }
+    reset
+}
+
+/// One ListOffsets at `timestamp` for `partitions`, as replica of this
+/// broker: each partition's offset or error.
+async fn list_offsets(
+    exchange: &mut LeaderExchange<'_>,
+    partitions: &[Arc<Partition>],
+    epochs: &[i32],
+    timestamp: i64,
+) -> Result<HashMap<TopicPartition, Result<i64, i16>>, String> {
+    let mut topics: Vec<ListOffsetsTopic> = Vec::new();
+    for (p, &epoch) in partitions.iter().zip(epochs) {
+        let asked = ListOffsetsPartition::default()
+            .with_partition_index(p.tp.partition)
+            .with_current_leader_epoch(epoch)
+            .with_timestamp(timestamp);
+        match topics.iter_mut().find(|t| t.name.0.as_str() == p.tp.topic) {
+            Some(t) => t.partitions.push(asked),
+            None => topics.push(
+                ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(p.tp.topic.clone())))
+                    .with_partitions(vec![asked]),
+            ),
+        }
+    }
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(exchange.broker.config.node_id))
+        .with_topics(topics);
+    let response = exchange
+        .connection
+        .send(
+            exchange.address,
+            LIST_OFFSETS_VERSION,
+            &request,
+            exchange.timeout,
+        )
+        .await?;
+    Ok(response
+        .topics
+        .into_iter()
+        .flat_map(|t| {
+            let topic = t.name.0.to_string();
+            t.partitions.into_iter().map(move |p| {
+                let answer = if p.error_code == 0 {
+                    Ok(p.offset)
+                } else {
+                    Err(p.error_code)
+                };
+                (
+                    TopicPartition::new(topic.clone(), p.partition_index),
+                    answer,
+                )
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_follows_the_leaders_log() {
+        use OutOfRangeReset::*;
+        // The leader lost records we have: cut back to its end.
+        assert_eq!(out_of_range_reset(120, 0, 100), TruncateTo(100));
+        // The leader deleted everything we have and more.
+        assert_eq!(out_of_range_reset(100, 300, 350), StartAt(300));
+        // Our end is inside the leader's log again.
+        assert_eq!(out_of_range_reset(100, 50, 100), Retry);
+        assert_eq!(out_of_range_reset(100, 100, 150), Retry);
+    }
+
+    #[test]
+    fn truncation_stops_where_both_logs_agree() {
+        // Same epoch: the earlier of the two ends.
+        assert_eq!(truncation_offset(Some((3, 80)), (3, 60)), 60);
+        assert_eq!(truncation_offset(Some((3, 50)), (3, 60)), 50);
+        // We lack the leader's epoch: the end of our older one.
+        assert_eq!(truncation_offset(Some((2, 50)), (3, 80)), 50);
+        // The leader's epoch is newer than all of ours: the leader's end.
+        assert_eq!(truncation_offset(None, (3, 80)), 80);
+    }
 }

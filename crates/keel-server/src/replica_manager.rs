@@ -175,6 +175,16 @@ impl Partition {
         self.replication.lock().leader_epoch
     }
 
+    /// On the leader, records where its epoch starts in the log, before
+    /// anything is written in it (Kafka's `makeLeader`); a no-op once done.
+    fn assign_leader_epoch_start(&self) -> Result<(), StorageError> {
+        let state = self.leadership();
+        if state.leader != self.node_id {
+            return Ok(());
+        }
+        self.with_log(|log| log.assign_epoch_start_offset(state.leader_epoch))
+    }
+
     /// Takes the leadership and ISR of a new image. A new leader epoch
     /// resets what the leader knows of its followers.
     fn update_replication(&self, p: &PartitionImage) {
@@ -478,14 +488,14 @@ impl Partition {
         });
     }
 
-    /// Removes records the leader does not have (after a divergence): the
-    /// log and the high watermark end at `offset`.
+    /// Removes records the leader does not have (after a divergence, or a
+    /// leader whose log ends before ours): the log and the high watermark
+    /// end at `offset`.
     pub fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
         let mut log = self.log.lock();
-        if offset >= log.log_end_offset() {
-            return Ok(());
+        if offset < log.log_end_offset() {
+            tracing::warn!(partition = %self.tp, from = log.log_end_offset(), to = offset, "truncating a diverged follower log");
         }
-        tracing::warn!(partition = %self.tp, from = log.log_end_offset(), to = offset, "truncating a diverged follower log");
         log.truncate_to(offset)?;
         let log_end_offset = log.log_end_offset();
         drop(log);
@@ -493,6 +503,19 @@ impl Partition {
         if self.high_watermark() > log_end_offset {
             self.set_follower_high_watermark(log_end_offset);
         }
+        Ok(())
+    }
+
+    /// Drops the whole log and restarts it at the leader's log start
+    /// `offset`, past our log end: nothing we hold is still in the leader's
+    /// log. The high watermark restarts there too.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), StorageError> {
+        let mut log = self.log.lock();
+        tracing::warn!(partition = %self.tp, log_end = log.log_end_offset(), leader_log_start = offset, "the leader's log starts past this follower's log end: restarting the log there");
+        log.truncate_fully_and_start_at(offset)?;
+        drop(log);
+        self.log_end.send_replace(offset);
+        self.set_follower_high_watermark(offset);
         Ok(())
     }
 
@@ -654,6 +677,7 @@ impl ReplicaManager {
                 let config = config.log_config(image, &topic);
                 existing.with_log(|log| log.update_config(config));
                 existing.update_replication(&p);
+                existing.assign_leader_epoch_start()?;
                 continue;
             }
             let log = self.log_manager.open_log(
@@ -679,6 +703,7 @@ impl ReplicaManager {
                 state,
                 log,
             ));
+            partition.assign_leader_epoch_start()?;
             self.partitions.write().insert(tp, partition);
         }
         Ok(())

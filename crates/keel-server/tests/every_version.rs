@@ -179,6 +179,19 @@ fn request(api: ApiKey, version: i16, fx: &Fixture) -> RequestKind {
                         .with_partition_index(0)
                         .with_timestamp(-1)])]),
         ),
+        ApiKey::OffsetForLeaderEpoch => {
+            use offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
+            RequestKind::OffsetForLeaderEpoch(
+                OffsetForLeaderEpochRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![OffsetForLeaderTopic::default()
+                        .with_topic(TopicName(s("t")))
+                        .with_partitions(vec![OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(0)
+                            .with_leader_epoch(0)])]),
+            )
+        }
         ApiKey::DescribeConfigs => {
             RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default().with_resource_type(2).with_resource_name(s("t")),
@@ -800,6 +813,16 @@ fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind, fx: &Fix
             .iter()
             .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
             .collect(),
+        ResponseKind::OffsetForLeaderEpoch(r) => {
+            // Epoch 0 is `t-0`'s only one: it ends at the log end.
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(p.leader_epoch, 0, "{r:?}");
+            assert!(p.end_offset > 0, "{r:?}");
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+                .collect()
+        }
         ResponseKind::Metadata(r) => r.topics.iter().map(|t| t.error_code).collect(),
         ResponseKind::CreateTopics(r) => r.topics.iter().map(|t| t.error_code).collect(),
         ResponseKind::DeleteTopics(r) => r.responses.iter().map(|t| t.error_code).collect(),

@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use keel_types::TopicPartition;
+use keel_types::{TopicPartition, NO_LEADER_EPOCH};
 
 use crate::error::{IoContext, Result, StorageError};
 
@@ -166,10 +166,16 @@ impl LeaderEpochCache {
     }
 
     /// Records that `epoch` starts at `start_offset`, if it is newer than
-    /// the latest epoch. Returns whether anything changed.
+    /// the latest epoch. Returns whether anything changed. Epochs a leader
+    /// recorded at the log end and never wrote in end where this one
+    /// starts: they go, as Kafka's `assign` drops entries that would no
+    /// longer increase.
     pub(crate) fn assign(&mut self, dir: &Path, epoch: i32, start_offset: i64) -> Result<bool> {
         if self.latest_epoch().is_some_and(|e| epoch <= e) || epoch < 0 {
             return Ok(false);
+        }
+        while self.entries.last().is_some_and(|&(_, o)| o >= start_offset) {
+            self.entries.pop();
         }
         self.entries.push((epoch, start_offset));
         self.save(dir)?;
@@ -208,15 +214,25 @@ impl LeaderEpochCache {
         Ok(())
     }
 
-    /// Kafka's OffsetForLeaderEpoch answer: the largest epoch ≤ `epoch` and
-    /// the start offset of the next epoch (or `log_end_offset`).
+    /// Where `epoch` ends in this log, as Kafka's `endOffsetFor` answers
+    /// OffsetForLeaderEpoch and the leader's divergence check: the largest
+    /// epoch ≤ `epoch` that has an entry, and the start of the next entry,
+    /// or `log_end_offset` when `epoch` is the latest. None (Kafka's
+    /// UNDEFINED_EPOCH_OFFSET) for the undefined epoch and for an epoch
+    /// newer than every entry: nothing can be said of it. An epoch older
+    /// than every entry is answered with itself and the first entry's
+    /// start: what it wrote is gone with the log start, and a reader that
+    /// starts over there replicates correctly from the leader's start.
     pub fn end_offset_for_epoch(&self, epoch: i32, log_end_offset: i64) -> Option<(i32, i64)> {
-        let n = self.entries.partition_point(|&(e, _)| e <= epoch);
-        if n == 0 {
+        if epoch == NO_LEADER_EPOCH {
             return None;
         }
-        let found = self.entries[n - 1].0;
-        let end = self.entries.get(n).map_or(log_end_offset, |&(_, o)| o);
+        if self.latest_epoch() == Some(epoch) {
+            return Some((epoch, log_end_offset));
+        }
+        let newer = self.entries.partition_point(|&(e, _)| e <= epoch);
+        let &(_, end) = self.entries.get(newer)?;
+        let found = newer.checked_sub(1).map_or(epoch, |i| self.entries[i].0);
         Some((found, end))
     }
 }
@@ -289,14 +305,38 @@ mod tests {
             std::fs::read_to_string(dir.path().join(LEADER_EPOCH_CHECKPOINT)).unwrap(),
             "0\n3\n1 0\n3 10\n4 20\n"
         );
-        assert_eq!(c.end_offset_for_epoch(2, 30), Some((1, 10)));
-        assert_eq!(c.end_offset_for_epoch(4, 30), Some((4, 30)));
-        assert_eq!(c.end_offset_for_epoch(0, 30), None);
+        // An epoch never written in gives way to the next one at its start.
+        assert!(c.assign(dir.path(), 6, 20).unwrap());
+        assert_eq!(c.entries(), &[(1, 0), (3, 10), (6, 20)]);
+        assert!(c.assign(dir.path(), 7, 30).unwrap());
         c.truncate_from_end(dir.path(), 20).unwrap();
         assert_eq!(c.entries(), &[(1, 0), (3, 10)]);
         c.truncate_from_start(dir.path(), 12).unwrap();
         assert_eq!(c.entries(), &[(3, 12)]);
         assert_eq!(LeaderEpochCache::load(dir.path()).unwrap(), c);
+    }
+
+    /// Kafka's `endOffsetFor` cases, over epochs 1, 3 and 4 starting at 0,
+    /// 10 and 20, with the log ending at 30.
+    #[test]
+    fn end_offset_for_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = LeaderEpochCache::default();
+        assert_eq!(c.end_offset_for_epoch(0, 30), None, "no entries");
+        for (epoch, start) in [(1, 0), (3, 10), (4, 20)] {
+            c.assign(dir.path(), epoch, start).unwrap();
+        }
+        // A known epoch ends where the next begins; the latest at the log end.
+        assert_eq!(c.end_offset_for_epoch(1, 30), Some((1, 10)));
+        assert_eq!(c.end_offset_for_epoch(3, 30), Some((3, 20)));
+        assert_eq!(c.end_offset_for_epoch(4, 30), Some((4, 30)));
+        // An epoch without entry: the largest older one, up to the next start.
+        assert_eq!(c.end_offset_for_epoch(2, 30), Some((1, 10)));
+        // Older than every entry: itself, up to the first start.
+        assert_eq!(c.end_offset_for_epoch(0, 30), Some((0, 0)));
+        // Newer than every entry, or undefined: nothing known.
+        assert_eq!(c.end_offset_for_epoch(5, 30), None);
+        assert_eq!(c.end_offset_for_epoch(NO_LEADER_EPOCH, 30), None);
     }
 
     #[test]

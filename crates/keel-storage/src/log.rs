@@ -317,6 +317,25 @@ impl Log {
         &self.leader_epochs
     }
 
+    /// Where `epoch` ends in this log (see
+    /// [`LeaderEpochCache::end_offset_for_epoch`]): OffsetForLeaderEpoch's
+    /// answer, the leader's divergence check on a fetch, and the follower's
+    /// side of the truncation that follows.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        self.leader_epochs
+            .end_offset_for_epoch(epoch, self.log_end_offset())
+    }
+
+    /// A new leader records that its epoch starts at the log end before it
+    /// writes anything (Kafka's `maybeAssignEpochStartOffset` on becoming
+    /// leader): where the previous epoch ended is then known even while the
+    /// new one is empty, so a follower holding more of it truncates.
+    pub fn assign_epoch_start_offset(&mut self, epoch: i32) -> Result<()> {
+        let log_end = self.log_end_offset();
+        self.leader_epochs.assign(&self.dir, epoch, log_end)?;
+        Ok(())
+    }
+
     /// The producer's current state, if any (for tests and InitProducerId).
     pub fn producer_state(&self, producer_id: i64) -> Option<&ProducerEntry> {
         self.producers.get(producer_id)
@@ -600,11 +619,26 @@ impl Log {
     pub fn append_as_follower(&mut self, batches: &[u8]) -> Result<LogAppendResult> {
         let mut headers = Vec::new();
         let mut markers = Vec::new();
-        let mut expected = self.log_end_offset();
+        let log_end = self.log_end_offset();
+        let mut expected = log_end;
+        let mut restart_at = None;
         for item in BatchIter::strict(batches) {
             let (header, range) = item?;
             check_framing(&header)?;
             check_crc(&header, &batches[range.clone()])?;
+            // A leader whose log start falls inside a batch (DeleteRecords)
+            // sends that whole batch to a follower fetching from its log
+            // start. An empty log takes it by restarting at the batch's
+            // base offset, as Kafka's follower does; the leader's log start
+            // comes back with the next fetch answer.
+            if headers.is_empty()
+                && log_end == self.log_start_offset
+                && (0..log_end).contains(&header.base_offset)
+                && header.last_offset() >= log_end
+            {
+                restart_at = Some(header.base_offset);
+                expected = header.base_offset;
+            }
             if header.base_offset < expected || header.last_offset_delta < 0 {
                 return Err(StorageError::UnexpectedAppendOffset {
                     first_offset: header.base_offset,
@@ -621,6 +655,10 @@ impl Log {
             ));
         };
         let (first_offset, last_offset) = (first.base_offset, last.last_offset());
+        if let Some(base) = restart_at {
+            tracing::info!(log = %self.dir.display(), from = log_end, to = base, "the leader's first batch starts below this empty log: restarting the log at its base offset");
+            self.truncate_fully_and_start_at(base)?;
+        }
         // Followers roll by size only; `roll_if_due` handles segment.ms.
         let rolling_ms = first.max_timestamp;
         self.write(
@@ -1022,7 +1060,12 @@ impl Log {
     /// restarted at `offset`.
     pub fn truncate_to(&mut self, offset: i64) -> Result<()> {
         if offset >= self.log_end_offset() {
-            return Ok(());
+            // Nothing to cut, but an epoch this broker started as leader
+            // and never wrote in may sit at the log end; the new leader's
+            // log does not have it, and a follower must not fetch with it.
+            return self
+                .leader_epochs
+                .truncate_from_end(&self.dir, self.log_end_offset());
         }
         if offset < self.log_start_offset {
             return self.truncate_fully_and_start_at(offset);
@@ -1046,7 +1089,11 @@ impl Log {
         self.after_truncation()
     }
 
-    fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<()> {
+    /// Empties the log and restarts it at `offset`, which becomes the log
+    /// start: a follower whose whole log is older than the leader's log
+    /// start (Kafka's `truncateFullyAndStartAt`). Epochs, producer state and
+    /// snapshots go with the data.
+    pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<()> {
         while let Some((_, seg)) = self.segments.pop_first() {
             seg.delete_files()?;
         }

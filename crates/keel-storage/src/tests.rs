@@ -681,6 +681,84 @@ fn truncate_and_follower_append() {
     assert_eq!(follower.log_end_offset(), 24);
 }
 
+/// A new leader's epoch starts at the log end before anything is written
+/// in it, so the previous epoch's end is known at once; a deposed leader
+/// that never wrote in its epoch forgets it on truncation, as on reopening.
+#[test]
+fn a_leaders_epoch_starts_at_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    append(&mut log, batch_with(4, NOW, 10)); // 0..=3 in epoch 0
+    log.assign_epoch_start_offset(2).unwrap();
+    log.assign_epoch_start_offset(2).unwrap();
+    log.assign_epoch_start_offset(1).unwrap(); // older: ignored
+    assert_eq!(log.leader_epoch_cache().entries(), &[(0, 0), (2, 4)]);
+    assert_eq!(log.end_offset_for_epoch(0), Some((0, 4)));
+    assert_eq!(log.end_offset_for_epoch(1), Some((0, 4)));
+    assert_eq!(log.end_offset_for_epoch(2), Some((2, 4)));
+    assert_eq!(log.end_offset_for_epoch(3), None);
+    // Writing in the epoch keeps its start; the latest ends at the log end.
+    log.append_as_leader(&mut batch_with(2, NOW, 10), 2, NOW)
+        .unwrap();
+    assert_eq!(log.leader_epoch_cache().entries(), &[(0, 0), (2, 4)]);
+    assert_eq!(log.end_offset_for_epoch(2), Some((2, 6)));
+
+    // Deposed at epoch 3 before writing in it: a truncation that cuts
+    // nothing still drops the epoch, and so does reopening.
+    log.assign_epoch_start_offset(3).unwrap();
+    log.truncate_to(100).unwrap();
+    assert_eq!(log.log_end_offset(), 6);
+    assert_eq!(log.leader_epoch_cache().entries(), &[(0, 0), (2, 4)]);
+    log.assign_epoch_start_offset(3).unwrap();
+    log.close().unwrap();
+    let log = open(dir.path(), LogConfig::default(), None);
+    assert_eq!(log.leader_epoch_cache().entries(), &[(0, 0), (2, 4)]);
+}
+
+/// A follower restarted at the leader's log start, which DeleteRecords put
+/// inside a batch, takes that whole batch: its empty log restarts at the
+/// batch's base offset. A log holding data refuses the same batch.
+#[test]
+fn an_empty_follower_takes_the_batch_holding_the_leaders_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = open(dir.path(), LogConfig::default(), None);
+    leader
+        .append_as_leader(&mut batch_with(5, NOW, 10), 1, NOW)
+        .unwrap(); // 0..=4
+    leader
+        .append_as_leader(&mut batch_with(5, NOW, 10), 1, NOW)
+        .unwrap(); // 5..=9
+    leader.maybe_increment_log_start_offset(7).unwrap();
+    let shipped = leader
+        .read(7, u32::MAX, i64::MAX, true)
+        .unwrap()
+        .read_bytes()
+        .unwrap();
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = open(follower_dir.path(), LogConfig::default(), None);
+    follower.truncate_fully_and_start_at(7).unwrap();
+    let r = follower.append_as_follower(&shipped).unwrap();
+    assert_eq!((r.first_offset, r.last_offset), (5, 9));
+    assert_eq!(follower.log_start_offset(), 5);
+    assert_eq!(follower.log_end_offset(), 10);
+    follower.maybe_increment_log_start_offset(7).unwrap();
+    assert_eq!(follower.log_start_offset(), 7);
+    assert_eq!(follower.leader_epoch_cache().entries(), &[(1, 7)]);
+    assert_eq!(read_headers(&follower, 7, u32::MAX)[0].base_offset(), 5);
+
+    let busy_dir = tempfile::tempdir().unwrap();
+    let mut busy = open(busy_dir.path(), LogConfig::default(), None);
+    append(&mut busy, batch_with(7, NOW, 10)); // 0..=6
+    assert!(matches!(
+        busy.append_as_follower(&shipped),
+        Err(StorageError::UnexpectedAppendOffset {
+            first_offset: 5,
+            log_end: 7
+        })
+    ));
+}
+
 #[test]
 fn log_manager_lifecycle() {
     let dir = tempfile::tempdir().unwrap();

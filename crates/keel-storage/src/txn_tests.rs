@@ -356,6 +356,85 @@ fn truncating_below_a_marker_reopens_its_transaction() {
     assert!(log.has_ongoing_transaction(3));
 }
 
+/// A follower whose whole log is older than the leader's log start drops
+/// it and restarts there: no segment, epoch, producer, open or aborted
+/// transaction, index or snapshot of the old log is left, and it then
+/// copies the leader from that offset, also across a reopen.
+#[test]
+fn truncating_fully_restarts_the_log_with_nothing_of_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), small_segments(), None);
+    for seq in 0..4 {
+        append(&mut log, txn(1, 0, seq, 1));
+        append(&mut log, plain(300));
+    }
+    mark(&mut log, 1, 0, ABORT);
+    append(&mut log, txn(2, 0, 0, 1)); // open at the end
+    log.append_as_leader(&mut plain(300), 3, NOW).unwrap();
+    assert!(log.segment_count() > 2);
+    assert!(!txn_index_files(log.dir()).is_empty());
+    assert!(log.has_ongoing_transaction(2));
+    let snapshots = |log: &Log| {
+        std::fs::read_dir(log.dir())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_str().unwrap().ends_with(".snapshot")
+            })
+            .count()
+    };
+    assert!(snapshots(&log) > 0, "rolls took producer snapshots");
+    let old_end = log.log_end_offset();
+
+    log.truncate_fully_and_start_at(500).unwrap();
+    assert!(500 > old_end);
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
+    assert_eq!(log.segment_count(), 1);
+    assert!(log.recovery_point() <= 500);
+    assert!(log.leader_epoch_cache().entries().is_empty());
+    assert_eq!(
+        std::fs::read_to_string(log.dir().join("leader-epoch-checkpoint")).unwrap(),
+        "0\n0\n"
+    );
+    assert!(log.producers().is_empty());
+    assert_eq!(log.first_unstable_offset(), None);
+    assert!(log.aborted_transactions(0, 600).unwrap().is_empty());
+    assert!(txn_index_files(log.dir()).is_empty());
+    assert_eq!(snapshots(&log), 0);
+    assert!(matches!(
+        log.read(499, u32::MAX, i64::MAX, true),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    assert!(log.read(500, u32::MAX, i64::MAX, true).unwrap().is_empty());
+
+    // The leader's records from 500 on, in its epoch 7.
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = open(leader_dir.path(), small_segments(), None);
+    leader.truncate_fully_and_start_at(500).unwrap();
+    let from = leader.log_end_offset();
+    leader
+        .append_as_leader(&mut txn(9, 0, 0, 2), 7, NOW)
+        .unwrap();
+    leader.append_as_leader(&mut plain(10), 7, NOW).unwrap();
+    let shipped = leader
+        .read(from, u32::MAX, i64::MAX, true)
+        .unwrap()
+        .read_bytes()
+        .unwrap();
+    let r = log.append_as_follower(&shipped).unwrap();
+    assert_eq!((r.first_offset, r.last_offset), (500, 502));
+    assert_eq!(log.leader_epoch_cache().entries(), &[(7, 500)]);
+    assert!(log.has_ongoing_transaction(9));
+    assert_eq!(log.first_unstable_offset(), Some(500));
+
+    log.close().unwrap();
+    let log = open(dir.path(), small_segments(), None);
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 503));
+    assert_eq!(log.leader_epoch_cache().entries(), &[(7, 500)]);
+    assert!(log.has_ongoing_transaction(9));
+    assert!(!log.has_ongoing_transaction(2));
+}
+
 #[test]
 fn a_follower_copying_the_leader_builds_the_same_index() {
     let leader_dir = tempfile::tempdir().unwrap();

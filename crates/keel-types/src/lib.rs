@@ -34,3 +34,6 @@ pub const NO_PRODUCER_EPOCH: ProducerEpoch = -1;
 pub const NO_SEQUENCE: i32 = -1;
 /// `-1` on the wire: no timestamp.
 pub const NO_TIMESTAMP: i64 = -1;
+/// `-1` on the wire: no leader epoch (Kafka's `NO_PARTITION_LEADER_EPOCH`,
+/// and `UNDEFINED_EPOCH` in OffsetForLeaderEpoch answers).
+pub const NO_LEADER_EPOCH: LeaderEpoch = -1;

@@ -15,7 +15,8 @@ use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::produce_response::ProduceResponse;
 use kafka_protocol::messages::{
     ApiVersionsRequest, BrokerId, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
-    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ResponseHeader, TopicName,
+    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use proptest::prelude::*;
@@ -499,6 +500,20 @@ fn seed_frames(topic: &str) -> Vec<Vec<u8>> {
                     .with_partition_index(0)
                     .with_timestamp(-1)])]);
         seeds.push(RawConn::encode_request(7, 1, &request).to_vec());
+    }
+    for version in [2, 4] {
+        use kafka_protocol::messages::offset_for_leader_epoch_request::{
+            OffsetForLeaderPartition, OffsetForLeaderTopic,
+        };
+        let request = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(name())
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(0)
+                    .with_leader_epoch(0)])]);
+        seeds.push(RawConn::encode_request(version, 1, &request).to_vec());
     }
     {
         use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;

@@ -10,12 +10,12 @@ use keel_storage::AbortedTxn;
 use keel_types::TopicPartition;
 use tokio::time::Instant;
 
-use super::topic_name;
+use super::{leadership_error, topic_name};
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 use crate::errors::storage_error;
 use crate::fetch_session::{PartitionFetch, PartitionKey, FINAL_EPOCH};
-use crate::replica_manager::{Leadership, Partition, ReadBound};
+use crate::replica_manager::{Partition, ReadBound};
 
 /// Fetch v13 names topics by id instead of by name.
 const TOPIC_IDS_VERSION: i16 = 13;
@@ -24,37 +24,29 @@ const SESSIONS_VERSION: i16 = 7;
 /// From v15 a follower names itself in `replica_state`, not `replica_id`.
 const REPLICA_STATE_VERSION: i16 = 15;
 
-/// Why this broker cannot serve a fetch of the partition, if it cannot:
-/// only the leader serves (Keel has no follower fetching for consumers),
-/// and a client's leader epoch must match ours (KIP-320).
-fn leadership_error(
-    state: Leadership,
-    node_id: i32,
-    current_leader_epoch: i32,
-) -> Option<ResponseError> {
-    if current_leader_epoch >= 0 && current_leader_epoch > state.leader_epoch {
-        return Some(ResponseError::UnknownLeaderEpoch);
-    }
-    if current_leader_epoch >= 0 && current_leader_epoch < state.leader_epoch {
-        return Some(ResponseError::FencedLeaderEpoch);
-    }
-    (state.leader != node_id).then_some(ResponseError::NotLeaderOrFollower)
-}
-
-/// Kafka's fetch-time truncation check (Fetch v12+): the follower's last
-/// fetched epoch must end, in the leader's log, at or after its fetch
-/// offset; otherwise its log diverged and it must truncate to the
-/// returned (epoch, end offset) first.
-fn divergence(partition: &Partition, fetch: &PartitionFetch) -> Option<(i32, i64)> {
+/// Kafka's check of a fetch's last fetched epoch (Fetch v12+, sent by
+/// followers): that epoch must end, in this log, at or after the fetch
+/// offset; otherwise the fetcher's log diverged and it must first truncate
+/// to the returned (epoch, end offset). An epoch this log cannot place, or
+/// a fetch offset below the log start, is out of range.
+fn divergence(
+    partition: &Partition,
+    fetch: &PartitionFetch,
+) -> Result<Option<(i32, i64)>, ResponseError> {
     if fetch.last_fetched_epoch < 0 {
-        return None;
+        return Ok(None);
     }
     partition.with_log(|log| {
         let (epoch, end_offset) = log
-            .leader_epoch_cache()
-            .end_offset_for_epoch(fetch.last_fetched_epoch, log.log_end_offset())?;
-        (epoch < fetch.last_fetched_epoch || end_offset < fetch.fetch_offset)
-            .then_some((epoch, end_offset))
+            .end_offset_for_epoch(fetch.last_fetched_epoch)
+            .ok_or(ResponseError::OffsetOutOfRange)?;
+        if fetch.fetch_offset < log.log_start_offset() {
+            return Err(ResponseError::OffsetOutOfRange);
+        }
+        Ok(
+            (epoch < fetch.last_fetched_epoch || end_offset < fetch.fetch_offset)
+                .then_some((epoch, end_offset)),
+        )
     })
 }
 
@@ -195,15 +187,23 @@ pub async fn handle(
             result.topic_id = partition.topic_id;
             let state = partition.leadership();
             result.leader = (state.leader, state.leader_epoch);
-            let refusal =
-                leadership_error(state, broker.config.node_id, fetch.current_leader_epoch);
+            // Fetch treats any negative epoch as none given.
+            let current_leader_epoch =
+                (fetch.current_leader_epoch >= 0).then_some(fetch.current_leader_epoch);
+            let refusal = leadership_error(state, broker.config.node_id, current_leader_epoch);
             // A fetch naming a replica id must come from a replica: Kafka
             // refuses anyone else the data above the high watermark.
             let refusal = refusal.or_else(|| {
                 (follower && !partition.is_replica(replica_id))
                     .then_some(ResponseError::NotLeaderOrFollower)
             });
-            let diverging = follower.then(|| divergence(&partition, fetch)).flatten();
+            let (refusal, diverging) = match refusal {
+                Some(refusal) => (Some(refusal), None),
+                None => match divergence(&partition, fetch) {
+                    Ok(diverging) => (None, diverging),
+                    Err(out_of_range) => (Some(out_of_range), None),
+                },
+            };
             if refusal.is_some() || diverging.is_some() {
                 result.error = refusal;
                 result.diverging_epoch = diverging;

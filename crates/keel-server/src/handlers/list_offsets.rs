@@ -18,6 +18,9 @@ const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
 /// KIP-1005: latest offset in remote storage; none without tiering.
 const LATEST_TIERED_TIMESTAMP: i64 = -5;
 
+/// The `replica_id` of a consumer.
+const CONSUMER_REPLICA_ID: i32 = -1;
+
 /// Answers carry the offset's leader epoch from v4 on.
 const LEADER_EPOCH_VERSION: i16 = 4;
 
@@ -27,6 +30,9 @@ pub fn handle(
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let with_epoch = ctx.api_version >= LEADER_EPOCH_VERSION;
+    // Kafka's rule: any replica id but a consumer's (a follower, or the
+    // debugging id -2) reads to the log end, whatever the isolation level.
+    let replica = request.replica_id.0 != CONSUMER_REPLICA_ID;
     let read_committed = request.isolation_level == super::READ_COMMITTED;
     let topics = request
         .topics
@@ -46,9 +52,12 @@ pub fn handle(
                         return answer
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
-                    // A read_committed consumer sees nothing at or past the
-                    // last stable offset, by offset or by timestamp.
-                    let last_fetchable = if read_committed {
+                    // A consumer sees nothing at or past the high watermark
+                    // (read_committed: the last stable offset), by offset or
+                    // by timestamp.
+                    let last_fetchable = if replica {
+                        partition.log_end_offset()
+                    } else if read_committed {
                         partition.last_stable_offset()
                     } else {
                         partition.high_watermark()

@@ -21,12 +21,16 @@ pub mod init_producer_id;
 pub mod list_offsets;
 pub mod list_partition_reassignments;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod txn_offset_commit;
 pub mod write_txn_markers;
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use crate::replica_manager::Leadership;
 
 pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
@@ -42,3 +46,19 @@ pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 /// `isolation_level` (Fetch, ListOffsets) of a consumer that must not see
 /// open or aborted transactions.
 pub const READ_COMMITTED: i8 = 1;
+
+/// Why this broker cannot serve a partition's reads (Fetch,
+/// OffsetForLeaderEpoch), if it cannot: a client's leader epoch, when it
+/// gives one, must be ours (KIP-320), and only the leader serves (Keel has
+/// no follower fetching for consumers). Kafka's `getLocalLog`.
+pub fn leadership_error(
+    state: Leadership,
+    node_id: i32,
+    current_leader_epoch: Option<i32>,
+) -> Option<ResponseError> {
+    match current_leader_epoch {
+        Some(epoch) if epoch > state.leader_epoch => Some(ResponseError::UnknownLeaderEpoch),
+        Some(epoch) if epoch < state.leader_epoch => Some(ResponseError::FencedLeaderEpoch),
+        _ => (state.leader != node_id).then_some(ResponseError::NotLeaderOrFollower),
+    }
+}
