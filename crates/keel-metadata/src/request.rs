@@ -150,7 +150,17 @@ pub fn decide(
         } => controller::create_partitions(image, topic, *count, assignments.as_deref())?,
         ControllerRequest::AlterConfigs {
             resource, change, ..
-        } => controller::alter_configs(image, resource, change)?,
+        } => {
+            let mut records = controller::alter_configs(image, resource, change)?;
+            let mut changed = image.clone();
+            for r in &records {
+                changed
+                    .apply(image.offset + 1, r)
+                    .map_err(ControllerError::InvalidRequest)?;
+            }
+            records.extend(cluster::elect_leaderless(&changed, defaults));
+            records
+        }
         ControllerRequest::DeleteTopic { topic_id } => controller::delete_topic(image, *topic_id)?,
         ControllerRequest::AllocateProducerIds { block_size } => {
             if *block_size <= 0 {
