@@ -69,9 +69,16 @@ pub(crate) fn rebalance_partition(
         p.leader
     } else if let Some(&b) = p.replicas.iter().find(|b| isr.contains(b)) {
         b
-    } else if let Some(&b) = p.replicas.iter().find(|b| unclean && can_serve(**b)) {
+    } else if let Some(&b) = p
+        .replicas
+        .iter()
+        .find(|b| unclean && (can_serve(**b) || restarted == Some(**b)))
+    {
         // Unclean: an out-of-sync replica leads and the others truncate
-        // to it; acknowledged records it lacks are lost, by request.
+        // to it; acknowledged records it lacks are lost, by request. A
+        // restarted broker qualifies: whatever its log lost, an unclean
+        // leader's log is only ever what it has, and once registered it
+        // is not fenced, so no later unfencing would elect it.
         isr = vec![b];
         b
     } else {
@@ -377,6 +384,55 @@ pub(crate) mod tests {
         apply_all(&mut img, &records);
         let p = partition(&img);
         assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+    }
+
+    #[test]
+    fn a_restarted_out_of_sync_replica_leads_only_if_unclean_election_is_on() {
+        let (mut img, _) = image(&[(1, None), (2, None)], &[1, 2]);
+        for b in [2, 1] {
+            let records = fence_broker(&img, b, DEFAULTS);
+            apply_all(&mut img, &records);
+        }
+        assert!(restarted_broker(&img, 2, DEFAULTS).is_empty());
+        let unclean = TopicDefaults {
+            unclean_leader_election_enable: true,
+            ..DEFAULTS
+        };
+        let records = restarted_broker(&img, 2, unclean);
+        apply_all(&mut img, &records);
+        let p = partition(&img);
+        assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (2, vec![2], 2));
+    }
+
+    #[test]
+    fn enabling_unclean_election_elects_a_waiting_partition() {
+        use crate::controller::ConfigChange;
+        use crate::request::{decide, ControllerRequest};
+        use crate::ConfigResource;
+
+        let (mut img, _) = image(&[(1, None), (2, None)], &[1, 2]);
+        for b in [2, 1] {
+            let records = fence_broker(&img, b, DEFAULTS);
+            apply_all(&mut img, &records);
+        }
+        let records = unfence_broker(&img, 2, DEFAULTS);
+        apply_all(&mut img, &records);
+        assert_eq!(partition(&img).leader, NO_LEADER);
+        let enable = |validate_only| ControllerRequest::AlterConfigs {
+            resource: ConfigResource::Topic("t".into()),
+            change: ConfigChange::Replace(vec![(
+                "unclean.leader.election.enable".into(),
+                "true".into(),
+            )]),
+            validate_only,
+        };
+        let (records, _) = decide(&img, &enable(true), DEFAULTS).unwrap();
+        assert!(records.is_empty());
+        let (records, _) = decide(&img, &enable(false), DEFAULTS).unwrap();
+        apply_all(&mut img, &records);
+        let p = partition(&img);
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+        assert!(crate::elections::balance_leaders(&img, false, DEFAULTS).is_empty());
     }
 
     #[test]

@@ -176,10 +176,12 @@ pub fn decide(
         } => {
             let mut records = controller::alter_configs(image, resource, change)?;
             // Allowing unclean elections acts at once on partitions waiting
-            // without a leader, as Kafka's controller does.
+            // without a leader, as ZooKeeper-era Kafka's controller did
+            // (KRaft waits for its periodic check).
             let mut next = image.clone();
             for record in &records {
-                let _ = next.apply(image.offset + 1, record);
+                next.apply(image.offset + 1, record)
+                    .map_err(ControllerError::InvalidRequest)?;
             }
             records.extend(elections::balance_leaders(&next, false, defaults));
             records

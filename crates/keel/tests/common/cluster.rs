@@ -303,6 +303,48 @@ impl TestCluster {
         })
     }
 
+    /// `topic`-`partition`'s leader (-1 while it has none) and ISR as a
+    /// running node's Metadata describes them; None while the topic is
+    /// unknown there.
+    pub fn leader_and_isr(&self, topic: &str, partition: i32) -> Option<(i32, Vec<i32>)> {
+        self.ask_running(|id| {
+            let m = self.metadata_from(id, Some(&[topic])).ok()?;
+            let t = m.topics.iter().find(|t| t.error_code == 0)?;
+            let p = t
+                .partitions
+                .iter()
+                .find(|p| p.partition_index == partition)?;
+            Some((p.leader_id.0, p.isr_nodes.iter().map(|b| b.0).collect()))
+        })
+    }
+
+    /// Every batch of `topic`-`partition` in node `id`'s log dir, as its
+    /// base offset and bytes, in offset order. Followers store the bytes
+    /// the leader sent, so replicas that agree hold identical lists.
+    pub fn stored_batches(&self, id: i32, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
+        let dir = self
+            .node(id)
+            .data_dir()
+            .join(format!("{topic}-{partition}"));
+        let mut batches = Vec::new();
+        for segment in segment_files(&dir) {
+            // A segment may be replaced (truncated, rolled) under us: the
+            // caller polls until replicas agree, so a failed read is just
+            // one more round.
+            let Ok(data) = std::fs::read(&segment) else {
+                return Vec::new();
+            };
+            let (headers, _) = read_segment(&segment);
+            for b in headers {
+                let (start, end) = (b.position as usize, (b.position + b.size) as usize);
+                if let Some(bytes) = data.get(start..end) {
+                    batches.push((b.base_offset, bytes.to_vec()));
+                }
+            }
+        }
+        batches
+    }
+
     /// One CreateTopics sent to node `id` itself (not to the controller, as
     /// clients do), so a non-controller node has to forward it. Returns the
     /// topic's error code and message.
