@@ -75,12 +75,20 @@ impl ReplicaFetchers {
     }
 }
 
-fn followed_partitions(broker: &Broker, leader: i32) -> Vec<Arc<Partition>> {
+/// A partition this broker follows, with the leader epoch it follows in:
+/// what a fetch's answer may be applied under.
+type Followed = (Arc<Partition>, i32);
+
+fn followed_partitions(broker: &Broker, leader: i32) -> Vec<Followed> {
     broker
         .replicas
         .all()
         .into_iter()
-        .filter(|p| p.leadership().leader == leader && !p.is_deleted())
+        .filter(|p| !p.is_deleted())
+        .filter_map(|p| {
+            let state = p.leadership();
+            (state.leader == leader).then_some((p, state.leader_epoch))
+        })
         .collect()
 }
 
@@ -130,9 +138,9 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32) {
     }
 }
 
-fn fetch_request(broker: &Broker, partitions: &[Arc<Partition>]) -> FetchRequest {
+fn fetch_request(broker: &Broker, partitions: &[Followed]) -> FetchRequest {
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for p in partitions {
+    for (p, leader_epoch) in partitions {
         let (log_end, log_start, last_epoch) = p.with_log(|log| {
             (
                 log.log_end_offset(),
@@ -142,7 +150,7 @@ fn fetch_request(broker: &Broker, partitions: &[Arc<Partition>]) -> FetchRequest
         });
         let fetch = FetchPartition::default()
             .with_partition(p.tp.partition)
-            .with_current_leader_epoch(p.leader_epoch())
+            .with_current_leader_epoch(*leader_epoch)
             .with_fetch_offset(log_end)
             .with_last_fetched_epoch(last_epoch)
             .with_log_start_offset(log_start)
@@ -171,9 +179,9 @@ fn fetch_request(broker: &Broker, partitions: &[Arc<Partition>]) -> FetchRequest
 /// the partitions whose fetch offset the leader called out of range.
 fn apply_response(
     leader: i32,
-    partitions: &[Arc<Partition>],
+    partitions: &[Followed],
     response: FetchResponse,
-) -> (bool, Vec<Arc<Partition>>) {
+) -> (bool, Vec<Followed>) {
     if response.error_code != 0 {
         tracing::debug!(leader, code = response.error_code, "fetch refused whole");
         return (false, Vec::new());
@@ -182,16 +190,16 @@ fn apply_response(
     let mut out_of_range = Vec::new();
     for topic in response.responses {
         for data in topic.partitions {
-            let Some(partition) = partitions.iter().find(|p| {
+            let Some(followed @ (partition, epoch)) = partitions.iter().find(|(p, _)| {
                 p.tp.topic == topic.topic.0.as_str() && p.tp.partition == data.partition_index
             }) else {
                 continue;
             };
             if data.error_code == ResponseError::OffsetOutOfRange.code() {
-                out_of_range.push(partition.clone());
+                out_of_range.push(followed.clone());
                 continue;
             }
-            if let Err(why) = apply_partition(partition, data) {
+            if let Err(why) = apply_partition(partition, *epoch, data) {
                 tracing::debug!(partition = %partition.tp, leader, %why, "follower fetch not applied");
                 progressed = false;
             }
@@ -200,24 +208,36 @@ fn apply_response(
     (progressed, out_of_range)
 }
 
-fn apply_partition(partition: &Partition, data: PartitionData) -> Result<(), String> {
-    if data.diverging_epoch.epoch >= 0 {
-        let target = partition.with_log(|log| {
-            let leader = (data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
+/// Applies one partition's answer, fetched under `leader_epoch`; an answer
+/// that crossed a leadership change is dropped.
+fn apply_partition(
+    partition: &Partition,
+    leader_epoch: i32,
+    data: PartitionData,
+) -> Result<(), String> {
+    let applied = if data.diverging_epoch.epoch >= 0 {
+        let leader = (data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
+        partition.truncate_as_follower(leader_epoch, |log| {
             truncation_offset(log.end_offset_for_epoch(leader.0), leader).min(log.log_end_offset())
-        });
-        return partition.truncate_to(target).map_err(|e| e.to_string());
+        })
+    } else {
+        if data.error_code != 0 {
+            return Err(format!(
+                "{:?}",
+                ResponseError::try_from_code(data.error_code)
+            ));
+        }
+        let records: Bytes = data.records.unwrap_or_default();
+        partition.append_as_follower(leader_epoch, &records, data.high_watermark)
+    };
+    match applied {
+        Ok(true) => {}
+        Ok(false) => return Err("the leadership changed while fetching".into()),
+        Err(e) => return Err(e.to_string()),
     }
-    if data.error_code != 0 {
-        return Err(format!(
-            "{:?}",
-            ResponseError::try_from_code(data.error_code)
-        ));
+    if data.diverging_epoch.epoch >= 0 {
+        return Ok(());
     }
-    let records: Bytes = data.records.unwrap_or_default();
-    partition
-        .append_as_follower(&records, data.high_watermark)
-        .map_err(|e| e.to_string())?;
     if data.log_start_offset >= 0 {
         // DeleteRecords and retention on the leader move its log start.
         partition
@@ -284,11 +304,10 @@ struct LeaderExchange<'a> {
 async fn reset_out_of_range(
     mut exchange: LeaderExchange<'_>,
     leader: i32,
-    partitions: &[Arc<Partition>],
+    partitions: &[Followed],
 ) -> bool {
-    let epochs: Vec<i32> = partitions.iter().map(|p| p.leader_epoch()).collect();
-    let ends = list_offsets(&mut exchange, partitions, &epochs, LATEST_TIMESTAMP).await;
-    let starts = list_offsets(&mut exchange, partitions, &epochs, EARLIEST_TIMESTAMP).await;
+    let ends = list_offsets(&mut exchange, partitions, LATEST_TIMESTAMP).await;
+    let starts = list_offsets(&mut exchange, partitions, EARLIEST_TIMESTAMP).await;
     let (ends, starts) = match (ends, starts) {
         (Ok(ends), Ok(starts)) => (ends, starts),
         (Err(why), _) | (_, Err(why)) => {
@@ -297,29 +316,29 @@ async fn reset_out_of_range(
         }
     };
     let mut reset = true;
-    for (partition, epoch) in partitions.iter().zip(epochs) {
+    for (partition, epoch) in partitions {
         let offsets = ends.get(&partition.tp).zip(starts.get(&partition.tp));
         let Some((Ok(leader_end), Ok(leader_start))) = offsets else {
             tracing::debug!(partition = %partition.tp, leader, ?offsets, "the leader gave no log offsets");
             reset = false;
             continue;
         };
-        // The answers took a round trip: act only for the leadership they
-        // were asked under.
-        let state = partition.leadership();
-        if state.leader != leader || state.leader_epoch != epoch {
+        let log_end = partition.log_end_offset();
+        // The answers took a round trip: the partition acts only if it
+        // still follows in the epoch they were asked under.
+        let done = match out_of_range_reset(log_end, *leader_start, *leader_end) {
+            OutOfRangeReset::TruncateTo(offset) => {
+                partition.truncate_as_follower(*epoch, |_| offset)
+            }
+            OutOfRangeReset::StartAt(offset) => {
+                partition.truncate_fully_and_start_at(*epoch, offset)
+            }
+            OutOfRangeReset::Retry => Ok(false),
+        };
+        if matches!(done, Ok(false)) {
             reset = false;
             continue;
         }
-        let log_end = partition.log_end_offset();
-        let done = match out_of_range_reset(log_end, *leader_start, *leader_end) {
-            OutOfRangeReset::TruncateTo(offset) => partition.truncate_to(offset),
-            OutOfRangeReset::StartAt(offset) => partition.truncate_fully_and_start_at(offset),
-            OutOfRangeReset::Retry => {
-                reset = false;
-                continue;
-            }
-        };
         if let Err(e) = done {
             tracing::error!(partition = %partition.tp, error = %e, "resetting an out-of-range follower log failed");
             reset = false;
@@ -332,15 +351,14 @@ async fn reset_out_of_range(
 /// broker: each partition's offset or error.
 async fn list_offsets(
     exchange: &mut LeaderExchange<'_>,
-    partitions: &[Arc<Partition>],
-    epochs: &[i32],
+    partitions: &[Followed],
     timestamp: i64,
 ) -> Result<HashMap<TopicPartition, Result<i64, i16>>, String> {
     let mut topics: Vec<ListOffsetsTopic> = Vec::new();
-    for (p, &epoch) in partitions.iter().zip(epochs) {
+    for (p, epoch) in partitions {
         let asked = ListOffsetsPartition::default()
             .with_partition_index(p.tp.partition)
-            .with_current_leader_epoch(epoch)
+            .with_current_leader_epoch(*epoch)
             .with_timestamp(timestamp);
         match topics.iter_mut().find(|t| t.name.0.as_str() == p.tp.topic) {
             Some(t) => t.partitions.push(asked),

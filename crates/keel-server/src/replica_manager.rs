@@ -464,20 +464,45 @@ impl Partition {
 
     /// Appends what the leader sent, with the leader's offsets and epochs,
     /// and takes the leader's high watermark as far as this log reaches.
+    /// Runs `f` on the log while this broker still follows in
+    /// `fetched_epoch`, the leader epoch a fetch was sent under; `None` once
+    /// leadership moved. An answer that crossed a change must not touch the
+    /// log: a new leader has already recorded where its epoch starts. The
+    /// replication state stays locked throughout (it is always taken before
+    /// the log), so a change lands before the check or after `f`.
+    fn with_follower_log<T>(
+        &self,
+        fetched_epoch: i32,
+        f: impl FnOnce(&mut Log) -> Result<T, StorageError>,
+    ) -> Result<Option<T>, StorageError> {
+        let state = self.replication.lock();
+        if state.leader == self.node_id || state.leader_epoch != fetched_epoch {
+            return Ok(None);
+        }
+        let mut log = self.log.lock();
+        f(&mut log).map(Some)
+    }
+
+    /// Appends what the leader sent; false if leadership moved since the
+    /// fetch under `fetched_epoch`.
     pub fn append_as_follower(
         &self,
+        fetched_epoch: i32,
         batches: &[u8],
         leader_high_watermark: i64,
-    ) -> Result<(), StorageError> {
-        let mut log = self.log.lock();
-        if !batches.is_empty() {
-            log.append_as_follower(batches)?;
-        }
-        let log_end_offset = log.log_end_offset();
-        drop(log);
+    ) -> Result<bool, StorageError> {
+        let appended = self.with_follower_log(fetched_epoch, |log| {
+            if !batches.is_empty() {
+                log.append_as_follower(batches)?;
+            }
+            Ok(log.log_end_offset())
+        })?;
+        let Some(log_end_offset) = appended else {
+            return Ok(false);
+        };
         self.log_end.send_replace(log_end_offset);
         self.set_follower_high_watermark(leader_high_watermark.min(log_end_offset));
-        Ok(())
+        Ok(true)
     }
 
     fn set_follower_high_watermark(&self, offset: i64) {
@@ -489,34 +514,51 @@ impl Partition {
     }
 
     /// Removes records the leader does not have (after a divergence, or a
-    /// leader whose log ends before ours): the log and the high watermark
-    /// end at `offset`.
-    pub fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
-        let mut log = self.log.lock();
-        if offset < log.log_end_offset() {
-            tracing::warn!(partition = %self.tp, from = log.log_end_offset(), to = offset, "truncating a diverged follower log");
-        }
-        log.truncate_to(offset)?;
-        let log_end_offset = log.log_end_offset();
-        drop(log);
+    /// leader whose log ends before ours), from the offset `target` picks
+    /// in the log; false if leadership moved since the fetch under
+    /// `fetched_epoch`. The high watermark never stays above the log end.
+    pub fn truncate_as_follower(
+        &self,
+        fetched_epoch: i32,
+        target: impl FnOnce(&Log) -> i64,
+    ) -> Result<bool, StorageError> {
+        let truncated = self.with_follower_log(fetched_epoch, |log| {
+            let offset = target(log);
+            if offset < log.log_end_offset() {
+                tracing::warn!(partition = %self.tp, from = log.log_end_offset(), to = offset, "truncating a diverged follower log");
+            }
+            log.truncate_to(offset)?;
+            Ok(log.log_end_offset())
+        })?;
+        let Some(log_end_offset) = truncated else {
+            return Ok(false);
+        };
         self.log_end.send_replace(log_end_offset);
         if self.high_watermark() > log_end_offset {
             self.set_follower_high_watermark(log_end_offset);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Drops the whole log and restarts it at the leader's log start
     /// `offset`, past our log end: nothing we hold is still in the leader's
-    /// log. The high watermark restarts there too.
-    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), StorageError> {
-        let mut log = self.log.lock();
-        tracing::warn!(partition = %self.tp, log_end = log.log_end_offset(), leader_log_start = offset, "the leader's log starts past this follower's log end: restarting the log there");
-        log.truncate_fully_and_start_at(offset)?;
-        drop(log);
+    /// log. The high watermark restarts there too. False if leadership
+    /// moved since the fetch under `fetched_epoch`.
+    pub fn truncate_fully_and_start_at(
+        &self,
+        fetched_epoch: i32,
+        offset: i64,
+    ) -> Result<bool, StorageError> {
+        let restarted = self.with_follower_log(fetched_epoch, |log| {
+            tracing::warn!(partition = %self.tp, log_end = log.log_end_offset(), leader_log_start = offset, "the leader's log starts past this follower's log end: restarting the log there");
+            log.truncate_fully_and_start_at(offset)
+        })?;
+        if restarted.is_none() {
+            return Ok(false);
+        }
         self.log_end.send_replace(offset);
         self.set_follower_high_watermark(offset);
-        Ok(())
+        Ok(true)
     }
 
     /// Makes everything up to `offset` durable. Producers that arrive while
