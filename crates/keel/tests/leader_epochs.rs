@@ -12,11 +12,13 @@ use common::*;
 use kafka_protocol::messages::delete_records_request::{
     DeleteRecordsPartition, DeleteRecordsTopic,
 };
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DeleteRecordsRequest, OffsetForLeaderEpochRequest, ProduceResponse, TopicName,
+    BrokerId, DeleteRecordsRequest, ListOffsetsRequest, OffsetForLeaderEpochRequest,
+    ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::client::ClientContext;
@@ -287,6 +289,19 @@ async fn a_consumer_validates_its_position_with_a_new_leader() {
         ask(&mut conn, 4, &topic, 0, -1, 0),
         (NOT_LEADER_OR_FOLLOWER, -1, -1)
     );
+    // So does ListOffsets, for a consumer and a follower alike.
+    for replica_id in [-1, follower] {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(replica_id))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(name(&topic))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1)])]);
+        let response = conn.request(7, &request).expect("ListOffsets v7");
+        let answer = &response.topics[0].partitions[0];
+        assert_eq!(answer.error_code, NOT_LEADER_OR_FOLLOWER, "{response:?}");
+    }
     let after: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
     send_all(cluster.bootstrap(), after.clone()).await;
     assert_eq!(read(&consumer, 10), after);

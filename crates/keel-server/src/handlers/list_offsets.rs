@@ -5,6 +5,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 use keel_types::TopicPartition;
 
+use super::led_partition;
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 use crate::errors::storage_error;
@@ -20,6 +21,8 @@ const LATEST_TIERED_TIMESTAMP: i64 = -5;
 
 /// The `replica_id` of a consumer.
 const CONSUMER_REPLICA_ID: i32 = -1;
+/// The `replica_id` of Kafka's debugging tools, which may ask any replica.
+const DEBUGGING_REPLICA_ID: i32 = -2;
 
 /// Answers carry the offset's leader epoch from v4 on.
 const LEADER_EPOCH_VERSION: i16 = 4;
@@ -48,9 +51,21 @@ pub fn handle(
                         .with_offset(-1)
                         .with_leader_epoch(-1);
                     let tp = TopicPartition::new(topic.name.0.to_string(), p.partition_index);
-                    let Some(partition) = broker.replicas.get(&tp) else {
-                        return answer
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    let current_leader_epoch =
+                        (p.current_leader_epoch >= 0).then_some(p.current_leader_epoch);
+                    // Kafka's rule: only the debugging replica id may read a
+                    // follower's offsets; consumers and followers ask the leader.
+                    let partition = if request.replica_id.0 == DEBUGGING_REPLICA_ID {
+                        broker
+                            .replicas
+                            .get(&tp)
+                            .ok_or(ResponseError::UnknownTopicOrPartition)
+                    } else {
+                        led_partition(broker, &tp, current_leader_epoch)
+                    };
+                    let partition = match partition {
+                        Ok(partition) => partition,
+                        Err(error) => return answer.with_error_code(error.code()),
                     };
                     // A consumer sees nothing at or past the high watermark
                     // (read_committed: the last stable offset), by offset or

@@ -26,11 +26,15 @@ pub mod produce;
 pub mod txn_offset_commit;
 pub mod write_txn_markers;
 
+use std::sync::Arc;
+
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use keel_types::TopicPartition;
 
-use crate::replica_manager::Leadership;
+use crate::broker::Broker;
+use crate::replica_manager::{Leadership, Partition};
 
 pub fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
@@ -60,5 +64,36 @@ pub fn leadership_error(
         Some(epoch) if epoch > state.leader_epoch => Some(ResponseError::UnknownLeaderEpoch),
         Some(epoch) if epoch < state.leader_epoch => Some(ResponseError::FencedLeaderEpoch),
         _ => (state.leader != node_id).then_some(ResponseError::NotLeaderOrFollower),
+    }
+}
+
+/// The partition, if this broker leads it in the epoch the client named
+/// (`None`: it named none), for requests only a leader answers
+/// (OffsetForLeaderEpoch, ListOffsets). A partition hosted elsewhere has a
+/// leader to ask (NOT_LEADER_OR_FOLLOWER); one that does not exist is
+/// UNKNOWN_TOPIC_OR_PARTITION.
+pub fn led_partition(
+    broker: &Broker,
+    tp: &TopicPartition,
+    current_leader_epoch: Option<i32>,
+) -> Result<Arc<Partition>, ResponseError> {
+    let Some(partition) = broker.replicas.get(tp) else {
+        let exists = broker
+            .image()
+            .topic_by_name(&tp.topic)
+            .is_some_and(|t| t.partitions.contains_key(&tp.partition));
+        return Err(if exists {
+            ResponseError::NotLeaderOrFollower
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        });
+    };
+    match leadership_error(
+        partition.leadership(),
+        broker.config.node_id,
+        current_leader_epoch,
+    ) {
+        Some(error) => Err(error),
+        None => Ok(partition),
     }
 }

@@ -10,10 +10,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
-use kafka_protocol::ResponseError;
 use keel_types::{TopicPartition, NO_LEADER_EPOCH};
 
-use super::leadership_error;
+use super::led_partition;
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 
@@ -22,7 +21,6 @@ pub fn handle(
     _ctx: &RequestContext<'_>,
     request: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
-    let image = broker.image();
     let topics = request
         .topics
         .into_iter()
@@ -36,27 +34,13 @@ pub fn handle(
                         .with_leader_epoch(NO_LEADER_EPOCH)
                         .with_end_offset(-1);
                     let tp = TopicPartition::new(topic.topic.0.to_string(), p.partition);
-                    let Some(partition) = broker.replicas.get(&tp) else {
-                        // A partition that exists elsewhere has a leader to ask.
-                        let exists = image
-                            .topic_by_name(&tp.topic)
-                            .is_some_and(|t| t.partitions.contains_key(&tp.partition));
-                        let error = if exists {
-                            ResponseError::NotLeaderOrFollower
-                        } else {
-                            ResponseError::UnknownTopicOrPartition
-                        };
-                        return answer.with_error_code(error.code());
-                    };
                     // Only -1 means no epoch here, unlike Fetch.
                     let current_leader_epoch = (p.current_leader_epoch != NO_LEADER_EPOCH)
                         .then_some(p.current_leader_epoch);
-                    let state = partition.leadership();
-                    if let Some(error) =
-                        leadership_error(state, broker.config.node_id, current_leader_epoch)
-                    {
-                        return answer.with_error_code(error.code());
-                    }
+                    let partition = match led_partition(broker, &tp, current_leader_epoch) {
+                        Ok(partition) => partition,
+                        Err(error) => return answer.with_error_code(error.code()),
+                    };
                     match partition.with_log(|log| log.end_offset_for_epoch(p.leader_epoch)) {
                         Some((epoch, end_offset)) => {
                             answer.with_leader_epoch(epoch).with_end_offset(end_offset)
