@@ -257,26 +257,43 @@ fn check_assignment(
     assignments: &BTreeMap<i32, Vec<i32>>,
     replication_factor: usize,
 ) -> Result<(), ControllerError> {
-    for (p, replicas) in assignments {
-        if replicas.is_empty() || replicas.len() != replication_factor {
+    for (&p, replicas) in assignments {
+        if replicas.len() != replication_factor {
             return Err(ControllerError::InvalidReplicaAssignment(format!(
                 "All partitions should have the same number of replicas, {replication_factor} (partition {p} has {})",
                 replicas.len()
             )));
         }
-        let mut unique = replicas.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        if unique.len() != replicas.len() {
-            return Err(ControllerError::InvalidReplicaAssignment(format!(
-                "Duplicate brokers not allowed in replica assignment: {replicas:?} for partition {p}"
-            )));
-        }
-        if let Some(b) = replicas.iter().find(|b| !image.brokers.contains_key(b)) {
-            return Err(ControllerError::InvalidReplicaAssignment(format!(
-                "Replica assignment for partition {p} refers to broker {b}, which is not registered"
-            )));
-        }
+        check_replica_list(image, p, replicas)?;
+    }
+    Ok(())
+}
+
+/// One partition's manually chosen replicas (CreateTopics, CreatePartitions,
+/// AlterPartitionReassignments): some, none twice, each a registered broker
+/// (Kafka's `validateManualPartitionAssignment`).
+pub(crate) fn check_replica_list(
+    image: &MetadataImage,
+    partition: i32,
+    replicas: &[i32],
+) -> Result<(), ControllerError> {
+    if replicas.is_empty() {
+        return Err(ControllerError::InvalidReplicaAssignment(format!(
+            "The manual partition assignment for partition {partition} includes an empty replica list."
+        )));
+    }
+    let mut unique = replicas.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != replicas.len() {
+        return Err(ControllerError::InvalidReplicaAssignment(format!(
+            "Duplicate brokers not allowed in replica assignment: {replicas:?} for partition {partition}"
+        )));
+    }
+    if let Some(b) = replicas.iter().find(|b| !image.brokers.contains_key(b)) {
+        return Err(ControllerError::InvalidReplicaAssignment(format!(
+            "Replica assignment for partition {partition} refers to broker {b}, which is not registered"
+        )));
     }
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! Cancelling reverts to the replicas from before.
 
 use crate::cluster::{serving, NO_LEADER};
-use crate::controller::ControllerError;
+use crate::controller::{check_replica_list, ControllerError};
 use crate::{MetadataImage, MetadataRecord, PartitionImage};
 
 /// Starts, replaces or (with `target: None`) cancels the reassignment of
@@ -35,7 +35,7 @@ pub fn alter_reassignment(
         None if !p.reassigning() => return Err(ControllerError::NoReassignmentInProgress),
         None => reverted,
         Some(target) => {
-            check_target(image, target)?;
+            check_replica_list(image, partition, target)?;
             if !allow_replication_factor_change && target.len() != reverted.replicas.len() {
                 return Err(ControllerError::InvalidReplicationFactor(format!(
                     "The replication factor is changed from {} to {}, which the request does not allow",
@@ -43,17 +43,8 @@ pub fn alter_reassignment(
                     target.len()
                 )));
             }
-            let adding: Vec<i32> = target
-                .iter()
-                .copied()
-                .filter(|b| !reverted.replicas.contains(b))
-                .collect();
-            let removing: Vec<i32> = reverted
-                .replicas
-                .iter()
-                .copied()
-                .filter(|b| !target.contains(b))
-                .collect();
+            let adding = without(target, &reverted.replicas);
+            let removing = without(&reverted.replicas, target);
             let started = PartitionImage {
                 replicas: target.iter().chain(&removing).copied().collect(),
                 adding_replicas: adding,
@@ -82,18 +73,8 @@ fn revert(p: &PartitionImage) -> Result<PartitionImage, ControllerError> {
     if !p.reassigning() {
         return Ok(p.clone());
     }
-    let replicas: Vec<i32> = p
-        .replicas
-        .iter()
-        .copied()
-        .filter(|b| !p.adding_replicas.contains(b))
-        .collect();
-    let isr: Vec<i32> = p
-        .isr
-        .iter()
-        .copied()
-        .filter(|b| replicas.contains(b))
-        .collect();
+    let replicas = without(&p.replicas, &p.adding_replicas);
+    let isr = without(&p.isr, &p.adding_replicas);
     if isr.is_empty() {
         // Only added replicas are in sync: reverting would leave the
         // partition without an in-sync replica.
@@ -117,27 +98,12 @@ fn revert(p: &PartitionImage) -> Result<PartitionImage, ControllerError> {
     })
 }
 
-/// Kafka's `validateManualPartitionAssignment`.
-fn check_target(image: &MetadataImage, target: &[i32]) -> Result<(), ControllerError> {
-    if target.is_empty() {
-        return Err(ControllerError::InvalidReplicaAssignment(
-            "The manual partition assignment includes an empty replica list.".into(),
-        ));
-    }
-    let mut unique = target.to_vec();
-    unique.sort_unstable();
-    unique.dedup();
-    if unique.len() != target.len() {
-        return Err(ControllerError::InvalidReplicaAssignment(format!(
-            "The manual partition assignment includes a duplicate replica: {target:?}"
-        )));
-    }
-    if let Some(b) = target.iter().find(|b| !image.brokers.contains_key(b)) {
-        return Err(ControllerError::InvalidReplicaAssignment(format!(
-            "The manual partition assignment includes broker {b}, but no such broker is registered."
-        )));
-    }
-    Ok(())
+/// `list` without the brokers in `excluded`, in order.
+fn without(list: &[i32], excluded: &[i32]) -> Vec<i32> {
+    list.iter()
+        .copied()
+        .filter(|b| !excluded.contains(b))
+        .collect()
 }
 
 /// The first of `replicas` in `isr` that `can_lead`, else no leader.
@@ -159,12 +125,11 @@ pub(crate) fn complete_if_caught_up(
     if !p.reassigning() || !p.adding_replicas.iter().all(|b| p.isr.contains(b)) {
         return None;
     }
-    let keep = |b: &i32| !p.removing_replicas.contains(b);
-    let isr: Vec<i32> = p.isr.iter().copied().filter(keep).collect();
+    let isr = without(&p.isr, &p.removing_replicas);
     if isr.is_empty() {
         return None;
     }
-    let replicas: Vec<i32> = p.replicas.iter().copied().filter(keep).collect();
+    let replicas = without(&p.replicas, &p.removing_replicas);
     let leader = if isr.contains(&p.leader) {
         p.leader
     } else {
