@@ -186,7 +186,11 @@ impl Starting {
                 );
             }
         };
-        match line.trim().strip_prefix("keel listening on ") {
+        let line = line.trim();
+        let listening = line
+            .strip_prefix("keel listening on ")
+            .or_else(|| line.strip_prefix("keel controller listening on "));
+        match listening {
             Some(addr) => Ok(addr.to_string()),
             None => bail!("broker did not start: {line:?}; see {}", stderr.display()),
         }
@@ -202,17 +206,25 @@ impl Drop for Broker {
     }
 }
 
-/// Brokers with node ids `1..=n`, each its own controller quorum voter, on
-/// loopback ports chosen here.
+/// Brokers with node ids `1..=n` on loopback ports chosen here: each its
+/// own controller quorum voter, or (Kafka's isolated mode) following a
+/// quorum of controller-only nodes with ids from 101.
 pub struct Cluster {
     /// Node `id` is `nodes[id - 1]`.
     nodes: Vec<Broker>,
+    /// The controller-only nodes, if any; kept running with the brokers.
+    controllers: Vec<Broker>,
 }
 
+/// The first controller-only node's id.
+const CONTROLLER_IDS_FROM: usize = 101;
+
 impl Cluster {
-    pub fn start(keel: &Path, n: usize, overrides: &[String]) -> Result<Self> {
+    /// `n` brokers, and `controllers` controller-only nodes as the quorum
+    /// (0: every broker is a voter too).
+    pub fn start(keel: &Path, n: usize, controllers: usize, overrides: &[String]) -> Result<Self> {
         // Held together until every port is chosen, so that they differ.
-        let sockets = (0..2 * n)
+        let sockets = (0..2 * n + controllers)
             .map(|_| TcpListener::bind("127.0.0.1:0"))
             .collect::<std::io::Result<Vec<_>>>()?;
         let ports = sockets
@@ -221,21 +233,50 @@ impl Cluster {
             .collect::<std::io::Result<Vec<u16>>>()?;
         drop(sockets);
         let (client_ports, controller_ports) = ports.split_at(n);
-        let voters = controller_ports
+        // Brokers' controller listeners first, then the controllers'.
+        let voter_ids: Vec<usize> = if controllers > 0 {
+            (0..controllers).map(|i| CONTROLLER_IDS_FROM + i).collect()
+        } else {
+            (1..=n).collect()
+        };
+        let controller_port = |id: usize| {
+            if id >= CONTROLLER_IDS_FROM {
+                controller_ports[n + id - CONTROLLER_IDS_FROM]
+            } else {
+                controller_ports[id - 1]
+            }
+        };
+        let voters = voter_ids
             .iter()
-            .enumerate()
-            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
+            .map(|&id| format!("{id}@127.0.0.1:{}", controller_port(id)))
             .collect::<Vec<_>>()
             .join(",");
+        let mut starting_controllers = Vec::with_capacity(controllers);
+        for &id in voter_ids.iter().filter(|_| controllers > 0) {
+            let settings = [
+                format!("node.id={id}"),
+                "process.roles=controller".to_string(),
+                format!("listeners=CONTROLLER://127.0.0.1:{}", controller_port(id)),
+                format!("controller.quorum.voters={voters}"),
+            ];
+            starting_controllers.push(Broker::spawn(keel, &settings, overrides)?);
+        }
+        let broker_roles = if controllers > 0 {
+            "broker"
+        } else {
+            "broker,controller"
+        };
         // Every node is started before any is waited for: a node prints its
         // listening line only once a quorum majority is up.
         let mut starting = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, client_port) in client_ports.iter().enumerate() {
+            let id = i + 1;
             let settings = [
-                format!("node.id={}", i + 1),
+                format!("node.id={id}"),
+                format!("process.roles={broker_roles}"),
                 format!(
-                    "listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
-                    client_ports[i], controller_ports[i]
+                    "listeners=PLAINTEXT://127.0.0.1:{client_port},CONTROLLER://127.0.0.1:{}",
+                    controller_port(id)
                 ),
                 format!("controller.quorum.voters={voters}"),
                 format!("default.replication.factor={n}"),
@@ -243,34 +284,42 @@ impl Cluster {
             ];
             starting.push(Broker::spawn(keel, &settings, overrides)?);
         }
-        let mut nodes = Vec::with_capacity(n);
-        let mut waiting = starting.into_iter();
+        let mut started = Vec::with_capacity(controllers + n);
+        let mut waiting = starting_controllers.into_iter().chain(starting);
         while let Some(node) = waiting.next() {
-            let id = nodes.len() + 1;
+            let index = started.len();
             match node.wait() {
-                Ok(broker) => nodes.push(broker),
+                Ok(broker) => started.push(broker),
                 Err(e) => {
                     // The others' logs may tell why, too.
-                    nodes.iter_mut().for_each(Broker::keep_dir);
+                    started.iter_mut().for_each(Broker::keep_dir);
                     let mut others = Vec::new();
                     for mut s in waiting {
                         s.broker.keep_dir();
                         others.extend(s.broker.stderr_path());
                     }
-                    let others: Vec<_> = nodes
+                    let others: Vec<_> = started
                         .iter()
                         .filter_map(Broker::stderr_path)
                         .chain(others)
                         .map(|p| p.display().to_string())
                         .collect();
+                    let what = match index.checked_sub(controllers) {
+                        None => format!("controller {}", voter_ids[index]),
+                        Some(i) => format!("node {} of {n}", i + 1),
+                    };
                     return Err(e.context(format!(
-                        "starting node {id} of {n} (the other nodes' logs: {})",
+                        "starting {what} (the other nodes' logs: {})",
                         others.join(", ")
                     )));
                 }
             }
         }
-        Ok(Self { nodes })
+        let nodes = started.split_off(controllers);
+        Ok(Self {
+            nodes,
+            controllers: started,
+        })
     }
 
     /// Every node's address, for `bootstrap.servers`.
@@ -292,15 +341,20 @@ impl Cluster {
 
     /// Leaves every node's dir in place when the cluster is dropped.
     pub fn keep_dirs(&mut self) {
-        self.nodes.iter_mut().for_each(Broker::keep_dir);
+        self.nodes
+            .iter_mut()
+            .chain(&mut self.controllers)
+            .for_each(Broker::keep_dir);
     }
 
     /// Each node's stderr file, for error messages.
     pub fn stderr_paths(&self) -> String {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, b)| Some(format!("node {}: {}", i + 1, b.stderr_path()?.display())))
+        let brokers = self.nodes.iter().enumerate().map(|(i, b)| (i + 1, b));
+        let controllers =
+            (self.controllers.iter().enumerate()).map(|(i, b)| (CONTROLLER_IDS_FROM + i, b));
+        brokers
+            .chain(controllers)
+            .filter_map(|(id, b)| Some(format!("node {id}: {}", b.stderr_path()?.display())))
             .collect::<Vec<_>>()
             .join(", ")
     }

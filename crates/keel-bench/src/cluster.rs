@@ -13,7 +13,11 @@
 //!    `failover_ms` is from the kill to the first acknowledgement of a
 //!    record sent after it.
 //!
-//! Every node of both runs has [`FAILOVER_SETTINGS`], so that the two runs
+//! 5. The failover again in Kafka's isolated mode: three brokers and three
+//!    controller-only nodes (`process.roles`), so the killed leader is
+//!    never the active controller too (`failover_isolated_ms`).
+//!
+//! Every node of every run has [`FAILOVER_SETTINGS`], so that the runs
 //! differ only in the number of nodes and replicas.
 
 use std::path::Path;
@@ -118,7 +122,7 @@ pub fn run(options: &Options) -> Result<Value> {
     };
     line["single_node"] = figures_or_error(&single);
 
-    let mut cluster = match Cluster::start(options.keel, NODES, &overrides) {
+    let mut cluster = match Cluster::start(options.keel, NODES, 0, &overrides) {
         Ok(cluster) => cluster,
         Err(e) => {
             line["cluster"] = figures_or_error(&Err(e));
@@ -144,6 +148,31 @@ pub fn run(options: &Options) -> Result<Value> {
     if produced.is_err() || latency.is_err() || failover.is_err() || options.keep_dirs {
         cluster.keep_dirs();
         line["cluster_logs"] = json!(cluster.stderr_paths());
+    }
+    drop(cluster);
+
+    // Isolated mode: the quorum on controller-only nodes, so the killed
+    // leader is never the active controller as well.
+    let isolated =
+        Cluster::start(options.keel, NODES, NODES, &overrides).and_then(|mut cluster| {
+            let figures = self::failover(&mut cluster, options);
+            if figures.is_err() || options.keep_dirs {
+                cluster.keep_dirs();
+                line["isolated_cluster_logs"] = json!(cluster.stderr_paths());
+            }
+            figures
+        });
+    // Metadata names a broker as the controller; here none is one.
+    let isolated = isolated.map(|mut figures| {
+        if let Some(figures) = figures.as_object_mut() {
+            figures.remove("controller_before");
+            figures.insert("controller_killed".into(), json!(false));
+        }
+        figures
+    });
+    line["failover_isolated"] = figures_or_error(&isolated);
+    if let Ok(figures) = &isolated {
+        line["failover_isolated_ms"] = figures["failover_ms"].clone();
     }
     Ok(line)
 }
