@@ -88,14 +88,7 @@ fn revert(p: &PartitionImage) -> Result<PartitionImage, ControllerError> {
     } else {
         first_serving(&replicas, &isr, |_| true)
     };
-    Ok(PartitionImage {
-        replicas,
-        isr,
-        leader,
-        adding_replicas: Vec::new(),
-        removing_replicas: Vec::new(),
-        ..p.clone()
-    })
+    Ok(settled(p, replicas, isr, leader))
 }
 
 /// `list` without the brokers in `excluded`, in order.
@@ -135,14 +128,20 @@ pub(crate) fn complete_if_caught_up(
     } else {
         first_serving(&replicas, &isr, |b| serving(image, b))
     };
-    Some(PartitionImage {
+    Some(settled(p, replicas, isr, leader))
+}
+
+/// `p` with no reassignment under way, on these replicas. Epochs are left
+/// to the caller.
+fn settled(p: &PartitionImage, replicas: Vec<i32>, isr: Vec<i32>, leader: i32) -> PartitionImage {
+    PartitionImage {
         replicas,
         isr,
         leader,
         adding_replicas: Vec::new(),
         removing_replicas: Vec::new(),
         ..p.clone()
-    })
+    }
 }
 
 /// The partitions with a reassignment under way, as

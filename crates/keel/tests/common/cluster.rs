@@ -292,15 +292,8 @@ impl TestCluster {
     /// The leader of `topic`-`partition` as a running node's Metadata
     /// names it; None while it has none or the topic is unknown there.
     pub fn node_of_leader(&self, topic: &str, partition: i32) -> Option<i32> {
-        self.ask_running(|id| {
-            let m = self.metadata_from(id, Some(&[topic])).ok()?;
-            let t = m.topics.iter().find(|t| t.error_code == 0)?;
-            let p = t
-                .partitions
-                .iter()
-                .find(|p| p.partition_index == partition)?;
-            (p.leader_id.0 >= 0).then_some(p.leader_id.0)
-        })
+        let (leader, _) = self.leader_and_isr(topic, partition)?;
+        (leader >= 0).then_some(leader)
     }
 
     /// `topic`-`partition`'s leader (-1 while it has none) and ISR as a
