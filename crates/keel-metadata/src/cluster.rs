@@ -37,7 +37,7 @@ pub fn placement_order(image: &MetadataImage) -> Vec<i32> {
         .collect()
 }
 
-pub(crate) fn unclean_election_enabled(
+fn unclean_election_enabled(
     image: &MetadataImage,
     topic: &TopicImage,
     defaults: TopicDefaults,
@@ -108,6 +108,26 @@ pub(crate) fn rebalance_partition(
     })
 }
 
+/// The records of `change` applied to every partition of the cluster;
+/// `change` also learns whether the partition's topic allows unclean
+/// election, and answers `None` where nothing changes.
+pub(crate) fn partition_changes(
+    image: &MetadataImage,
+    defaults: TopicDefaults,
+    change: impl Fn(&PartitionImage, bool) -> Option<PartitionImage>,
+) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    for topic in image.topics() {
+        let unclean = unclean_election_enabled(image, topic, defaults);
+        for p in topic.partitions.values() {
+            if let Some(next) = change(p, unclean) {
+                records.push(next.to_record(topic.topic_id));
+            }
+        }
+    }
+    records
+}
+
 /// Partition changes across the cluster once `can_serve` holds.
 fn rebalance(
     image: &MetadataImage,
@@ -115,16 +135,9 @@ fn rebalance(
     can_serve: impl Fn(i32) -> bool + Copy,
     restarted: Option<i32>,
 ) -> Vec<MetadataRecord> {
-    let mut records = Vec::new();
-    for topic in image.topics() {
-        let unclean = unclean_election_enabled(image, topic, defaults);
-        for p in topic.partitions.values() {
-            if let Some(next) = rebalance_partition(p, can_serve, unclean, restarted) {
-                records.push(next.to_record(topic.topic_id));
-            }
-        }
-    }
-    records
+    partition_changes(image, defaults, |p, unclean| {
+        rebalance_partition(p, can_serve, unclean, restarted)
+    })
 }
 
 pub(crate) fn serving(image: &MetadataImage, broker_id: i32) -> bool {

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{rebalance_partition, serving, unclean_election_enabled, NO_LEADER};
+use crate::cluster::{partition_changes, rebalance_partition, serving, NO_LEADER};
 use crate::controller::TopicDefaults;
 use crate::{MetadataImage, MetadataRecord, PartitionImage};
 
@@ -139,21 +139,14 @@ pub fn balance_leaders(
     preferred: bool,
     defaults: TopicDefaults,
 ) -> Vec<MetadataRecord> {
-    let mut records = Vec::new();
-    for t in image.topics() {
-        let unclean = unclean_election_enabled(image, t, defaults);
-        for p in t.partitions.values() {
-            let next = if p.leader == NO_LEADER {
-                unclean.then(|| elect(image, p, ElectionType::Unclean).ok())
-            } else {
-                preferred.then(|| elect(image, p, ElectionType::Preferred).ok())
-            };
-            if let Some(next) = next.flatten() {
-                records.push(next.to_record(t.topic_id));
-            }
-        }
-    }
-    records
+    partition_changes(image, defaults, |p, unclean| {
+        let election = if p.leader == NO_LEADER {
+            unclean.then_some(ElectionType::Unclean)
+        } else {
+            preferred.then_some(ElectionType::Preferred)
+        };
+        elect(image, p, election?).ok()
+    })
 }
 
 #[cfg(test)]

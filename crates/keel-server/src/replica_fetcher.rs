@@ -20,6 +20,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use keel_storage::StorageError;
 use keel_types::TopicPartition;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -215,29 +216,25 @@ fn apply_partition(
     leader_epoch: i32,
     data: PartitionData,
 ) -> Result<(), String> {
-    let applied = if data.diverging_epoch.epoch >= 0 {
-        let leader = (data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
-        partition.truncate_as_follower(leader_epoch, |log| {
-            truncation_offset(log.end_offset_for_epoch(leader.0), leader).min(log.log_end_offset())
-        })
-    } else {
-        if data.error_code != 0 {
-            return Err(format!(
-                "{:?}",
-                ResponseError::try_from_code(data.error_code)
-            ));
-        }
-        let records: Bytes = data.records.unwrap_or_default();
-        partition.append_as_follower(leader_epoch, &records, data.high_watermark)
+    let applied = |outcome: Result<bool, StorageError>| match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the leadership changed while fetching".to_string()),
+        Err(e) => Err(e.to_string()),
     };
-    match applied {
-        Ok(true) => {}
-        Ok(false) => return Err("the leadership changed while fetching".into()),
-        Err(e) => return Err(e.to_string()),
-    }
     if data.diverging_epoch.epoch >= 0 {
-        return Ok(());
+        let leader = (data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
+        return applied(partition.truncate_as_follower(leader_epoch, |log| {
+            truncation_offset(log.end_offset_for_epoch(leader.0), leader).min(log.log_end_offset())
+        }));
     }
+    if data.error_code != 0 {
+        return Err(format!(
+            "{:?}",
+            ResponseError::try_from_code(data.error_code)
+        ));
+    }
+    let records: Bytes = data.records.unwrap_or_default();
+    applied(partition.append_as_follower(leader_epoch, &records, data.high_watermark))?;
     if data.log_start_offset >= 0 {
         // DeleteRecords and retention on the leader move its log start.
         partition
@@ -335,13 +332,13 @@ async fn reset_out_of_range(
             }
             OutOfRangeReset::Retry => Ok(false),
         };
-        if matches!(done, Ok(false)) {
-            reset = false;
-            continue;
-        }
-        if let Err(e) = done {
-            tracing::error!(partition = %partition.tp, error = %e, "resetting an out-of-range follower log failed");
-            reset = false;
+        match done {
+            Ok(true) => {}
+            Ok(false) => reset = false,
+            Err(e) => {
+                tracing::error!(partition = %partition.tp, error = %e, "resetting an out-of-range follower log failed");
+                reset = false;
+            }
         }
     }
     reset

@@ -186,10 +186,12 @@ impl Partition {
     }
 
     /// Takes the leadership and ISR of a new image. A new leader epoch
-    /// resets what the leader knows of its followers.
-    fn update_replication(&self, p: &PartitionImage) {
+    /// resets what the leader knows of its followers. Returns whether the
+    /// leadership changed.
+    fn update_replication(&self, p: &PartitionImage) -> bool {
         let mut state = self.replication.lock();
-        if p.leader_epoch != state.leader_epoch || p.leader != state.leader {
+        let changed = p.leader_epoch != state.leader_epoch || p.leader != state.leader;
+        if changed {
             state.followers.clear();
             tracing::info!(
                 partition = %self.tp,
@@ -208,6 +210,7 @@ impl Partition {
         drop(state);
         let log_end_offset = self.log_end_offset();
         self.maybe_advance_high_watermark(log_end_offset);
+        changed
     }
 
     /// The leader's high watermark: the lowest log end offset in the ISR,
@@ -462,8 +465,6 @@ impl Partition {
         last_stable_offset(&log, self.high_watermark())
     }
 
-    /// Appends what the leader sent, with the leader's offsets and epochs,
-    /// and takes the leader's high watermark as far as this log reaches.
     /// Runs `f` on the log while this broker still follows in
     /// `fetched_epoch`, the leader epoch a fetch was sent under; `None` once
     /// leadership moved. An answer that crossed a change must not touch the
@@ -483,8 +484,9 @@ impl Partition {
         f(&mut log).map(Some)
     }
 
-    /// Appends what the leader sent; false if leadership moved since the
-    /// fetch under `fetched_epoch`.
+    /// Appends what the leader sent, with the leader's offsets and epochs,
+    /// and takes the leader's high watermark as far as this log reaches;
+    /// false if leadership moved since the fetch under `fetched_epoch`.
     pub fn append_as_follower(
         &self,
         fetched_epoch: i32,
@@ -718,8 +720,9 @@ impl ReplicaManager {
             if let Some(existing) = self.get(&tp) {
                 let config = config.log_config(image, &topic);
                 existing.with_log(|log| log.update_config(config));
-                existing.update_replication(&p);
-                existing.assign_leader_epoch_start()?;
+                if existing.update_replication(&p) {
+                    existing.assign_leader_epoch_start()?;
+                }
                 continue;
             }
             let log = self.log_manager.open_log(

@@ -90,6 +90,14 @@ fn placements(bootstrap: &str, topic: &str, partitions: usize) -> BTreeMap<i32, 
     found
 }
 
+/// The values of the first `count` records of `topic`-0.
+fn first_values(bootstrap: &str, topic: &str, count: usize) -> Vec<String> {
+    consume(bootstrap, topic, 0, Offset::Beginning, count)
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect()
+}
+
 /// Creates `topic` with replication factor 3 through librdkafka's admin
 /// client and returns its placements once every partition has a leader.
 async fn create_replicated(
@@ -292,12 +300,7 @@ async fn acknowledged_records_survive_losing_the_leader() {
         .map(|i| format!("before-{i}"))
         .chain((0..100).map(|i| format!("after-{i}")))
         .collect();
-    let read = |bootstrap: &str| -> Vec<String> {
-        consume(bootstrap, &topic, 0, Offset::Beginning, 200)
-            .iter()
-            .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
-            .collect()
-    };
+    let read = |bootstrap: &str| first_values(bootstrap, &topic, 200);
     assert_eq!(read(&bootstrap), expected);
 
     // The old leader comes back as a follower, catches up and rejoins the
@@ -468,11 +471,10 @@ async fn acks_all_refuses_writes_with_two_of_three_brokers_down() {
         send(&to_all, &topic, 0, None, &value).await;
         acknowledged.push(value);
     }
-    let read: Vec<String> = consume(&cluster.bootstrap(), &topic, 0, Offset::Beginning, 100)
-        .iter()
-        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
-        .collect();
-    assert_eq!(read, acknowledged);
+    assert_eq!(
+        first_values(&cluster.bootstrap(), &topic, 100),
+        acknowledged
+    );
 }
 
 /// ElectLeaders v2 sent to node `via` for `topic`-`partition`: the one
@@ -728,12 +730,10 @@ async fn reassignment_moves_a_partition_under_load_without_loss() {
         read_while_moving, acknowledged,
         "the consumer that ran throughout"
     );
-    let read_after: Vec<String> =
-        consume(&bootstrap, &topic, 0, Offset::Beginning, acknowledged.len())
-            .iter()
-            .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
-            .collect();
-    assert_eq!(read_after, acknowledged);
+    assert_eq!(
+        first_values(&bootstrap, &topic, acknowledged.len()),
+        acknowledged
+    );
 }
 
 /// Kafka's controlled shutdown: a broker stopped cleanly hands its

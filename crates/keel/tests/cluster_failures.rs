@@ -303,7 +303,10 @@ async fn unclean_leader_election_off_keeps_data_and_on_keeps_availability() {
     });
     // Writes wait for a leader that never comes: node 5 heartbeats all
     // along, and each heartbeat could have elected it.
-    let short_lived = producer_with_timeout(&cluster.bootstrap(), 4000);
+    let short_lived = common::producer(
+        &cluster.bootstrap(),
+        &[("acks", "all"), ("message.timeout.ms", "4000")],
+    );
     let refused = try_send(&short_lived, &topic, "never-written").await;
     assert!(refused.is_err(), "written at {refused:?} without a leader");
     drop(short_lived);
@@ -373,17 +376,6 @@ fn in_sync(cluster: &TestCluster, topic: &str, isr: &[i32]) -> i32 {
 /// Waits until the partition has no leader.
 fn offline(cluster: &TestCluster, topic: &str, what: &str) {
     wait_for_partition(cluster, topic, what, |leader, _| leader == -1);
-}
-
-/// A producer whose records fail after `timeout_ms` rather than waiting.
-fn producer_with_timeout(bootstrap: &str, timeout_ms: u32) -> FutureProducer {
-    let timeout = timeout_ms.to_string();
-    let mut config = client_config(bootstrap);
-    config
-        .set("acks", "all")
-        .set("message.timeout.ms", &timeout)
-        .set("linger.ms", "1");
-    config.create().expect("creating a producer")
 }
 
 /// Sets one config of `topic` through AlterConfigs (which replaces all of
