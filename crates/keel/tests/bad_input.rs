@@ -528,7 +528,38 @@ fn seed_frames(topic: &str) -> Vec<Vec<u8>> {
     seeds.push(RawConn::encode_request(4, 1, &init).to_vec());
     seeds.extend(transaction_seeds(topic));
     seeds.push(RawConn::encode_request(0, 1, &DescribeClusterRequest::default()).to_vec());
+    seeds.extend(leadership_seeds(topic));
     seeds
+}
+
+/// ElectLeaders and the reassignment APIs, each about `topic`-0; a
+/// mutated target may name brokers that do not exist, or none.
+fn leadership_seeds(topic: &str) -> Vec<Vec<u8>> {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::{
+        AlterPartitionReassignmentsRequest, ElectLeadersRequest, ListPartitionReassignmentsRequest,
+    };
+    let name = || TopicName(StrBytes::from_string(topic.to_string()));
+    let elect = ElectLeadersRequest::default()
+        .with_election_type(1)
+        .with_topic_partitions(Some(vec![TopicPartitions::default()
+            .with_topic(name())
+            .with_partitions(vec![0])]));
+    let reassign = AlterPartitionReassignmentsRequest::default().with_topics(vec![
+        ReassignableTopic::default()
+            .with_name(name())
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(0)
+                .with_replicas(Some(vec![BrokerId(1)]))]),
+    ]);
+    vec![
+        RawConn::encode_request(2, 1, &elect).to_vec(),
+        RawConn::encode_request(1, 1, &reassign).to_vec(),
+        RawConn::encode_request(0, 1, &ListPartitionReassignmentsRequest::default()).to_vec(),
+    ]
 }
 
 /// One request of each transaction API, for the fuzzer to mutate.
