@@ -1,5 +1,6 @@
 """kafka-python's KafkaAdminClient against a running broker at
 $KEEL_BOOTSTRAP: DescribeLogDirs (the topic's partitions with their sizes),
+AlterPartitionReassignments and ListPartitionReassignments,
 CreatePartitions, DeleteRecords, DescribeConfigs (sources and the ordered
 synonym list) and IncrementalAlterConfigs on a topic, on broker 1 and on the
 cluster-default broker resource "". Every broker-level change is undone
@@ -288,6 +289,26 @@ def check_broker_configs():
         fail(f"the default broker resource kept {describe_default_broker()}")
 
 
+def check_reassignments():
+    """AlterPartitionReassignments and ListPartitionReassignments through
+    kafka-python: on one broker a partition can only be "moved" onto the
+    broker it is on (accepted, nothing moves), a move to a broker that does
+    not exist is refused, and cancelling answers that nothing is moving."""
+    tp = TopicPartition(TOPIC, 0)
+    answers = admin.alter_partition_reassignments({tp: [1]})
+    if answers.get(tp) is not None:
+        fail(f"reassigning {tp} onto its own broker: {answers}")
+    answers = admin.alter_partition_reassignments({tp: [1, 99]})
+    if answers.get(tp) is not Errors.InvalidReplicationAssignmentError:
+        fail(f"reassigning {tp} to an unknown broker: {answers}")
+    answers = admin.alter_partition_reassignments({tp: None})
+    if answers.get(tp) is not Errors.NoReassignmentInProgressError:
+        fail(f"cancelling with nothing moving: {answers}")
+    ongoing = admin.list_partition_reassignments()
+    if ongoing:
+        fail(f"ListPartitionReassignments with nothing moving: {ongoing}")
+
+
 def main():
     admin.create_topics({TOPIC: {"num_partitions": 2, "replication_factor": 1,
                                  "configs": {"retention.ms": "86400000"}}}, wait_for_metadata=True)
@@ -297,6 +318,7 @@ def main():
     check_describe_configs()
     check_topic_alter_configs()
     check_broker_configs()
+    check_reassignments()
     producer.close(timeout=TIMEOUT_S)
     admin.close()
     print("kafka_python_admin_test: ok")
