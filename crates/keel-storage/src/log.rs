@@ -21,8 +21,8 @@ use crate::checkpoint::{ensure_partition_metadata, sync_dir, LeaderEpochCache};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{IoContext, Result, StorageError};
 use crate::producer_state::{
-    append_batch, check_batch, AppendOrigin, OngoingTxn, ProducerEntry, ProducerStateManager,
-    SequenceCheck,
+    append_batch, check_batch, AppendOrigin, LastRecord, OngoingTxn, ProducerEntry,
+    ProducerStateManager, SequenceCheck,
 };
 use crate::recovery::load_segments;
 use crate::segment::{read_header_at, Segment};
@@ -1015,8 +1015,8 @@ impl Log {
         &self.cleaning
     }
 
-    pub(crate) fn producer_last_data_offsets(&self) -> HashMap<i64, i64> {
-        self.producers.last_data_offsets()
+    pub(crate) fn producer_last_records(&self) -> HashMap<i64, LastRecord> {
+        self.producers.last_records()
     }
 
     /// Puts a cleaned segment in place of the closed segments it replaces,

@@ -71,6 +71,26 @@ pub(crate) enum AppendOrigin {
     Replication,
 }
 
+/// The batch of a producer that compaction keeps, emptied if need be, so
+/// that the producer's sequence and epoch survive it: its last data batch,
+/// or, for a producer whose data is all gone, its marker of the current
+/// epoch, which fences older epochs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LastRecord {
+    pub last_data_offset: Option<i64>,
+    pub epoch: ProducerEpoch,
+}
+
+impl LastRecord {
+    /// Whether `h`, a batch of this producer, is the one to keep.
+    pub(crate) fn is(&self, h: &RecordBatchHeader) -> bool {
+        match self.last_data_offset {
+            Some(offset) => h.last_offset() == offset,
+            None => h.is_control() && h.producer_epoch == self.epoch,
+        }
+    }
+}
+
 /// A transaction a marker ended (Kafka's `CompletedTxn`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CompletedTxn {
@@ -281,13 +301,18 @@ impl ProducerStateManager {
         self.producers.iter().map(|(&id, e)| (id, e))
     }
 
-    /// Each producer's last data batch, by its last offset: the batch the
-    /// cleaner keeps (emptied if need be) so the producer's sequence and
-    /// epoch survive compaction.
-    pub(crate) fn last_data_offsets(&self) -> HashMap<ProducerId, i64> {
+    /// What the cleaner must keep of each producer (Kafka's
+    /// `lastRecordsOfActiveProducers`): see [`LastRecord`].
+    pub(crate) fn last_records(&self) -> HashMap<ProducerId, LastRecord> {
         self.producers
             .iter()
-            .filter_map(|(&id, e)| e.batches.back().map(|b| (id, b.last_offset)))
+            .map(|(&id, e)| {
+                let last = LastRecord {
+                    last_data_offset: e.batches.back().map(|b| b.last_offset),
+                    epoch: e.epoch,
+                };
+                (id, last)
+            })
             .collect()
     }
 

@@ -11,7 +11,7 @@ use common::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Broker settings that make the cleaner prompt.
@@ -195,6 +195,77 @@ async fn a_compacted_topic_refuses_records_without_a_key() {
         matches!(error, Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PolicyViolation)),
         "DeleteRecords on a compacted topic"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_markers_go_once_their_data_is_compacted_away() {
+    let broker = TestBroker::with(PROMPT_CLEANER);
+    let bootstrap = broker.bootstrap();
+    let topic = unique_topic("compacted-txn");
+    let mut configs = COMPACTED.to_vec();
+    configs.push(("delete.retention.ms", "1000"));
+    create_topic(&bootstrap, &topic, 1, &configs).await;
+
+    // Six transactions over the same ten keys, every other one aborted,
+    // then plain writes that supersede all of them.
+    let txn = transactional_producer(&bootstrap, &unique_topic("compacted-txn-id"), &[]);
+    for t in 0..6 {
+        txn.begin_transaction().expect("begin");
+        for k in 0..10 {
+            let (key, value) = (format!("k{k}"), format!("txn{t}"));
+            let record = FutureRecord::<str, str>::to(&topic)
+                .partition(0)
+                .key(&key)
+                .payload(&value);
+            if let Err((e, _)) = txn.send_result(record) {
+                panic!("queueing: {e}");
+            }
+        }
+        if t % 2 == 0 {
+            txn.commit_transaction(TXN_TIMEOUT).expect("commit");
+        } else {
+            txn.flush(TXN_TIMEOUT).expect("flush");
+            txn.abort_transaction(TXN_TIMEOUT).expect("abort");
+        }
+    }
+    let plain = producer(&bootstrap, &[("linger.ms", "0")]);
+    let mut latest = BTreeMap::new();
+    for k in 0..10 {
+        let key = format!("k{k}");
+        let offset = send_keyed(&plain, &topic, &key, Some("final")).await;
+        latest.insert(key, vec![(offset, Some("final".to_owned()))]);
+    }
+    let dir = broker.data_dir().join(format!("{topic}-0"));
+    let markers = || {
+        stored_batches(&dir)
+            .iter()
+            .filter(|(b, _)| b.is_control() && b.record_count > 0)
+            .count()
+    };
+    assert_eq!(markers(), 6);
+
+    // Each clean past a segment close moves the markers one step: their
+    // data goes, then they are stamped with a delete horizon, then they
+    // go. The producer's last data batch stays (emptied) for its
+    // sequence, and with it the marker of its transaction.
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+    let mut round = 0;
+    while markers() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} markers left after {round} rounds",
+            markers()
+        );
+        close_the_active_segment(&plain, &topic, &format!("filler-{round}")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        round += 1;
+    }
+    let records = read_to_end(&bootstrap, &topic);
+    let keys: BTreeMap<_, _> = by_key(&records)
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with("filler"))
+        .collect();
+    assert_eq!(keys, latest, "read_committed sees only the final values");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

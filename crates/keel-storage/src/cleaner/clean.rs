@@ -21,11 +21,18 @@
 //! stops. The data batches of aborted transactions never enter the offset
 //! map (they must not supersede committed records) and lose their records,
 //! as Kafka's `CleanedTransactionMetadata` decides; committed transactional
-//! batches are compacted like any other. Control batches (transaction
-//! markers) are kept whole, and so are the transaction index entries of
-//! the replaced segments.
+//! batches are compacted like any other.
+//!
+//! A transaction marker stays while any data batch of its transaction
+//! does (Kafka's `CleanedTransactionMetadata`): a replay that met the
+//! batches without it would reopen the transaction and hold back the last
+//! stable offset. The first clean to find no batch of it before a marker
+//! stamps the marker with a delete horizon, as for tombstones, and a clean
+//! after the horizon removes it, with its transaction index entry. Like a
+//! producer's last data batch, the marker that holds a producer's only
+//! record of its epoch is emptied instead, as the epoch fences.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
@@ -90,6 +97,39 @@ impl AbortedTxns {
     }
 }
 
+/// The transactions one clean has met so far, read in offset order from
+/// the log start: what decides whether a marker still guards data.
+#[derive(Debug, Default)]
+struct CleanedTxns {
+    /// Producers whose open transaction had a data batch in this clean.
+    with_batches: HashSet<i64>,
+    /// Offsets of the markers this clean removed or emptied: their
+    /// transaction index entries go with them.
+    dropped_markers: HashSet<i64>,
+}
+
+impl CleanedTxns {
+    fn on_data_batch(&mut self, header: &RecordBatchHeader) {
+        if header.is_transactional() {
+            self.with_batches.insert(header.producer_id());
+        }
+    }
+
+    /// Whether the transaction the marker `header` ends had a data batch
+    /// in this clean. A marker ends its producer's open transaction.
+    fn on_marker(&mut self, header: &RecordBatchHeader) -> bool {
+        self.with_batches.remove(&header.producer_id())
+    }
+}
+
+/// What rewriting carries from one group of segments to the next.
+struct Rewrite<'m> {
+    map: &'m OffsetMap,
+    /// Where the mapped section ends: later records all stay.
+    end_offset: i64,
+    txns: CleanedTxns,
+}
+
 /// What the cleaner keeps of one batch.
 enum Retention {
     /// Every record: copy the bytes.
@@ -130,6 +170,11 @@ impl CleanerTask {
             "offset map built"
         );
 
+        let mut rewrite = Rewrite {
+            map: &map,
+            end_offset,
+            txns: CleanedTxns::default(),
+        };
         let to_clean: Vec<&SegmentSnapshot> = plan
             .segments
             .iter()
@@ -146,8 +191,7 @@ impl CleanerTask {
             });
             plan.clean_group(
                 &group,
-                &map,
-                end_offset,
+                &mut rewrite,
                 read_chunk_bytes,
                 throttler,
                 &mut cleaned.stats,
@@ -225,8 +269,7 @@ impl CleanPlan {
     fn clean_group(
         &self,
         group: &[&SegmentSnapshot],
-        map: &OffsetMap,
-        end_offset: i64,
+        rewrite: &mut Rewrite<'_>,
         read_chunk_bytes: usize,
         throttler: &Throttler,
         stats: &mut CleanerStats,
@@ -254,7 +297,13 @@ impl CleanPlan {
                 stats.bytes_read += batch.len() as u64;
                 let keep_empty = Some(header.next_offset()) == group_next_offset;
                 let before = writer.size();
-                match self.filter_batch(&header, batch, map, end_offset, keep_empty, stats)? {
+                let retention = if header.is_control() {
+                    self.filter_marker(&header, batch, &mut rewrite.txns, keep_empty, stats)?
+                } else {
+                    rewrite.txns.on_data_batch(&header);
+                    self.filter_batch(&header, batch, rewrite, keep_empty, stats)?
+                };
+                match retention {
                     Retention::Whole => writer.append(batch, &header)?,
                     Retention::Rebuilt(bytes) => {
                         let rebuilt = RecordBatchHeader::parse(&bytes)?;
@@ -270,31 +319,75 @@ impl CleanPlan {
         }
         let last = group.last().expect("groups are never empty");
         let modified = last.file.metadata().and_then(|m| m.modified()).ok();
-        let aborted = self.aborted.indexed_in(base_offset..last.next_offset);
+        let mut aborted = self.aborted.indexed_in(base_offset..last.next_offset);
+        aborted.retain(|t| !rewrite.txns.dropped_markers.contains(&t.last_offset));
         writer.finish(&aborted, modified)?;
         stats.segments_written += 1;
         Ok(())
     }
 
-    /// Decides what of one batch survives (Kafka's `cleanInto` filter).
-    /// `keep_empty`: the batch must survive, if only as a header.
-    fn filter_batch(
+    /// Whether `header` is the batch of its producer that compaction keeps
+    /// (see [`crate::producer_state::LastRecord`]).
+    fn is_last_of_producer(&self, header: &RecordBatchHeader) -> bool {
+        header.producer_id() >= 0
+            && self
+                .last_records
+                .get(&header.producer_id())
+                .is_some_and(|last| last.is(header))
+    }
+
+    /// Decides what of a control batch survives (see the module docs).
+    /// A control batch a clean emptied guards nothing and has no horizon:
+    /// its marker was already past one.
+    fn filter_marker(
         &self,
         header: &RecordBatchHeader,
         batch: &[u8],
-        map: &OffsetMap,
-        end_offset: i64,
+        txns: &mut CleanedTxns,
         keep_empty: bool,
         stats: &mut CleanerStats,
     ) -> Result<Retention> {
         let count = header.record_count().max(0) as u64;
-        // Kafka also drops a marker whose transaction has no records left
-        // once a delete horizon passes; we keep markers, a small batch each.
-        if header.is_control() {
-            stats.records_read += count;
+        stats.records_read += count;
+        let guards_data = count > 0 && txns.on_marker(header);
+        let horizon = header.delete_horizon_ms();
+        let expired = count == 0 || horizon.is_some_and(|h| self.now_ms >= h);
+        let retention = if guards_data || !expired {
             stats.records_retained += count;
-            return Ok(Retention::Whole);
+            match horizon {
+                None if !guards_data => {
+                    let decoded = BatchRecords::decode(batch, RECORDS_UNCOMPRESSED_BYTES_MAX)?;
+                    let records = decoded.records()?;
+                    let horizon = self.now_ms.saturating_add(self.config.delete_retention_ms);
+                    let retained: Vec<&RecordView<'_>> = records.iter().collect();
+                    Retention::Rebuilt(rebuild(header, &retained, Some(horizon)))
+                }
+                _ => Retention::Whole,
+            }
+        } else if keep_empty || self.is_last_of_producer(header) {
+            match count {
+                0 => Retention::Whole,
+                _ => Retention::Rebuilt(empty_batch_like(header)),
+            }
+        } else {
+            Retention::Removed
+        };
+        if count > 0 && !guards_data && expired {
+            txns.dropped_markers.insert(header.last_offset());
         }
+        Ok(retention)
+    }
+
+    /// Decides what of one data batch survives (Kafka's `cleanInto`
+    /// filter). `keep_empty`: the batch must survive, if only as a header.
+    fn filter_batch(
+        &self,
+        header: &RecordBatchHeader,
+        batch: &[u8],
+        rewrite: &Rewrite<'_>,
+        keep_empty: bool,
+        stats: &mut CleanerStats,
+    ) -> Result<Retention> {
         let decoded = BatchRecords::decode(batch, RECORDS_UNCOMPRESSED_BYTES_MAX)?;
         let records = decoded.records()?;
         stats.records_read += records.len() as u64;
@@ -302,7 +395,7 @@ impl CleanPlan {
         let aborted = self.aborted.holds(header);
         let mut retained: Vec<&RecordView<'_>> = Vec::with_capacity(records.len());
         for record in records.iter().filter(|_| !aborted) {
-            if record.offset >= end_offset {
+            if record.offset >= rewrite.end_offset {
                 retained.push(record);
                 continue;
             }
@@ -310,7 +403,10 @@ impl CleanPlan {
                 stats.invalid_records_read += 1;
                 continue;
             };
-            let superseded = map.get(key).is_some_and(|latest| latest > record.offset);
+            let superseded = rewrite
+                .map
+                .get(key)
+                .is_some_and(|latest| latest > record.offset);
             let expired_tombstone =
                 record.value.is_none() && horizon.is_some_and(|h| self.now_ms >= h);
             if !superseded && !expired_tombstone {
@@ -320,13 +416,16 @@ impl CleanPlan {
         stats.records_retained += retained.len() as u64;
 
         if retained.is_empty() {
-            let last_of_producer = header.producer_id() >= 0
-                && self.last_data_offsets.get(&header.producer_id()) == Some(&header.last_offset());
-            return Ok(match (keep_empty || last_of_producer, records.is_empty()) {
-                (false, _) => Retention::Removed,
-                (true, true) => Retention::Whole,
-                (true, false) => Retention::Rebuilt(empty_batch_like(header)),
-            });
+            return Ok(
+                match (
+                    keep_empty || self.is_last_of_producer(header),
+                    records.is_empty(),
+                ) {
+                    (false, _) => Retention::Removed,
+                    (true, true) => Retention::Whole,
+                    (true, false) => Retention::Rebuilt(empty_batch_like(header)),
+                },
+            );
         }
         let needs_horizon = horizon.is_none() && retained.iter().any(|r| r.value.is_none());
         if retained.len() == records.len() && !needs_horizon {
@@ -352,6 +451,7 @@ fn rebuild(
             header.base_sequence(),
         )
         .transactional(header.is_transactional())
+        .control(header.is_control())
         .log_append_time(header.timestamp_type() == TimestampType::LogAppendTime)
         .compression(header.compression())
         .last_offset_delta(header.last_offset_delta());

@@ -51,7 +51,7 @@ pub use throttler::Throttler;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::log::Log;
-use crate::producer_state::remove_if_exists;
+use crate::producer_state::{remove_if_exists, LastRecord};
 use crate::retention::largest_timestamp;
 use crate::segment::{OpenedSegment, Segment};
 use clean::AbortedTxns;
@@ -167,8 +167,8 @@ struct CleanPlan {
     /// offset starts, in the segment holding it.
     first_dirty_position: u64,
     first_uncleanable_offset: i64,
-    /// Producer id to the last offset of its last data batch.
-    last_data_offsets: HashMap<i64, i64>,
+    /// Producer id to the batch compaction must keep of it.
+    last_records: HashMap<i64, LastRecord>,
     /// The aborted transactions starting below the first uncleanable offset.
     aborted: AbortedTxns,
     now_ms: i64,
@@ -460,7 +460,7 @@ impl Log {
                 first_dirty_offset: range.first_dirty_offset,
                 first_dirty_position,
                 first_uncleanable_offset: range.first_uncleanable_offset,
-                last_data_offsets: self.producer_last_data_offsets(),
+                last_records: self.producer_last_records(),
                 aborted: AbortedTxns::new(
                     self.collect_aborted_txns(i64::MIN, range.first_uncleanable_offset),
                 ),

@@ -820,6 +820,110 @@ fn cleaning_stops_at_the_first_unstable_offset_and_drops_aborted_data() {
     assert_eq!(log.aborted_transactions(0, 10).unwrap(), aborted);
 }
 
+/// Base offset, whether it holds a record, and delete horizon of every
+/// control batch.
+fn markers(log: &Log) -> Vec<(i64, bool, Option<i64>)> {
+    read_batches(log)
+        .iter()
+        .filter(|(h, _)| h.is_control())
+        .map(|(h, r)| (h.base_offset(), !r.is_empty(), h.delete_horizon_ms()))
+        .collect()
+}
+
+#[test]
+fn markers_go_once_their_data_is_gone_and_a_delete_horizon_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        delete_retention_ms: 1000,
+        ..compacted()
+    };
+    let mut log = open(dir.path(), config.clone());
+    let txn = |seq: i32, key: &str| {
+        let mut b = BatchBuilder::new(0).producer(7, 0, seq).transactional(true);
+        b.push(Some(key.as_bytes()), Some(b"t"), &[], NOW);
+        b.build()
+    };
+    let marker = |log: &mut Log, pid: i64, epoch: i16, kind: ControlRecordType| {
+        log.append_marker(pid, epoch, kind, 0, 0, NOW).unwrap();
+    };
+    append(&mut log, txn(0, "a")); // 0
+    marker(&mut log, 7, 0, ControlRecordType::Commit); // 1
+    append(&mut log, txn(1, "b")); // 2
+    marker(&mut log, 7, 0, ControlRecordType::Abort); // 3
+    append(&mut log, txn(2, "c")); // 4: producer 7's last data batch
+    marker(&mut log, 7, 0, ControlRecordType::Commit); // 5
+                                                       // Producer 8's transaction reached this partition only as the
+                                                       // coordinator's abort: its marker is all there is of its epoch.
+    marker(&mut log, 8, 1, ControlRecordType::Abort); // 6
+    append(&mut log, batch(&[("a", Some("2"))], NOW, Compression::None)); // 7
+    log.roll_active().unwrap();
+    append(&mut log, batch(&[("z", Some("z"))], NOW, Compression::None)); // 8
+    let abort_of_7 = AbortedTxn {
+        producer_id: 7,
+        first_offset: 2,
+        last_offset: 3,
+        last_stable_offset: 4,
+    };
+    assert_eq!(log.aborted_transactions(0, 9).unwrap(), vec![abort_of_7]);
+
+    // The first clean removes the superseded and the aborted data; the
+    // markers of those transactions met their batches, so they stay.
+    installed(clean(&mut log, None, NOW, &CleanerConfig::default()));
+    assert_eq!(
+        data_records(&log),
+        owned(&[(4, "c", "t"), (7, "a", "2"), (8, "z", "z")])
+    );
+    assert_eq!(
+        markers(&log),
+        vec![
+            (1, true, None),
+            (3, true, None),
+            (5, true, None),
+            (6, true, Some(NOW + 1000))
+        ]
+    );
+    assert_eq!(log.aborted_transactions(0, 9).unwrap(), vec![abort_of_7]);
+
+    // The next finds them guarding nothing and stamps their horizon;
+    // producer 7's last transaction still has its batch.
+    installed(clean(&mut log, None, NOW + 10, &CleanerConfig::default()));
+    let stamped = vec![
+        (1, true, Some(NOW + 1010)),
+        (3, true, Some(NOW + 1010)),
+        (5, true, None),
+        (6, true, Some(NOW + 1000)),
+    ];
+    assert_eq!(markers(&log), stamped);
+    installed(clean(&mut log, None, NOW + 999, &CleanerConfig::default()));
+    assert_eq!(markers(&log), stamped);
+
+    // Past its horizon producer 8's marker is emptied, not removed: it
+    // holds the epoch that fences the producer's older instances.
+    installed(clean(&mut log, None, NOW + 1000, &CleanerConfig::default()));
+    let expected = vec![
+        (1, true, Some(NOW + 1010)),
+        (3, true, Some(NOW + 1010)),
+        (5, true, None),
+        (6, false, None),
+    ];
+    assert_eq!(markers(&log), expected);
+    installed(clean(&mut log, None, NOW + 1010, &CleanerConfig::default()));
+    let expected = vec![(5, true, None), (6, false, None)];
+    assert_eq!(markers(&log), expected);
+    // The abort marker took its transaction index entry with it.
+    assert!(log.aborted_transactions(0, 9).unwrap().is_empty());
+    let data = owned(&[(4, "c", "t"), (7, "a", "2"), (8, "z", "z")]);
+    assert_eq!(data_records(&log), data);
+    for recover in [None, Some(0)] {
+        drop(log);
+        log = open_at(dir.path(), config.clone(), recover);
+        assert_eq!(markers(&log), expected);
+        assert_eq!(data_records(&log), data);
+        assert!(log.aborted_transactions(0, 9).unwrap().is_empty());
+        assert_eq!(log.first_unstable_offset(), None);
+    }
+}
+
 #[test]
 fn a_crash_at_any_swap_step_keeps_the_aborted_transactions() {
     let template = tempfile::tempdir().unwrap();

@@ -319,23 +319,10 @@ impl TestCluster {
             .node(id)
             .data_dir()
             .join(format!("{topic}-{partition}"));
-        let mut batches = Vec::new();
-        for segment in segment_files(&dir) {
-            // A segment may be replaced (truncated, rolled) under us: the
-            // caller polls until replicas agree, so a failed read is just
-            // one more round.
-            let Ok(data) = std::fs::read(&segment) else {
-                return Vec::new();
-            };
-            let (headers, _) = read_segment(&segment);
-            for b in headers {
-                let (start, end) = (b.position as usize, (b.position + b.size) as usize);
-                if let Some(bytes) = data.get(start..end) {
-                    batches.push((b.base_offset, bytes.to_vec()));
-                }
-            }
-        }
-        batches
+        stored_batches(&dir)
+            .into_iter()
+            .map(|(b, bytes)| (b.base_offset, bytes))
+            .collect()
     }
 
     /// One CreateTopics sent to node `id` itself (not to the controller, as

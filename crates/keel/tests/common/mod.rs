@@ -897,6 +897,11 @@ impl StoredBatch {
     pub fn next_offset(&self) -> i64 {
         self.base_offset + i64::from(self.last_offset_delta) + 1
     }
+
+    /// A control batch: transaction markers.
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
 }
 
 /// The valid batches at the start of a segment file, in order, and the
@@ -904,6 +909,11 @@ impl StoredBatch {
 /// length, magic or CRC is wrong, as recovery does.
 pub fn read_segment(path: &Path) -> (Vec<StoredBatch>, u64) {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    parse_segment(&data)
+}
+
+/// [`read_segment`] of a segment's bytes.
+fn parse_segment(data: &[u8]) -> (Vec<StoredBatch>, u64) {
     let mut batches = Vec::new();
     let mut pos = 0usize;
     while data.len() - pos >= 61 {
@@ -933,6 +943,23 @@ pub fn read_segment(path: &Path) -> (Vec<StoredBatch>, u64) {
         pos += end;
     }
     (batches, (data.len() - pos) as u64)
+}
+
+/// Every batch in a partition directory's segments, with its bytes, in
+/// offset order. A segment the broker replaces while this reads (a clean,
+/// a truncation, a roll) yields an empty list: callers poll.
+pub fn stored_batches(partition_dir: &Path) -> Vec<(StoredBatch, Vec<u8>)> {
+    let mut batches = Vec::new();
+    for segment in segment_files(partition_dir) {
+        let Ok(data) = std::fs::read(&segment) else {
+            return Vec::new();
+        };
+        for b in parse_segment(&data).0 {
+            let bytes = data[b.position as usize..(b.position + b.size) as usize].to_vec();
+            batches.push((b, bytes));
+        }
+    }
+    batches
 }
 
 /// The `.log` segments of a partition directory, sorted by base offset.
