@@ -9,6 +9,7 @@
 pub mod broker;
 mod broker_client;
 mod codec;
+pub mod compaction_progress;
 pub mod config;
 mod connection;
 mod controller_node;

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
 use crate::broker::{now_ms, Broker};
+use crate::compaction_progress::{CompactionProgress, LastClean};
 use crate::replica_manager::Partition;
 
 pub struct LogCleaner {
@@ -24,6 +25,8 @@ pub struct LogCleaner {
     first_dirty_offsets: Mutex<BTreeMap<TopicPartition, i64>>,
     /// Logs being cleaned now, so that no two cleans pick the same log.
     in_progress: Mutex<HashSet<TopicPartition>>,
+    /// Each log's last clean since the broker started, for its progress.
+    last_cleans: Mutex<BTreeMap<TopicPartition, LastClean>>,
     /// Logs whose swap failed part way: left alone until the broker
     /// restarts and recovery completes or discards the swap.
     uncleanable: Mutex<HashSet<TopicPartition>>,
@@ -36,6 +39,7 @@ impl LogCleaner {
         LogCleaner {
             first_dirty_offsets: Mutex::new(first_dirty_offsets),
             in_progress: Mutex::new(HashSet::new()),
+            last_cleans: Mutex::new(BTreeMap::new()),
             uncleanable: Mutex::new(HashSet::new()),
             throttler: Arc::new(Throttler::new(f64::MAX)),
         }
@@ -44,6 +48,24 @@ impl LogCleaner {
     /// The first dirty offset of one log, as the checkpoint holds it.
     fn first_dirty_offset(&self, tp: &TopicPartition) -> Option<i64> {
         self.first_dirty_offsets.lock().get(tp).copied()
+    }
+
+    /// How far cleaning of `partition` has got; `None` unless its cleanup
+    /// policy includes `compact`.
+    pub fn progress(&self, partition: &Partition) -> Option<CompactionProgress> {
+        let upper_bound = partition.high_watermark();
+        let first_dirty = self.first_dirty_offset(&partition.tp);
+        let dirtiness =
+            partition.with_log(|log| log.dirtiness(first_dirty, upper_bound, now_ms()))?;
+        Some(CompactionProgress {
+            first_dirty_offset: dirtiness.first_dirty_offset,
+            first_uncleanable_offset: dirtiness.first_uncleanable_offset,
+            clean_bytes: dirtiness.clean_bytes,
+            dirty_bytes: dirtiness.cleanable_bytes,
+            min_cleanable_dirty_ratio: dirtiness.min_cleanable_dirty_ratio,
+            cleaning: self.in_progress.lock().contains(&partition.tp),
+            last_clean: self.last_cleans.lock().get(&partition.tp).cloned(),
+        })
     }
 
     /// Runs cleans until `shutdown` fires, then stops those in flight.
@@ -111,6 +133,15 @@ impl LogCleaner {
         let Some(stats) = stats else {
             return;
         };
+        let last_clean = LastClean {
+            finished_ms: now_ms(),
+            bytes_read: stats.bytes_read,
+            bytes_written: stats.bytes_written,
+            records_read: stats.records_read,
+            records_retained: stats.records_retained,
+            elapsed_ms: stats.elapsed.as_millis() as u64,
+        };
+        self.last_cleans.lock().insert(tp.clone(), last_clean);
         let offsets = {
             let mut offsets = self.first_dirty_offsets.lock();
             offsets.insert(tp.clone(), stats.next_dirty_offset);
@@ -118,6 +149,7 @@ impl LogCleaner {
             let hosted: HashSet<TopicPartition> =
                 broker.replicas.all().iter().map(|p| p.tp.clone()).collect();
             offsets.retain(|tp, _| hosted.contains(tp));
+            self.last_cleans.lock().retain(|tp, _| hosted.contains(tp));
             offsets.clone()
         };
         if let Err(e) = broker

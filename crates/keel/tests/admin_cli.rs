@@ -130,9 +130,12 @@ async fn config_topic_and_records_commands_change_the_broker() {
         "{partition0}"
     );
     let size: u64 = partition0
-        .rsplit("SizeOnDisk: ")
-        .next()
+        .split("SizeOnDisk: ")
+        .nth(1)
+        .and_then(|s| s.split('\t').next())
         .and_then(|s| s.trim_end_matches(" B").parse().ok())
         .unwrap_or_else(|| panic!("{partition0}"));
     assert!(size > 0, "{partition0}");
+    // A compacted topic also shows its cleaner's progress.
+    assert!(partition0.contains("\tCleanedBelow: "), "{partition0}");
 }

@@ -155,6 +155,27 @@ async fn compaction_keeps_the_latest_value_of_every_key_at_its_offset() {
         0,
         "compaction never moves the log start"
     );
+
+    // `keel topic describe` shows how far the cleaner has got: past the
+    // tombstones it removed, with the last clean's figures.
+    let out = keel_cli_ok(&bootstrap, &["topic", "describe", &topic]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("Partition: 0\t"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let last_tombstone = latest.values().map(|(offset, _)| *offset).max().unwrap();
+    let cleaned_below: i64 = line
+        .split("CleanedBelow: ")
+        .nth(1)
+        .and_then(|rest| rest.split('\t').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(cleaned_below > last_tombstone, "{line}");
+    assert!(line.contains("(cleans above 0.01)"), "{line}");
+    assert!(
+        line.contains("\tLastClean: ") && line.contains(" s ago, "),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
-//! DescribeLogDirs: the log dir, each hosted partition's size on disk, and
-//! the volume's capacity.
+//! DescribeLogDirs: the log dir, each hosted partition's size on disk and,
+//! for compacted ones, the cleaner's progress (see
+//! `crate::compaction_progress`), and the volume's capacity.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse};
 
 use super::{str_bytes, topic_name};
 use crate::broker::Broker;
+use crate::compaction_progress::COMPACTION_PROGRESS_TAG;
 use crate::dispatch::RequestContext;
 
 /// Kafka's "volume size not known".
@@ -33,6 +35,11 @@ pub fn handle(
             continue;
         }
         let size = partition.with_log(|log| log.size_bytes());
+        // Versions before 2 have no tagged fields; the encoder drops it.
+        let progress = broker
+            .log_cleaner
+            .progress(&partition)
+            .map(|p| (COMPACTION_PROGRESS_TAG, p.encode()));
         topics
             .entry(partition.tp.topic.to_string())
             .or_default()
@@ -41,7 +48,8 @@ pub fn handle(
                     .with_partition_index(partition.tp.partition)
                     .with_partition_size(size as i64)
                     // Every hosted replica is current: nothing is catching up.
-                    .with_offset_lag(0),
+                    .with_offset_lag(0)
+                    .with_unknown_tagged_fields(progress.into_iter().collect()),
             );
     }
     let dir = broker.replicas.log_manager().dir();

@@ -1,6 +1,7 @@
 //! `keel topic describe`: a topic's partitions with their replicas,
-//! offsets and size on disk, its cleanup policy, and the configs it does
-//! not take from defaults.
+//! offsets, size on disk and, when compacted, the cleaner's progress on
+//! the leader; its cleanup policy, and the configs it does not take from
+//! defaults.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use kafka_protocol::messages::describe_configs_response::DescribeConfigsResource
 use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
 use kafka_protocol::messages::metadata_response::MetadataResponsePartition;
 use kafka_protocol::messages::{DescribeLogDirsRequest, MetadataResponse};
+use keel_server::compaction_progress::{CompactionProgress, COMPACTION_PROGRESS_TAG};
 use uuid::Uuid;
 
 use crate::client::{self, BootstrapArgs, Client, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
@@ -22,6 +24,8 @@ struct PartitionState {
     latest: String,
     /// Bytes on disk, or why it is unknown.
     size: String,
+    /// For a compacted partition, how far its leader's cleaner has got.
+    compaction: Option<CompactionProgress>,
 }
 
 pub async fn run(bootstrap: &BootstrapArgs, name: &str) -> Result<()> {
@@ -52,10 +56,11 @@ pub async fn run(bootstrap: &BootstrapArgs, name: &str) -> Result<()> {
     );
     println!("CleanupPolicy: {cleanup_policy}");
     println!("Configs: {}", configs.join(", "));
+    let now = keel_server::now_ms();
     for p in partitions {
         let state = &states[&p.partition_index];
         println!(
-            "\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tLogStartOffset: {}\tLogEndOffset: {}\tSizeOnDisk: {}",
+            "\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tLogStartOffset: {}\tLogEndOffset: {}\tSizeOnDisk: {}{}",
             p.partition_index,
             *p.leader_id,
             node_list(&p.replica_nodes),
@@ -63,6 +68,10 @@ pub async fn run(bootstrap: &BootstrapArgs, name: &str) -> Result<()> {
             state.earliest,
             state.latest,
             state.size,
+            state
+                .compaction
+                .as_ref()
+                .map_or_else(String::new, |c| compaction_fields(c, now)),
         );
     }
     Ok(())
@@ -89,6 +98,7 @@ async fn partition_states(
                     earliest: unknown(),
                     latest: unknown(),
                     size: unknown(),
+                    compaction: None,
                 },
             );
         } else {
@@ -120,16 +130,18 @@ async fn partition_states(
             Ok(offset) => offset.to_string(),
             Err(e) => format!("({e:#})"),
         };
-        let mut sizes = partition_sizes(client, topic, &indexes).await?;
+        let mut log_dirs = partition_log_dirs(client, topic, &indexes).await?;
         for index in indexes {
+            let log_dir = log_dirs.remove(&index);
             states.insert(
                 index,
                 PartitionState {
                     earliest: show(earliest.remove(&index)),
                     latest: show(latest.remove(&index)),
-                    size: sizes
-                        .remove(&index)
-                        .map_or_else(|| "-".to_string(), |b| format!("{b} B")),
+                    size: log_dir
+                        .as_ref()
+                        .map_or_else(|| "-".to_string(), |d| format!("{} B", d.size)),
+                    compaction: log_dir.and_then(|d| d.compaction),
                 },
             );
         }
@@ -137,12 +149,20 @@ async fn partition_states(
     Ok(states)
 }
 
-/// Bytes on disk of the partitions one broker hosts (DescribeLogDirs).
-async fn partition_sizes(
+/// What DescribeLogDirs says of one partition.
+#[derive(Default)]
+struct PartitionLogDir {
+    size: i64,
+    compaction: Option<CompactionProgress>,
+}
+
+/// Bytes on disk and compaction progress of the partitions one broker
+/// hosts (DescribeLogDirs).
+async fn partition_log_dirs(
     client: &mut Client,
     topic: &str,
     partitions: &[i32],
-) -> Result<BTreeMap<i32, i64>> {
+) -> Result<BTreeMap<i32, PartitionLogDir>> {
     let request =
         DescribeLogDirsRequest::default()
             .with_topics(Some(vec![DescribableLogDirTopic::default()
@@ -150,15 +170,45 @@ async fn partition_sizes(
                 .with_partitions(partitions.to_vec())]));
     let response = client.send(request).await?;
     client::check(response.error_code, "DescribeLogDirs")?;
-    let mut sizes = BTreeMap::new();
+    let mut log_dirs: BTreeMap<i32, PartitionLogDir> = BTreeMap::new();
     for dir in &response.results {
         for t in dir.topics.iter().filter(|t| t.name.as_str() == topic) {
             for p in &t.partitions {
-                *sizes.entry(p.partition_index).or_default() += p.partition_size;
+                let entry = log_dirs.entry(p.partition_index).or_default();
+                entry.size += p.partition_size;
+                if let Some(progress) = p.unknown_tagged_fields.get(&COMPACTION_PROGRESS_TAG) {
+                    entry.compaction = CompactionProgress::decode(progress);
+                }
             }
         }
     }
-    Ok(sizes)
+    Ok(log_dirs)
+}
+
+/// The compaction columns of a partition line.
+fn compaction_fields(progress: &CompactionProgress, now_ms: i64) -> String {
+    let last_clean = match &progress.last_clean {
+        Some(c) => format!(
+            "{:.1} s ago, {} B read, {} B written, {} of {} records kept",
+            (now_ms - c.finished_ms).max(0) as f64 / 1000.0,
+            c.bytes_read,
+            c.bytes_written,
+            c.records_retained,
+            c.records_read
+        ),
+        None => "none since the broker started".to_string(),
+    };
+    format!(
+        "\tCleanedBelow: {}\tDirtyRatio: {:.2} (cleans above {:.2})\tLastClean: {last_clean}{}",
+        progress.first_dirty_offset,
+        progress.dirty_ratio(),
+        progress.min_cleanable_dirty_ratio,
+        if progress.cleaning {
+            "\tCleaning: now"
+        } else {
+            ""
+        }
+    )
 }
 
 /// `key=value (SOURCE)` for each config not at its default, sorted by key.
