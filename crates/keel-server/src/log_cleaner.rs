@@ -6,6 +6,12 @@
 //! `cleaner-offset-checkpoint`. Up to `log.cleaner.threads` cleans run at
 //! once; when nothing is dirty enough the cleaner sleeps
 //! `log.cleaner.backoff.ms`. All `log.cleaner.*` settings are dynamic.
+//!
+//! Cleaning is upkeep, so it yields to the hot path: each clean runs on a
+//! thread of its own at a lowered priority ([`CLEANER_THREAD_NICE`]). On an
+//! idle machine it runs at full speed; under CPU contention produce and
+//! fetch keep their pace and the cleaner takes what is left, as Redpanda
+//! runs compaction in a scheduling group with few shares.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +25,10 @@ use tokio::task::JoinSet;
 use crate::broker::{now_ms, Broker};
 use crate::compaction_progress::{CompactionProgress, LastClean};
 use crate::replica_manager::Partition;
+
+/// The nice value of cleaning threads: a scheduler weight about a tenth of
+/// a default thread's.
+const CLEANER_THREAD_NICE: i32 = 10;
 
 pub struct LogCleaner {
     /// Each compacted log's first dirty offset, as in the checkpoint file.
@@ -173,6 +183,29 @@ async fn clean(
     broker.log_cleaner.finished(broker, &tp, stats.as_ref());
 }
 
+/// Runs `clean` on a new thread at [`CLEANER_THREAD_NICE`] (on Linux a
+/// nice value is a thread's own). Not on tokio's blocking pool: its threads
+/// run other work afterwards, and an unprivileged process cannot raise a
+/// lowered priority back. Errs if the thread could not start or panicked.
+async fn on_cleaning_thread<T: Send + 'static>(
+    clean: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("keel-log-cleaner".into())
+        .spawn(move || {
+            let thread = Some(rustix::thread::gettid());
+            if let Err(e) = rustix::process::setpriority_process(thread, CLEANER_THREAD_NICE) {
+                tracing::debug!(error = %e, "cannot lower the cleaning thread's priority");
+            }
+            let _ = done.send(clean());
+        })
+        .map_err(|e| format!("starting a cleaning thread: {e}"))?;
+    result
+        .await
+        .map_err(|_| "the cleaning thread panicked".to_string())
+}
+
 /// One clean from start to swap; the stats when it was installed.
 async fn clean_and_install(
     broker: &Broker,
@@ -190,7 +223,7 @@ async fn clean_and_install(
         "beginning cleaning of log"
     );
     let throttler = cleaner.throttler.clone();
-    let cleaned = match tokio::task::spawn_blocking(move || task.clean(&config, &throttler)).await {
+    let cleaned = match on_cleaning_thread(move || task.clean(&config, &throttler)).await {
         Ok(Ok(cleaned)) => cleaned,
         Ok(Err(keel_storage::StorageError::CleanerStopped)) => return None,
         Ok(Err(e)) => {
@@ -198,7 +231,7 @@ async fn clean_and_install(
             return None;
         }
         Err(e) => {
-            tracing::error!(partition = %tp, error = %e, "cleaner thread panicked");
+            tracing::error!(partition = %tp, error = %e, "cleaning did not run");
             return None;
         }
     };
