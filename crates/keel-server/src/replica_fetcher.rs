@@ -270,9 +270,10 @@ enum OutOfRangeReset {
     /// The leader's log starts past our end (retention or DeleteRecords
     /// while we were away): nothing we hold is still in its log.
     StartAt(i64),
-    /// Our log end is within the leader's log by now: fetch again, after
-    /// the usual backoff, so that a leader still refusing it is not asked
-    /// in a tight loop.
+    /// Our log end is within the leader's log by now (its log grew, or
+    /// the refusal crossed a leadership change): fetch again at once, as
+    /// Kafka does. The two ListOffsets round trips pace a leader that
+    /// keeps refusing.
     Retry,
 }
 
@@ -330,7 +331,7 @@ async fn reset_out_of_range(
             OutOfRangeReset::StartAt(offset) => {
                 partition.truncate_fully_and_start_at(*epoch, offset)
             }
-            OutOfRangeReset::Retry => Ok(false),
+            OutOfRangeReset::Retry => Ok(true),
         };
         match done {
             Ok(true) => {}
