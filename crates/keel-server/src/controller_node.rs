@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::broker::BrokerError;
 use crate::config::BrokerConfig;
@@ -37,16 +37,20 @@ impl ControllerNode {
 }
 
 /// The active controller's timers, run on every controller (each acts only
-/// while active): fencing is checked as often as brokers heartbeat, leader
-/// balance every `leader.imbalance.check.interval.seconds`.
+/// while active): fencing when a broker's session expires (checked at
+/// least as often as brokers heartbeat), leader balance every
+/// `leader.imbalance.check.interval.seconds`.
 pub(crate) async fn run_controller_duties(
     metadata: &MetadataStore,
     config: &BrokerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     let session_timeout = Duration::from_millis(config.broker_session_timeout_ms);
-    let mut fencing =
-        tokio::time::interval(Duration::from_millis(config.broker_heartbeat_interval_ms));
+    let check_interval = Duration::from_millis(config.broker_heartbeat_interval_ms);
+    // Kafka's controller fences at the moment the earliest session expires,
+    // not on a coarser tick that would add up to an interval to failover.
+    let fencing = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(fencing);
     let mut balance = tokio::time::interval(Duration::from_millis(
         config.leader_imbalance_check_interval_ms,
     ));
@@ -57,7 +61,12 @@ pub(crate) async fn run_controller_duties(
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = fencing.tick() => metadata.fence_silent_brokers(session_timeout).await,
+            _ = &mut fencing => {
+                let next_check = Instant::now() + check_interval;
+                let next_expiry = metadata.fence_silent_brokers(session_timeout).await;
+                let at = next_expiry.map_or(next_check, |expiry| expiry.min(next_check));
+                fencing.as_mut().reset(at.into());
+            }
             _ = balance.tick() => metadata.balance_leaders(config.auto_leader_rebalance_enable).await,
         }
     }

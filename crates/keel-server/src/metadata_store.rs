@@ -287,9 +287,10 @@ impl MetadataStore {
     }
 
     /// On the active controller, fences every unfenced broker that has not
-    /// been heard from for `session_timeout`; elsewhere, forgets what it
-    /// knew, so a later term starts with fresh sessions.
-    pub async fn fence_silent_brokers(&self, session_timeout: Duration) {
+    /// been heard from for `session_timeout`, and returns when the next
+    /// session expires unless heard from; elsewhere, forgets what it knew,
+    /// so a later term starts with fresh sessions.
+    pub async fn fence_silent_brokers(&self, session_timeout: Duration) -> Option<Instant> {
         self.controller.fence_silent_brokers(session_timeout).await
     }
 }
@@ -336,15 +337,14 @@ impl Controller {
         }
     }
 
-    async fn fence_silent_brokers(&self, session_timeout: Duration) {
-        let Some(quorum) = self.quorum.get() else {
-            return;
-        };
+    async fn fence_silent_brokers(&self, session_timeout: Duration) -> Option<Instant> {
+        let quorum = self.quorum.get()?;
         if !quorum.info().is_leader() {
             self.last_heartbeats.lock().clear();
-            return;
+            return None;
         }
         let now = Instant::now();
+        let mut next_expiry: Option<Instant> = None;
         let silent: Vec<i32> = {
             let mut last = self.last_heartbeats.lock();
             self.image
@@ -353,8 +353,12 @@ impl Controller {
                 .values()
                 .filter(|b| !b.fenced)
                 .filter(|b| {
-                    let seen = *last.entry(b.broker_id).or_insert(now);
-                    now.duration_since(seen) > session_timeout
+                    // A new active controller starts every session afresh.
+                    let expiry = *last.entry(b.broker_id).or_insert(now) + session_timeout;
+                    if expiry > now {
+                        next_expiry = Some(next_expiry.map_or(expiry, |n| n.min(expiry)));
+                    }
+                    expiry <= now
                 })
                 .map(|b| b.broker_id)
                 .collect()
@@ -372,5 +376,6 @@ impl Controller {
                 tracing::error!(broker_id, %why, "fencing failed");
             }
         }
+        next_expiry
     }
 }
