@@ -750,6 +750,13 @@ fn push_time_entry(times: &mut Vec<(i64, u32)>, base_offset: i64, ts: i64, ts_of
     }
 }
 
+/// How much a [`SegmentWriter`] writes before it waits for the disk to
+/// have it. Left to the kernel, a gigabyte of cleaned output sits as dirty
+/// pages, and past the dirty limits the kernel throttles every writer,
+/// producers' appends included; written back as it goes, the output costs
+/// only the cleaner's own thread a wait (RocksDB's `bytes_per_sync`).
+const WRITEBACK_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Writes a new, closed segment's files under temporary names
 /// (`<base>.log<suffix>`, ...), with the indexes that appends and a final
 /// `on_become_inactive` would have made. The cleaner writes its output
@@ -762,6 +769,8 @@ pub(crate) struct SegmentWriter {
     txn_index_path: PathBuf,
     log: BufWriter<File>,
     size: u64,
+    /// Bytes written since the file last reached the disk.
+    unsynced: u64,
     /// Where the next batch may start.
     next_offset: i64,
     cursor: IndexCursor,
@@ -794,6 +803,7 @@ impl SegmentWriter {
             txn_index_path,
             log: BufWriter::with_capacity(256 * 1024, log),
             size: 0,
+            unsynced: 0,
             next_offset: base_offset,
             cursor: IndexCursor {
                 max_timestamp: keel_types::NO_TIMESTAMP,
@@ -845,6 +855,14 @@ impl SegmentWriter {
         }
         self.size = end;
         self.next_offset = header.next_offset();
+        self.unsynced += batch.len() as u64;
+        if self.unsynced >= WRITEBACK_BYTES {
+            self.log
+                .flush()
+                .and_then(|()| self.log.get_ref().sync_data())
+                .ctx(|| format!("writing back {}", self.log_path.display()))?;
+            self.unsynced = 0;
+        }
         Ok(())
     }
 
