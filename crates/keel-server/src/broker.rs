@@ -111,11 +111,14 @@ impl Broker {
             topics = image.topic_count(),
             "broker opened its data dir"
         );
+        let config = Arc::new(config);
         let groups = GroupService::new(
             config.group.clone(),
             Arc::new(CoordinatorLog {
                 replicas: replicas.clone(),
                 topic: OFFSETS_TOPIC,
+                config: config.clone(),
+                image: metadata.subscribe(),
             }),
         );
         let loading = groups.clone();
@@ -131,6 +134,8 @@ impl Broker {
                 Arc::new(CoordinatorLog {
                     replicas: replicas.clone(),
                     topic: TRANSACTION_STATE_TOPIC,
+                    config: config.clone(),
+                    image: metadata.subscribe(),
                 }),
                 Arc::new(TxnBridge { broker: me.clone() }),
                 Arc::new(TxnBridge { broker: me.clone() }),
@@ -150,7 +155,7 @@ impl Broker {
             heartbeats_stopped: tokio::sync::Mutex::new(false),
             groups,
             fetch_sessions: FetchSessionCache::new(config.fetch_session_cache_slots),
-            config: Arc::new(config),
+            config,
             metadata,
             replicas,
             producer_ids: tokio::sync::Mutex::new((0, 0)),

@@ -7,12 +7,15 @@
 use std::sync::Arc;
 
 use keel_group::{LogEntry, OffsetsLog};
+use keel_metadata::MetadataImage;
 use keel_storage::batch::{iter_records, BatchBuilder, BatchIter};
 use keel_storage::ControlRecordType;
 use keel_txn::TransactionLog;
 use keel_types::TopicPartition;
+use tokio::sync::watch;
 
 use crate::broker::now_ms;
+use crate::config::BrokerConfig;
 use crate::handlers::produce::replicated;
 use crate::replica_manager::{Partition, ReadBound, ReplicaManager};
 
@@ -32,6 +35,9 @@ type LogRecord = (Vec<u8>, Option<Vec<u8>>);
 pub struct CoordinatorLog {
     pub replicas: Arc<ReplicaManager>,
     pub topic: &'static str,
+    /// With the image, what the topic's `min.insync.replicas` is.
+    pub config: Arc<BrokerConfig>,
+    pub image: watch::Receiver<Arc<MetadataImage>>,
 }
 
 impl CoordinatorLog {
@@ -62,15 +68,25 @@ impl CoordinatorLog {
         }
         let mut batch = builder.build();
         let leadership = target.leadership();
+        // Kafka's coordinators append with acks=all, so the topic's
+        // `min.insync.replicas` (for `__transaction_state`,
+        // `transaction.state.log.min.isr`) holds for them as for producers;
+        // their clients hear COORDINATOR_NOT_AVAILABLE and retry.
+        let min_isr = self.min_insync_replicas();
+        if leadership.isr_size < min_isr {
+            return Err(format!(
+                "NOT_ENOUGH_REPLICAS: {} has {} in-sync replicas, fewer than min.insync.replicas {min_isr}",
+                target.tp, leadership.isr_size
+            ));
+        }
         let appended = if producer.is_some() {
             target.append_as_coordinator(&mut batch, now)
         } else {
             target.append(&mut batch, now)
         }
         .map_err(|e| e.to_string())?;
-        // Kafka's coordinators write with acks=all: a commit or transaction
-        // state acknowledged before the ISR had it would be lost with this
-        // leader. Called from a blocking thread (both coordinators append
+        // A commit or transaction state acknowledged before the ISR had it
+        // would be lost with this leader. Called from a blocking thread (both coordinators append
         // through `spawn_blocking`), which may wait on the runtime.
         let deadline = tokio::time::Instant::now() + APPEND_REPLICATION_TIMEOUT;
         tokio::runtime::Handle::current()
@@ -78,10 +94,19 @@ impl CoordinatorLog {
                 &target,
                 appended.last_offset + 1,
                 leadership.leader_epoch,
-                0,
+                min_isr,
                 deadline,
             ))
             .map_err(|e| format!("{tp} did not replicate the append: {e:?}", tp = target.tp))
+    }
+
+    fn min_insync_replicas(&self) -> usize {
+        let image = self.image.borrow().clone();
+        let overrides = image
+            .topic_by_name(self.topic)
+            .map(|t| t.configs.clone())
+            .unwrap_or_default();
+        self.config.min_insync_replicas(&image, &overrides)
     }
 
     /// Every committed entry of one partition, in offset order; nothing if

@@ -399,6 +399,9 @@ async fn a_transaction_survives_losing_its_coordinator() {
 /// survivor then leads alone, so acks=all writes fail with
 /// NOT_ENOUGH_REPLICAS instead of being acknowledged by too few copies; what
 /// was acknowledged stays, and writes resume once a broker is back in sync.
+/// The transaction coordinator writes `__transaction_state` the same way
+/// (`transaction.state.log.min.isr`, 2 by default), so it refuses to start
+/// transactions on one copy too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_refuses_writes_with_two_of_three_brokers_down() {
     let mut cluster = TestCluster::start_with_controllers(3, 3, &[("min.insync.replicas", "2")]);
@@ -411,6 +414,12 @@ async fn acks_all_refuses_writes_with_two_of_three_brokers_down() {
         .find(|&&r| r != leader)
         .expect("RF=3 has followers");
 
+    // `__transaction_state` is created now, with three replicas.
+    drop(transactional_producer(
+        &cluster.bootstrap(),
+        &unique_topic("two-down-txn"),
+        &[],
+    ));
     let mut acknowledged = Vec::new();
     let to_all = producer(&cluster.bootstrap(), &[("acks", "all")]);
     for i in 0..50 {
@@ -454,6 +463,27 @@ async fn acks_all_refuses_writes_with_two_of_three_brokers_down() {
         }
     }
     drop(refused);
+    let transactional_id = unique_topic("two-down-txn");
+    let init = |timeout: Duration| {
+        let mut config = client_config(&bootstrap);
+        config.set("transactional.id", &transactional_id);
+        let producer: FutureProducer = config.create().expect("producer");
+        producer.init_transactions(timeout).map(|()| producer)
+    };
+    assert!(
+        init(Duration::from_secs(5)).is_err(),
+        "a transaction coordinator with one in-sync copy of its log started a transaction"
+    );
+    wait_until(
+        "the coordinator refused for want of in-sync replicas",
+        CLIENT_TIMEOUT,
+        || {
+            cluster
+                .node(survivor)
+                .log()
+                .contains("fewer than min.insync.replicas 2")
+        },
+    );
 
     cluster.restart(follower);
     wait_until(
@@ -475,6 +505,17 @@ async fn acks_all_refuses_writes_with_two_of_three_brokers_down() {
         first_values(&cluster.bootstrap(), &topic, 100),
         acknowledged
     );
+    // With the follower back in the coordinator's ISR, transactions run.
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let txn = loop {
+        match init(Duration::from_secs(5)) {
+            Ok(producer) => break producer,
+            Err(e) => assert!(Instant::now() < deadline, "init_transactions: {e}"),
+        }
+    };
+    txn.begin_transaction().expect("begin");
+    queue(&txn, &topic, 0, "in-a-transaction");
+    txn.commit_transaction(TXN_TIMEOUT).expect("commit");
 }
 
 /// ElectLeaders v2 sent to node `via` for `topic`-`partition`: the one
