@@ -84,21 +84,35 @@ impl QuorumConfig {
             .join(TopicPartition::new(METADATA_TOPIC, 0).dir_name())
     }
 
-    /// openraft's timers from KRaft's. openraft has one election timer, drawn
-    /// from `[min, max)` and reset by every heartbeat; KRaft has a fetch
-    /// timeout (leader presumed gone) and a random election back-off. So:
-    /// `min = fetch.timeout`, `max = fetch.timeout + election.timeout`, and
-    /// heartbeats every `fetch.timeout / 4`, so that three heartbeats can be
-    /// lost before a follower gives up on its leader.
+    /// openraft's timers from KRaft's. A KRaft voter stands for election
+    /// once it has not heard from its leader for `fetch.timeout`, plus a
+    /// random back-off within `election.timeout` so voters do not all stand
+    /// at once. An openraft follower that knows a leader stands after its
+    /// leader lease, which is `max`, plus an election timeout drawn from
+    /// `[min, max]`. So, with the jitter `J = min(election.timeout,
+    /// fetch.timeout / 2)`: `max = (fetch.timeout + J) / 2` and
+    /// `min = max - J`, and a voter stands `fetch.timeout` to
+    /// `fetch.timeout + J` after it last heard from its leader. Mapping
+    /// `fetch.timeout` onto `min` alone made that 2.5 to 3 times
+    /// `fetch.timeout`, which a failover of the active controller paid in
+    /// full. Heartbeats go every `min / 2`: at least four fit in the time a
+    /// follower waits.
     pub(crate) fn raft_config(&self) -> Result<openraft::Config, String> {
-        if self.election_timeout_ms == 0 || self.fetch_timeout_ms < 4 {
-            return Err("election and fetch timeouts must be positive".into());
+        if self.election_timeout_ms == 0 || self.fetch_timeout_ms < 8 {
+            return Err(
+                "controller.quorum.election.timeout.ms must be positive and \
+                 controller.quorum.fetch.timeout.ms at least 8"
+                    .into(),
+            );
         }
+        let jitter = self.election_timeout_ms.min(self.fetch_timeout_ms / 2);
+        let election_timeout_max = (self.fetch_timeout_ms + jitter) / 2;
+        let election_timeout_min = election_timeout_max - jitter;
         let config = openraft::Config {
             cluster_name: "keel-metadata".to_string(),
-            election_timeout_min: self.fetch_timeout_ms,
-            election_timeout_max: self.fetch_timeout_ms + self.election_timeout_ms,
-            heartbeat_interval: self.fetch_timeout_ms / 4,
+            election_timeout_min,
+            election_timeout_max,
+            heartbeat_interval: election_timeout_min / 2,
             install_snapshot_timeout: self.request_timeout_ms,
             // Snapshots are asked for by record bytes, which openraft cannot
             // count; see `state_machine::SnapshotTrigger`.
@@ -188,7 +202,16 @@ mod tests {
                 r.election_timeout_max,
                 r.heartbeat_interval
             ),
-            (2000, 3000, 500)
+            (500, 1500, 250)
+        );
+        // The lease (`max`) and an election timeout: KRaft's fetch timeout
+        // to that plus the jitter.
+        assert_eq!(
+            (
+                r.election_timeout_max + r.election_timeout_min,
+                2 * r.election_timeout_max
+            ),
+            (2000, 3000)
         );
         assert!(c
             .partition_dir()
