@@ -4,6 +4,7 @@
 //! `Partition` appends as user topics so they share their format, recovery
 //! and durability.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use keel_group::{LogEntry, OffsetsLog};
@@ -102,11 +103,11 @@ impl CoordinatorLog {
 
     fn min_insync_replicas(&self) -> usize {
         let image = self.image.borrow().clone();
+        let no_overrides = BTreeMap::new();
         let overrides = image
             .topic_by_name(self.topic)
-            .map(|t| t.configs.clone())
-            .unwrap_or_default();
-        self.config.min_insync_replicas(&image, &overrides)
+            .map_or(&no_overrides, |t| &t.configs);
+        self.config.min_insync_replicas(&image, overrides)
     }
 
     /// Every committed entry of one partition, in offset order; nothing if

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::broker_client::BrokerConnection;
+use crate::handlers::list_offsets::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use crate::replica_manager::Partition;
 
 /// Fetch v12 is the first with `last_fetched_epoch` and diverging epochs,
@@ -34,9 +35,6 @@ use crate::replica_manager::Partition;
 const FETCH_VERSION: i16 = 12;
 /// ListOffsets v4+ carries the follower's current leader epoch.
 const LIST_OFFSETS_VERSION: i16 = 7;
-/// ListOffsets' timestamps for the log end and the log start.
-const LATEST_TIMESTAMP: i64 = -1;
-const EARLIEST_TIMESTAMP: i64 = -2;
 /// Kafka's `replica.fetch.backoff.ms`.
 const FETCH_BACKOFF: Duration = Duration::from_millis(1000);
 /// Kafka's `replica.fetch.response.max.bytes`.
@@ -139,9 +137,28 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32) {
     }
 }
 
-fn fetch_request(broker: &Broker, partitions: &[Followed]) -> FetchRequest {
-    let mut topics: Vec<FetchTopic> = Vec::new();
+/// `partitions` grouped by topic, in the order first seen, each made into
+/// a request's partition entry by `entry`: how Fetch and ListOffsets ask.
+fn by_topic<P>(
+    partitions: &[Followed],
+    mut entry: impl FnMut(&Partition, i32) -> P,
+) -> Vec<(TopicName, Vec<P>)> {
+    let mut topics: Vec<(TopicName, Vec<P>)> = Vec::new();
     for (p, leader_epoch) in partitions {
+        let asked = entry(p, *leader_epoch);
+        match topics.iter_mut().find(|(t, _)| t.0.as_str() == p.tp.topic) {
+            Some((_, entries)) => entries.push(asked),
+            None => topics.push((
+                TopicName(StrBytes::from_string(p.tp.topic.clone())),
+                vec![asked],
+            )),
+        }
+    }
+    topics
+}
+
+fn fetch_request(broker: &Broker, partitions: &[Followed]) -> FetchRequest {
+    let topics = by_topic(partitions, |p, leader_epoch| {
         let (log_end, log_start, last_epoch) = p.with_log(|log| {
             (
                 log.log_end_offset(),
@@ -149,22 +166,21 @@ fn fetch_request(broker: &Broker, partitions: &[Followed]) -> FetchRequest {
                 log.leader_epoch_cache().latest_epoch().unwrap_or(-1),
             )
         });
-        let fetch = FetchPartition::default()
+        FetchPartition::default()
             .with_partition(p.tp.partition)
-            .with_current_leader_epoch(*leader_epoch)
+            .with_current_leader_epoch(leader_epoch)
             .with_fetch_offset(log_end)
             .with_last_fetched_epoch(last_epoch)
             .with_log_start_offset(log_start)
-            .with_partition_max_bytes(broker.config.replica_fetch_max_bytes);
-        match topics.iter_mut().find(|t| t.topic.0.as_str() == p.tp.topic) {
-            Some(t) => t.partitions.push(fetch),
-            None => topics.push(
-                FetchTopic::default()
-                    .with_topic(TopicName(StrBytes::from_string(p.tp.topic.clone())))
-                    .with_partitions(vec![fetch]),
-            ),
-        }
-    }
+            .with_partition_max_bytes(broker.config.replica_fetch_max_bytes)
+    })
+    .into_iter()
+    .map(|(topic, partitions)| {
+        FetchTopic::default()
+            .with_topic(topic)
+            .with_partitions(partitions)
+    })
+    .collect();
     FetchRequest::default()
         .with_replica_id(BrokerId(broker.config.node_id))
         .with_max_wait_ms(broker.config.replica_fetch_wait_max_ms)
@@ -352,21 +368,19 @@ async fn list_offsets(
     partitions: &[Followed],
     timestamp: i64,
 ) -> Result<HashMap<TopicPartition, Result<i64, i16>>, String> {
-    let mut topics: Vec<ListOffsetsTopic> = Vec::new();
-    for (p, epoch) in partitions {
-        let asked = ListOffsetsPartition::default()
+    let topics = by_topic(partitions, |p, leader_epoch| {
+        ListOffsetsPartition::default()
             .with_partition_index(p.tp.partition)
-            .with_current_leader_epoch(*epoch)
-            .with_timestamp(timestamp);
-        match topics.iter_mut().find(|t| t.name.0.as_str() == p.tp.topic) {
-            Some(t) => t.partitions.push(asked),
-            None => topics.push(
-                ListOffsetsTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(p.tp.topic.clone())))
-                    .with_partitions(vec![asked]),
-            ),
-        }
-    }
+            .with_current_leader_epoch(leader_epoch)
+            .with_timestamp(timestamp)
+    })
+    .into_iter()
+    .map(|(name, partitions)| {
+        ListOffsetsTopic::default()
+            .with_name(name)
+            .with_partitions(partitions)
+    })
+    .collect();
     let request = ListOffsetsRequest::default()
         .with_replica_id(BrokerId(exchange.broker.config.node_id))
         .with_topics(topics);

@@ -197,13 +197,11 @@ pub async fn handle(
                 (follower && !partition.is_replica(replica_id))
                     .then_some(ResponseError::NotLeaderOrFollower)
             });
-            let (refusal, diverging) = match refusal {
-                Some(refusal) => (Some(refusal), None),
-                None => match divergence(&partition, fetch) {
+            let (refusal, diverging) =
+                match refusal.map_or_else(|| divergence(&partition, fetch), Err) {
                     Ok(diverging) => (None, diverging),
-                    Err(out_of_range) => (Some(out_of_range), None),
-                },
-            };
+                    Err(refusal) => (Some(refusal), None),
+                };
             if refusal.is_some() || diverging.is_some() {
                 result.error = refusal;
                 result.diverging_epoch = diverging;
