@@ -92,8 +92,8 @@ pub fn elect_leaders(
     let mut results = Vec::new();
     let mut decide = |topic: &str, partition: i32| {
         let found = image
-            .topic_by_name(topic)
-            .and_then(|t| Some((t.topic_id, t.partitions.get(&partition)?)));
+            .partition(topic, partition)
+            .map(|(t, p)| (t.topic_id, p));
         let outcome = match found {
             None => ElectionOutcome::UnknownTopicOrPartition,
             Some((topic_id, p)) => match elect(image, p, election) {

@@ -93,6 +93,12 @@ impl MetadataImage {
             .and_then(|id| self.topics.get(id))
     }
 
+    /// A partition by topic name and index, with its topic.
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<(&TopicImage, &PartitionImage)> {
+        let t = self.topic_by_name(topic)?;
+        Some((t.as_ref(), t.partitions.get(&partition)?))
+    }
+
     pub fn topic_by_id(&self, id: &Uuid) -> Option<&Arc<TopicImage>> {
         self.topics.get(id)
     }

@@ -23,12 +23,8 @@ pub fn alter_reassignment(
     target: Option<&[i32]>,
     allow_replication_factor_change: bool,
 ) -> Result<Option<MetadataRecord>, ControllerError> {
-    let t = image
-        .topic_by_name(topic)
-        .ok_or(ControllerError::UnknownTopicOrPartition)?;
-    let p = t
-        .partitions
-        .get(&partition)
+    let (t, p) = image
+        .partition(topic, partition)
         .ok_or(ControllerError::UnknownTopicOrPartition)?;
     let reverted = revert(p)?;
     let next = match target {
@@ -156,8 +152,8 @@ pub fn ongoing_reassignments<'a>(
         Some(wanted) => {
             for (topic, partition) in wanted {
                 let found = image
-                    .topic_by_name(topic)
-                    .and_then(|t| Some((t.name.as_str(), t.partitions.get(partition)?)));
+                    .partition(topic, *partition)
+                    .map(|(t, p)| (t.name.as_str(), p));
                 if let Some((name, p)) = found.filter(|(_, p)| p.reassigning()) {
                     ongoing.push((name, p));
                 }

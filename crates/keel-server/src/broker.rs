@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kafka_protocol::ResponseError;
 use keel_group::GroupService;
 use keel_metadata::cluster::IsrChange;
 use keel_metadata::controller::{self, ConfigChange, ControllerError, NewTopic};
@@ -11,6 +12,7 @@ use keel_metadata::elections::{ElectionResult, ElectionType};
 use keel_metadata::{ConfigResource, ControllerReply, ControllerRequest, MetadataImage};
 use keel_storage::{LogManager, StorageError};
 use keel_txn::TxnService;
+use keel_types::TopicPartition;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -169,6 +171,20 @@ impl Broker {
 
     pub fn image(&self) -> Arc<MetadataImage> {
         self.metadata.image()
+    }
+
+    /// The partition if this broker hosts it. One that exists but is hosted
+    /// elsewhere (or not yet here) has a leader to ask:
+    /// NOT_LEADER_OR_FOLLOWER; one that does not exist is
+    /// UNKNOWN_TOPIC_OR_PARTITION.
+    pub fn hosted_partition(&self, tp: &TopicPartition) -> Result<Arc<Partition>, ResponseError> {
+        self.replicas.get(tp).ok_or_else(|| {
+            if self.image().partition(&tp.topic, tp.partition).is_some() {
+                ResponseError::NotLeaderOrFollower
+            } else {
+                ResponseError::UnknownTopicOrPartition
+            }
+        })
     }
 
     /// Brings the hosted partitions in line with `image`.

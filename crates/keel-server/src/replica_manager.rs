@@ -761,10 +761,7 @@ impl ReplicaManager {
             if tp.topic == crate::metadata_store::METADATA_TOPIC {
                 continue;
             }
-            let known = image
-                .topic_by_name(&tp.topic)
-                .is_some_and(|t| t.partitions.contains_key(&tp.partition));
-            if !known {
+            if image.partition(&tp.topic, tp.partition).is_none() {
                 tracing::warn!(partition = %tp, "partition directory is not in the metadata; renaming it to .stray");
                 self.log_manager.quarantine_partition_dir(&tp)?;
             }

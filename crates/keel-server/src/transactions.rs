@@ -175,20 +175,10 @@ impl Broker {
         tp: &TopicPartition,
         entry: &TxnMarkerEntry,
     ) -> Result<(), ResponseError> {
-        let Some(partition) = self.replicas.get(tp) else {
-            let known = self
-                .image()
-                .topic_by_name(&tp.topic)
-                .is_some_and(|t| t.partitions.contains_key(&tp.partition));
-            // A partition that exists but is not hosted here (yet) moved:
-            // the coordinator asks the new leader. One that does not exist
-            // is dropped from the transaction.
-            return Err(if known {
-                ResponseError::NotLeaderOrFollower
-            } else {
-                ResponseError::UnknownTopicOrPartition
-            });
-        };
+        // A partition not hosted here (yet) moved: the coordinator asks the
+        // new leader. One that does not exist is dropped from the
+        // transaction.
+        let partition = self.hosted_partition(tp)?;
         let leadership = partition.leadership();
         let appended = match partition.append_marker(entry, now_ms()) {
             Ok(appended) => appended,

@@ -22,11 +22,7 @@ pub async fn handle(
 ) -> AddPartitionsToTxnResponse {
     if ctx.api_version < BATCHED_VERSION {
         let image = broker.image();
-        let exists = |topic: &str, partition: i32| {
-            image
-                .topic_by_name(topic)
-                .is_some_and(|t| t.partitions.contains_key(&partition))
-        };
+        let exists = |topic: &str, partition: i32| image.partition(topic, partition).is_some();
         let unknown = request
             .v3_and_below_topics
             .iter()

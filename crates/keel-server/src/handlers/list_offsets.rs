@@ -2,7 +2,6 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use kafka_protocol::ResponseError;
 use keel_types::TopicPartition;
 
 use super::led_partition;
@@ -11,8 +10,8 @@ use crate::dispatch::RequestContext;
 use crate::errors::storage_error;
 
 /// ListOffsets' special timestamps.
-const LATEST_TIMESTAMP: i64 = -1;
-const EARLIEST_TIMESTAMP: i64 = -2;
+pub(crate) const LATEST_TIMESTAMP: i64 = -1;
+pub(crate) const EARLIEST_TIMESTAMP: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 /// KIP-405: earliest offset still on local disk; without tiering, the log start.
 const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
@@ -56,10 +55,7 @@ pub fn handle(
                     // Kafka's rule: only the debugging replica id may read a
                     // follower's offsets; consumers and followers ask the leader.
                     let partition = if request.replica_id.0 == DEBUGGING_REPLICA_ID {
-                        broker
-                            .replicas
-                            .get(&tp)
-                            .ok_or(ResponseError::UnknownTopicOrPartition)
+                        broker.hosted_partition(&tp)
                     } else {
                         led_partition(broker, &tp, current_leader_epoch)
                     };

@@ -69,25 +69,14 @@ pub fn leadership_error(
 
 /// The partition, if this broker leads it in the epoch the client named
 /// (`None`: it named none), for requests only a leader answers
-/// (OffsetForLeaderEpoch, ListOffsets). A partition hosted elsewhere has a
-/// leader to ask (NOT_LEADER_OR_FOLLOWER); one that does not exist is
-/// UNKNOWN_TOPIC_OR_PARTITION.
+/// (OffsetForLeaderEpoch, ListOffsets); errors as
+/// [`Broker::hosted_partition`].
 pub fn led_partition(
     broker: &Broker,
     tp: &TopicPartition,
     current_leader_epoch: Option<i32>,
 ) -> Result<Arc<Partition>, ResponseError> {
-    let Some(partition) = broker.replicas.get(tp) else {
-        let exists = broker
-            .image()
-            .topic_by_name(&tp.topic)
-            .is_some_and(|t| t.partitions.contains_key(&tp.partition));
-        return Err(if exists {
-            ResponseError::NotLeaderOrFollower
-        } else {
-            ResponseError::UnknownTopicOrPartition
-        });
-    };
+    let partition = broker.hosted_partition(tp)?;
     match leadership_error(
         partition.leadership(),
         broker.config.node_id,
