@@ -69,22 +69,14 @@ fn revert(p: &PartitionImage) -> Result<PartitionImage, ControllerError> {
     if !p.reassigning() {
         return Ok(p.clone());
     }
-    let replicas = without(&p.replicas, &p.adding_replicas);
-    let isr = without(&p.isr, &p.adding_replicas);
-    if isr.is_empty() {
-        // Only added replicas are in sync: reverting would leave the
-        // partition without an in-sync replica.
-        return Err(ControllerError::InvalidReplicaAssignment(
+    // Only added replicas in sync: reverting would leave the partition
+    // without an in-sync replica.
+    settled_without(p, &p.adding_replicas, |_| true).ok_or_else(|| {
+        ControllerError::InvalidReplicaAssignment(
             "the reassignment cannot be changed or cancelled while only its added replicas are in sync"
                 .into(),
-        ));
-    }
-    let leader = if isr.contains(&p.leader) {
-        p.leader
-    } else {
-        first_serving(&replicas, &isr, |_| true)
-    };
-    Ok(settled(p, replicas, isr, leader))
+        )
+    })
 }
 
 /// `list` without the brokers in `excluded`, in order.
@@ -93,15 +85,6 @@ fn without(list: &[i32], excluded: &[i32]) -> Vec<i32> {
         .copied()
         .filter(|b| !excluded.contains(b))
         .collect()
-}
-
-/// The first of `replicas` in `isr` that `can_lead`, else no leader.
-fn first_serving(replicas: &[i32], isr: &[i32], can_lead: impl Fn(i32) -> bool) -> i32 {
-    replicas
-        .iter()
-        .copied()
-        .find(|b| isr.contains(b) && can_lead(*b))
-        .unwrap_or(NO_LEADER)
 }
 
 /// The partition with its reassignment completed, if every added replica
@@ -114,30 +97,40 @@ pub(crate) fn complete_if_caught_up(
     if !p.reassigning() || !p.adding_replicas.iter().all(|b| p.isr.contains(b)) {
         return None;
     }
-    let isr = without(&p.isr, &p.removing_replicas);
+    settled_without(p, &p.removing_replicas, |b| serving(image, b))
+}
+
+/// `p` with no reassignment under way, on its replicas without `gone`;
+/// `None` if no in-sync replica would be left. The leader stays if it is
+/// still in sync, else the first remaining in-sync replica that
+/// `can_lead` takes over (or none). Epochs are left to the caller.
+fn settled_without(
+    p: &PartitionImage,
+    gone: &[i32],
+    can_lead: impl Fn(i32) -> bool,
+) -> Option<PartitionImage> {
+    let isr = without(&p.isr, gone);
     if isr.is_empty() {
         return None;
     }
-    let replicas = without(&p.replicas, &p.removing_replicas);
+    let replicas = without(&p.replicas, gone);
     let leader = if isr.contains(&p.leader) {
         p.leader
     } else {
-        first_serving(&replicas, &isr, |b| serving(image, b))
+        replicas
+            .iter()
+            .copied()
+            .find(|b| isr.contains(b) && can_lead(*b))
+            .unwrap_or(NO_LEADER)
     };
-    Some(settled(p, replicas, isr, leader))
-}
-
-/// `p` with no reassignment under way, on these replicas. Epochs are left
-/// to the caller.
-fn settled(p: &PartitionImage, replicas: Vec<i32>, isr: Vec<i32>, leader: i32) -> PartitionImage {
-    PartitionImage {
+    Some(PartitionImage {
         replicas,
         isr,
         leader,
         adding_replicas: Vec::new(),
         removing_replicas: Vec::new(),
         ..p.clone()
-    }
+    })
 }
 
 /// The partitions with a reassignment under way, as
