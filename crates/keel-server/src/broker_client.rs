@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::broker::Broker;
+use crate::codec;
 
 /// A response larger than this is refused before it is read: twice Kafka's
 /// `replica.fetch.response.max.bytes`, the largest answer we ask for.
@@ -148,9 +149,7 @@ async fn round_trip<R: Request>(
         .ok()
         .filter(|s| *s <= RESPONSE_FRAME_MAX)
         .ok_or_else(|| format!("response of {size} bytes"))?;
-    let mut body = vec![0u8; size];
-    stream
-        .read_exact(&mut body)
+    let body = codec::read_exactly(stream, size)
         .await
         .map_err(|e| e.to_string())?;
     let mut body = Bytes::from(body);

@@ -1,7 +1,11 @@
 //! Kafka framing: a 4-byte big-endian size, then a request header and body.
 
+use std::ops::Range;
+
+use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -40,9 +44,25 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max: request_bytes_max,
         });
     }
-    let mut buf = BytesMut::zeroed(size as usize);
-    reader.read_exact(&mut buf).await?;
-    Ok(buf.freeze())
+    Ok(Bytes::from(read_exactly(reader, size as usize).await?))
+}
+
+/// Reads exactly `len` bytes without zeroing a buffer first: a frame can be
+/// a megabyte, and zeroing it cost as much as a copy on the produce and
+/// replication paths.
+pub async fn read_exactly<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    if buf.len() < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf)
 }
 
 /// What the first bytes of a frame say, before the rest is trusted.
@@ -70,32 +90,320 @@ pub fn decode_header(api_key: ApiKey, frame: &mut Bytes) -> Result<RequestHeader
     RequestHeader::decode(frame, header_version).map_err(|e| e.to_string())
 }
 
+/// An encoded response frame, size prefix included, in pieces: fetched
+/// records are spliced in from the buffers they were read into instead of
+/// being copied into one buffer (a Fetch answer is mostly records, and that
+/// copy was a tenth of a replicating broker's CPU).
+#[derive(Debug)]
+pub struct ResponseFrame(Vec<Bytes>);
+
+impl ResponseFrame {
+    pub fn pieces(&self) -> &[Bytes] {
+        &self.0
+    }
+
+    /// The frame as one buffer, for tests that parse it.
+    #[cfg(test)]
+    fn contiguous(&self) -> Bytes {
+        self.0.concat().into()
+    }
+}
+
 /// Encodes a response with its header and size prefix.
 pub fn encode_response(
     api_key: ApiKey,
     api_version: i16,
     correlation_id: i32,
     response: &ResponseKind,
-) -> Result<Bytes, String> {
-    let header_version = api_key.response_header_version(api_version);
-    encode_with_header(header_version, correlation_id, |buf| {
-        response.encode(buf, api_version).map_err(|e| e.to_string())
-    })
-}
-
-pub fn encode_with_header(
-    header_version: i16,
-    correlation_id: i32,
-    body: impl FnOnce(&mut BytesMut) -> Result<(), String>,
-) -> Result<Bytes, String> {
-    let mut buf = BytesMut::with_capacity(256);
+) -> Result<ResponseFrame, String> {
+    let spliceable = match response {
+        ResponseKind::Fetch(fetch) => fetch
+            .responses
+            .iter()
+            .flat_map(|topic| &topic.partitions)
+            .filter_map(|partition| partition.records.clone())
+            .filter(|records| records.len() >= SPLICE_BYTES_MIN)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut buf = FrameBuf {
+        pieces: Vec::new(),
+        spliced_bytes: 0,
+        tail: BytesMut::with_capacity(256),
+        spliceable,
+    };
     buf.put_i32(0); // size, patched below
+    let header_version = api_key.response_header_version(api_version);
     ResponseHeader::default()
         .with_correlation_id(correlation_id)
         .encode(&mut buf, header_version)
         .map_err(|e| e.to_string())?;
-    body(&mut buf)?;
-    let size = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&size.to_be_bytes());
-    Ok(buf.freeze())
+    match response {
+        ResponseKind::Fetch(fetch) => fetch.encode(&mut buf, api_version),
+        // Only Fetch carries records worth splicing.
+        other => other.encode(&mut buf.tail, api_version),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(buf.finish())
+}
+
+/// Below this a record set is copied: a piece of its own costs an iovec
+/// and keeps its whole read buffer alive until sent.
+const SPLICE_BYTES_MIN: usize = 4096;
+
+/// The buffer `kafka-protocol` encodes a response into. A `put_slice` of
+/// one of `spliceable`'s record sets becomes a piece of its own.
+struct FrameBuf {
+    /// Finished pieces, in order.
+    pieces: Vec<Bytes>,
+    spliced_bytes: usize,
+    /// Being written after `pieces`.
+    tail: BytesMut,
+    spliceable: Vec<Bytes>,
+}
+
+impl FrameBuf {
+    fn splice(&mut self, src: &[u8]) -> Option<Bytes> {
+        if src.len() < SPLICE_BYTES_MIN {
+            return None;
+        }
+        let range = src.as_ptr_range();
+        self.spliceable
+            .iter()
+            .find(|records| {
+                let within = records.as_ptr_range();
+                within.start <= range.start && range.end <= within.end
+            })
+            .map(|records| records.slice_ref(src))
+    }
+
+    /// Back to one contiguous buffer, for encoders that write into what
+    /// they wrote before (record batch encoders; message encoders never do).
+    fn flatten(&mut self) {
+        if self.pieces.is_empty() {
+            return;
+        }
+        let mut whole = BytesMut::with_capacity(self.spliced_bytes + self.tail.len());
+        for piece in self.pieces.drain(..) {
+            whole.extend_from_slice(&piece);
+        }
+        whole.extend_from_slice(&self.tail);
+        self.tail = whole;
+        self.spliced_bytes = 0;
+    }
+
+    fn finish(mut self) -> ResponseFrame {
+        let size = self.spliced_bytes + self.tail.len() - 4;
+        let size = i32::try_from(size)
+            .expect("responses are bounded by fetch.max.bytes")
+            .to_be_bytes();
+        match self.pieces.first_mut() {
+            None => self.tail[..4].copy_from_slice(&size),
+            // The prefix is in the first piece, which holds what preceded
+            // the first records: a few dozen bytes, so patch a copy.
+            Some(first) => {
+                let mut patched = BytesMut::from(&first[..]);
+                patched[..4].copy_from_slice(&size);
+                *first = patched.freeze();
+            }
+        }
+        let mut pieces = self.pieces;
+        if !self.tail.is_empty() {
+            pieces.push(self.tail.freeze());
+        }
+        ResponseFrame(pieces)
+    }
+}
+
+// SAFETY: every method hands the tail `BytesMut` on unchanged, so its
+// guarantees are this type's.
+unsafe impl BufMut for FrameBuf {
+    fn remaining_mut(&self) -> usize {
+        self.tail.remaining_mut()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller's promise about `cnt` is about `chunk_mut`,
+        // which is the tail's.
+        unsafe { self.tail.advance_mut(cnt) }
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        self.tail.chunk_mut()
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        match self.splice(src) {
+            Some(records) => {
+                let written = self.tail.split().freeze();
+                self.spliced_bytes += written.len() + records.len();
+                self.pieces.push(written);
+                self.pieces.push(records);
+            }
+            None => self.tail.put_slice(src),
+        }
+    }
+}
+
+impl ByteBufMut for FrameBuf {
+    fn offset(&self) -> usize {
+        self.spliced_bytes + self.tail.len()
+    }
+
+    fn seek(&mut self, offset: usize) {
+        self.flatten();
+        self.tail.seek(offset);
+    }
+
+    fn range(&mut self, r: Range<usize>) -> &mut [u8] {
+        self.flatten();
+        self.tail.range(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::fetch_response::{
+        AbortedTransaction, EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint,
+        PartitionData,
+    };
+    use kafka_protocol::messages::{BrokerId, FetchResponse, ProducerId, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::*;
+
+    fn records(len: usize, seed: u8) -> Bytes {
+        (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect()
+    }
+
+    fn partition(index: i32, records: Option<Bytes>) -> PartitionData {
+        PartitionData::default()
+            .with_partition_index(index)
+            .with_high_watermark(1000 + i64::from(index))
+            .with_last_stable_offset(900)
+            .with_log_start_offset(7)
+            .with_records(records)
+    }
+
+    /// A response with every kind of partition: large records (spliced),
+    /// small ones (copied), none, and the optional and tagged fields.
+    fn response(large: &[Bytes]) -> FetchResponse {
+        let name = |n: &'static str| TopicName(StrBytes::from_static_str(n));
+        FetchResponse::default()
+            .with_throttle_time_ms(3)
+            .with_session_id(11)
+            .with_responses(vec![
+                FetchableTopicResponse::default()
+                    .with_topic(name("first"))
+                    .with_partitions(vec![
+                        partition(0, Some(large[0].clone())).with_aborted_transactions(Some(vec![
+                            AbortedTransaction::default()
+                                .with_producer_id(ProducerId(5))
+                                .with_first_offset(42),
+                        ])),
+                        partition(1, Some(records(100, 3))),
+                        partition(2, None).with_error_code(6).with_current_leader(
+                            LeaderIdAndEpoch::default()
+                                .with_leader_id(BrokerId(2))
+                                .with_leader_epoch(9),
+                        ),
+                    ]),
+                FetchableTopicResponse::default()
+                    .with_topic(name("second"))
+                    .with_partitions(vec![
+                        partition(0, Some(large[1].clone())).with_diverging_epoch(
+                            EpochEndOffset::default().with_epoch(4).with_end_offset(77),
+                        ),
+                        partition(1, Some(large[2].slice(10..))),
+                    ]),
+            ])
+    }
+
+    #[test]
+    fn spliced_fetch_frames_equal_kafka_protocol_encoding_in_every_version() {
+        let large = [
+            records(SPLICE_BYTES_MIN, 7),
+            records(100_000, 13),
+            records(50_000, 17),
+        ];
+        for version in 4..=18 {
+            let mut fetch = response(&large);
+            if version < 7 {
+                fetch.session_id = 0;
+            }
+            if version >= 16 {
+                fetch.node_endpoints = vec![NodeEndpoint::default()
+                    .with_node_id(BrokerId(2))
+                    .with_host(StrBytes::from_static_str("localhost"))
+                    .with_port(9093)];
+            }
+            let response = ResponseKind::Fetch(fetch.clone());
+            let frame = encode_response(ApiKey::Fetch, version, 99, &response).unwrap();
+
+            let mut expected = BytesMut::new();
+            expected.put_i32(0);
+            ResponseHeader::default()
+                .with_correlation_id(99)
+                .encode(
+                    &mut expected,
+                    ApiKey::Fetch.response_header_version(version),
+                )
+                .unwrap();
+            fetch.encode(&mut expected, version).unwrap();
+            let size = (expected.len() - 4) as i32;
+            expected[..4].copy_from_slice(&size.to_be_bytes());
+            assert_eq!(frame.contiguous(), expected.freeze(), "v{version}");
+
+            // The three large record sets went out from their own buffers.
+            let spliced: Vec<_> = frame
+                .pieces()
+                .iter()
+                .filter(|piece| {
+                    large
+                        .iter()
+                        .any(|l| l.as_ptr_range().contains(&piece.as_ptr()))
+                })
+                .map(|piece| piece.len())
+                .collect();
+            assert_eq!(
+                spliced,
+                [SPLICE_BYTES_MIN, 100_000, 50_000 - 10],
+                "v{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn writing_back_into_a_spliced_frame_flattens_it() {
+        let large = records(SPLICE_BYTES_MIN, 5);
+        let mut buf = FrameBuf {
+            pieces: Vec::new(),
+            spliced_bytes: 0,
+            tail: BytesMut::new(),
+            spliceable: vec![large.clone()],
+        };
+        buf.put_i32(0);
+        buf.put_slice(&large);
+        buf.put_u8(1);
+        assert_eq!(buf.pieces.len(), 2);
+        buf.range(4..6).copy_from_slice(&[9, 9]);
+        let frame = buf.finish();
+        assert_eq!(frame.pieces().len(), 1);
+        let whole = frame.contiguous();
+        assert_eq!(whole.len(), 4 + large.len() + 1);
+        assert_eq!(&whole[4..6], &[9, 9]);
+        assert_eq!(&whole[6..4 + large.len()], &large[2..]);
+    }
+
+    #[test]
+    fn other_responses_are_one_piece() {
+        let response = ResponseKind::ApiVersions(Default::default());
+        let frame = encode_response(ApiKey::ApiVersions, 3, 1, &response).unwrap();
+        assert_eq!(frame.pieces().len(), 1);
+        let whole = frame.contiguous();
+        assert_eq!(
+            i32::from_be_bytes(whole[..4].try_into().unwrap()) as usize,
+            whole.len() - 4
+        );
+    }
 }

@@ -7,6 +7,7 @@
 //! leave in request order. Reading and writing run in their own tasks: a
 //! large response is sent while the next request is read and handled.
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +19,13 @@ use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::ResponseError;
 use keel_types::limits::INFLIGHT_RESPONSES_PER_CONNECTION_MAX;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
-use crate::codec::{self, FrameError};
+use crate::codec::{self, FrameError, ResponseFrame};
 use crate::dispatch::{self, Outcome};
 use crate::handlers;
 
@@ -33,14 +34,14 @@ const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// An answer that is ready, or will be: `Ok(None)` sends nothing (acks=0),
 /// `Err` closes the connection.
-type Answer = BoxFuture<'static, Result<Option<Bytes>, String>>;
+type Answer = BoxFuture<'static, Result<Option<ResponseFrame>, String>>;
 
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
     let (frames, mut incoming) = mpsc::channel::<Bytes>(INFLIGHT_RESPONSES_PER_CONNECTION_MAX);
     let reading = tokio::spawn(read_frames(broker.clone(), reader, frames, peer));
-    let (responses, queued) = mpsc::channel::<Bytes>(INFLIGHT_RESPONSES_PER_CONNECTION_MAX);
+    let (responses, queued) = mpsc::channel::<ResponseFrame>(INFLIGHT_RESPONSES_PER_CONNECTION_MAX);
     let writing = tokio::spawn(write_responses(writer, queued));
     let mut pending: FuturesOrdered<Answer> = FuturesOrdered::new();
     let client_host = format!("/{}", peer.ip());
@@ -121,11 +122,14 @@ async fn read_frames(
 
 async fn write_responses(
     writer: tokio::net::tcp::OwnedWriteHalf,
-    mut queued: mpsc::Receiver<Bytes>,
+    mut queued: mpsc::Receiver<ResponseFrame>,
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
     while let Some(response) = queued.recv().await {
-        if writer.write_all(&response).await.is_err() {
+        if write_all_vectored(&mut writer, response.pieces())
+            .await
+            .is_err()
+        {
             return;
         }
         // Flush only when nothing else is queued, so pipelined responses
@@ -137,8 +141,26 @@ async fn write_responses(
     let _ = writer.shutdown().await;
 }
 
+/// Writes every piece, with as few calls as the writer allows: a
+/// `BufWriter` copies pieces that together fit its buffer, and hands larger
+/// ones to the socket in one `writev`.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    pieces: &[Bytes],
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+    let mut unwritten = &mut slices[..];
+    while !unwritten.is_empty() {
+        match writer.write_vectored(unwritten).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => IoSlice::advance_slices(&mut unwritten, n),
+        }
+    }
+    Ok(())
+}
+
 enum Handled {
-    Ready(Result<Option<Bytes>, String>),
+    Ready(Result<Option<ResponseFrame>, String>),
     Later(Answer),
 }
 
@@ -202,7 +224,7 @@ fn answer(
     version: i16,
     correlation_id: i32,
     outcome: Outcome,
-) -> Result<Option<Bytes>, String> {
+) -> Result<Option<ResponseFrame>, String> {
     match outcome {
         Outcome::Respond(response) => encode(api_key, version, correlation_id, &response).map(Some),
         Outcome::NoResponse => Ok(None),
@@ -216,7 +238,7 @@ fn encode(
     version: i16,
     correlation_id: i32,
     response: &ResponseKind,
-) -> Result<Bytes, String> {
+) -> Result<ResponseFrame, String> {
     codec::encode_response(api_key, version, correlation_id, response)
         .map_err(|e| format!("cannot encode {api_key:?} v{version} response: {e}"))
 }

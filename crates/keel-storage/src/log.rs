@@ -95,19 +95,26 @@ impl FetchSlice {
         let Some(file) = &self.file else {
             return Ok(Bytes::new());
         };
-        let mut buf = vec![0u8; usize::try_from(self.len).expect("fetch length fits memory")];
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file
-                .read_at(&mut buf[filled..], self.position + filled as u64)
-                .ctx(|| format!("reading log at position {}", self.position))?;
-            if n == 0 {
+        let len = usize::try_from(self.len).expect("fetch length fits memory");
+        // Read into spare capacity: zeroing a megabyte first cost as much
+        // as the read itself on the fetch path.
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = self.position + buf.len() as u64;
+            let read = rustix::io::pread(&**file, rustix::buffer::spare_capacity(&mut buf), at);
+            match read {
                 // Truncated since located: keep what is whole.
-                break;
+                Ok(0) => break,
+                // The capacity may exceed what was asked; bytes past the
+                // slice may be above the high watermark.
+                Ok(_) => buf.truncate(len),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(std::io::Error::from(e))
+                        .ctx(|| format!("reading log at position {}", self.position))
+                }
             }
-            filled += n;
         }
-        buf.truncate(filled);
         let mut batches = BatchIter::new(&buf);
         for item in &mut batches {
             item.map_err(|e| StorageError::Corrupt(format!("reading log: {e}")))?;
