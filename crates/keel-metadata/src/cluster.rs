@@ -154,13 +154,40 @@ pub fn fence_broker(
         return Vec::new();
     }
     let mut records = vec![MetadataRecord::FenceBroker { broker_id }];
-    records.extend(rebalance(
+    records.extend(without(image, broker_id, defaults, false));
+    records
+}
+
+/// Forgets a broker (Kafka's UnregisterBroker). It leaves ISRs and
+/// leadership as a fenced one does, so a live broker is cut off too; as in
+/// Kafka, nothing stops its process, which an operator stops first.
+pub fn unregister_broker(
+    image: &MetadataImage,
+    broker_id: i32,
+    defaults: TopicDefaults,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    if !image.brokers.contains_key(&broker_id) {
+        return Err(ControllerError::BrokerIdNotRegistered(broker_id));
+    }
+    let mut records = without(image, broker_id, defaults, false);
+    records.push(MetadataRecord::UnregisterBroker { broker_id });
+    Ok(records)
+}
+
+/// Partition changes once `broker_id` serves nothing; a `restarted` one
+/// stays where it is all that is left.
+fn without(
+    image: &MetadataImage,
+    broker_id: i32,
+    defaults: TopicDefaults,
+    restarted: bool,
+) -> Vec<MetadataRecord> {
+    rebalance(
         image,
         defaults,
         |b| b != broker_id && serving(image, b),
-        None,
-    ));
-    records
+        restarted.then_some(broker_id),
+    )
 }
 
 /// A heartbeat from a fenced broker brings it back: it may lead the
@@ -191,12 +218,7 @@ pub fn restarted_broker(
     broker_id: i32,
     defaults: TopicDefaults,
 ) -> Vec<MetadataRecord> {
-    rebalance(
-        image,
-        defaults,
-        |b| b != broker_id && serving(image, b),
-        Some(broker_id),
-    )
+    without(image, broker_id, defaults, true)
 }
 
 /// A leader's request to change its partition's ISR (Kafka's
@@ -346,6 +368,41 @@ pub(crate) mod tests {
         assert_eq!(placement_order(&img), vec![1, 3, 4, 2]);
         apply_all(&mut img, &[MetadataRecord::FenceBroker { broker_id: 3 }]);
         assert_eq!(placement_order(&img), vec![1, 4, 2]);
+    }
+
+    #[test]
+    fn an_unregistered_broker_leaves_leadership_isrs_and_the_registry() {
+        let (mut img, _) = image(&[(1, None), (2, None), (3, None)], &[1, 2, 3]);
+        let records = unregister_broker(&img, 1, DEFAULTS).unwrap();
+        apply_all(&mut img, &records);
+        let p = partition(&img);
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.isr.clone(), p.replicas.clone()),
+            (2, 1, vec![2, 3], vec![1, 2, 3]),
+            "the replica list keeps the id until a reassignment"
+        );
+        assert!(!img.brokers.contains_key(&1));
+        assert_eq!(placement_order(&img), vec![2, 3]);
+        // Gone, so asking again is refused, as is asking for a stranger.
+        for id in [1, 9] {
+            assert_eq!(
+                unregister_broker(&img, id, DEFAULTS),
+                Err(ControllerError::BrokerIdNotRegistered(id))
+            );
+        }
+        // A fenced broker is unregistered with no partition change.
+        let records = fence_broker(&img, 3, DEFAULTS);
+        apply_all(&mut img, &records);
+        let records = unregister_broker(&img, 3, DEFAULTS).unwrap();
+        assert_eq!(
+            records,
+            vec![MetadataRecord::UnregisterBroker { broker_id: 3 }]
+        );
+        apply_all(&mut img, &records);
+        // The image survives a snapshot without it.
+        let mut rebuilt = MetadataImage::default();
+        apply_all(&mut rebuilt, &img.to_records());
+        assert_eq!(rebuilt.brokers.keys().collect::<Vec<_>>(), vec![&2]);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub enum ControllerError {
     IneligibleReplica,
     #[error("No partition reassignment is in progress.")]
     NoReassignmentInProgress,
+    #[error("Broker ID {0} is not currently registered")]
+    BrokerIdNotRegistered(i32),
 }
 
 /// A CreateTopics entry, after the handler has decoded it.

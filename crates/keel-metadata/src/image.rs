@@ -227,6 +227,11 @@ impl MetadataImage {
                     .ok_or_else(|| format!("fencing of unknown broker {broker_id}"))?;
                 broker.fenced = matches!(record, MetadataRecord::FenceBroker { .. });
             }
+            MetadataRecord::UnregisterBroker { broker_id } => {
+                self.brokers
+                    .remove(broker_id)
+                    .ok_or_else(|| format!("unregistering unknown broker {broker_id}"))?;
+            }
             MetadataRecord::Topic { name, topic_id } => {
                 self.topic_ids_by_name.insert(name.clone(), *topic_id);
                 self.topics.insert(

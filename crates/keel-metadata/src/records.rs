@@ -32,6 +32,12 @@ pub enum MetadataRecord {
     UnfenceBroker {
         broker_id: i32,
     },
+    /// The broker is forgotten (Kafka's UnregisterBroker): taken out of
+    /// service for good. Its id stays in the replica lists that name it
+    /// until they are reassigned.
+    UnregisterBroker {
+        broker_id: i32,
+    },
     Topic {
         name: String,
         topic_id: Uuid,

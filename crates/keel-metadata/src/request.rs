@@ -42,6 +42,11 @@ pub enum ControllerRequest {
     FenceBroker {
         broker_id: i32,
     },
+    /// Kafka's UnregisterBroker: a broker taken out of service for good
+    /// leaves ISRs and leadership, then the registry.
+    UnregisterBroker {
+        broker_id: i32,
+    },
     AlterPartition(IsrChange),
     CreateTopic {
         topic: NewTopic,
@@ -158,6 +163,9 @@ pub fn decide(
         }
         ControllerRequest::FenceBroker { broker_id } => {
             cluster::fence_broker(image, *broker_id, defaults)
+        }
+        ControllerRequest::UnregisterBroker { broker_id } => {
+            cluster::unregister_broker(image, *broker_id, defaults)?
         }
         ControllerRequest::AlterPartition(change) => {
             vec![cluster::alter_partition(image, change)?.0]

@@ -404,6 +404,13 @@ impl Broker {
         Ok(results)
     }
 
+    /// UnregisterBroker: forgets a broker taken out of service.
+    pub async fn unregister_broker(&self, broker_id: i32) -> Result<(), AdminError> {
+        self.request(ControllerRequest::UnregisterBroker { broker_id })
+            .await
+            .map(|_| ())
+    }
+
     /// AlterPartitionReassignments: each entry's refusal, in order.
     pub async fn alter_partition_reassignments(
         &self,

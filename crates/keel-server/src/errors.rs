@@ -45,6 +45,7 @@ pub fn controller_error(e: &ControllerError) -> ResponseError {
         ControllerError::InvalidUpdateVersion => ResponseError::InvalidUpdateVersion,
         ControllerError::IneligibleReplica => ResponseError::IneligibleReplica,
         ControllerError::NoReassignmentInProgress => ResponseError::NoReassignmentInProgress,
+        ControllerError::BrokerIdNotRegistered(_) => ResponseError::BrokerIdNotRegistered,
     }
 }
 

@@ -40,6 +40,9 @@ enum Command {
     /// Describe and alter topic and broker configs.
     #[command(subcommand)]
     Config(commands::config::ConfigCommand),
+    /// Take a broker out of the cluster for good (UnregisterBroker).
+    #[command(subcommand)]
+    Broker(commands::broker::BrokerCommand),
     /// Delete records below an offset.
     #[command(subcommand)]
     Records(commands::records::RecordsCommand),
@@ -77,6 +80,7 @@ fn main() -> Result<()> {
             Command::Txn(cmd) => commands::txn::run(cmd).await,
             Command::Config(cmd) => commands::config::run(cmd).await,
             Command::Records(cmd) => commands::records::run(cmd).await,
+            Command::Broker(cmd) => commands::broker::run(cmd).await,
             Command::Dev(cmd) => commands::dev::run(cmd).await,
         }
     })

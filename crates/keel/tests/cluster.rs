@@ -21,7 +21,8 @@ use kafka_protocol::messages::alter_partition_reassignments_request::{
 };
 use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
 use kafka_protocol::messages::{
-    AlterPartitionReassignmentsRequest, BrokerId, ElectLeadersRequest, TopicName,
+    AlterPartitionReassignmentsRequest, BrokerId, DescribeClusterRequest, ElectLeadersRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{NewTopic, TopicReplication};
@@ -777,11 +778,31 @@ async fn reassignment_moves_a_partition_under_load_without_loss() {
     );
 }
 
-/// Kafka's controlled shutdown: a broker stopped cleanly hands its
-/// leadership over before it exits, so its partitions move at once, not a
-/// session timeout (here far longer than the test waits) after it is gone.
+/// Every registered broker through DescribeCluster v2 with fenced ones
+/// included (KIP-1073), and whether each is fenced.
+fn registered_brokers(cluster: &TestCluster, via: i32) -> BTreeMap<i32, bool> {
+    let request = DescribeClusterRequest::default()
+        .with_endpoint_type(1)
+        .with_include_fenced_brokers(true);
+    let response = RawConn::connect(cluster.node(via).addr())
+        .expect("connecting")
+        .request(2, &request)
+        .expect("DescribeCluster");
+    assert_eq!(response.error_code, 0, "{response:?}");
+    response
+        .brokers
+        .iter()
+        .map(|b| (b.broker_id.0, b.is_fenced))
+        .collect()
+}
+
+/// Taking a broker out of service. Kafka's controlled shutdown: a broker
+/// stopped cleanly hands its leadership over before it exits, so its
+/// partitions move at once, not a session timeout (here far longer than
+/// the test waits) after it is gone. Then UnregisterBroker forgets it, and
+/// a restart registers it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_stop_hands_leadership_over_at_once() {
+async fn a_broker_taken_out_of_service_hands_over_at_once_and_is_unregistered() {
     let mut cluster = TestCluster::start(3, &[("broker.session.timeout.ms", "60000")]);
     let topic = unique_topic("handover");
     let leader = create_replicated(&cluster.bootstrap(), &topic, 1).await[&0].leader;
@@ -795,4 +816,26 @@ async fn a_clean_stop_hands_leadership_over_at_once() {
     eprintln!("leadership moved {:?} after the stop", moved.elapsed());
     let to_all = producer(&bootstrap, &[("acks", "all")]);
     send(&to_all, &topic, 0, None, "to the new leader").await;
+
+    let via = cluster.running().next().expect("a running node");
+    assert_eq!(registered_brokers(&cluster, via).get(&leader), Some(&true));
+    let (id, running) = (leader.to_string(), cluster.node(via).addr().to_string());
+    let said = keel_cli_ok(&running, &["broker", "unregister", "--id", &id]);
+    assert!(said.contains(&format!("Broker {leader} is no longer registered")));
+    wait_until("every node forgets it", FAILOVER_TIMEOUT, || {
+        cluster
+            .running()
+            .all(|n| !registered_brokers(&cluster, n).contains_key(&leader))
+    });
+    let p = &placements(&bootstrap, &topic, 1)[&0];
+    assert!(p.replicas.contains(&leader), "until reassigned: {p:?}");
+    let again = keel_cli(&running, &["broker", "unregister", "--id", &id]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("BROKER_ID_NOT_REGISTERED"), "{stderr}");
+
+    cluster.restart(leader);
+    wait_until("a restart registers it again", FAILOVER_TIMEOUT, || {
+        brokers(&bootstrap).contains(&leader)
+    });
 }

@@ -35,13 +35,16 @@ pub fn handle(
         image
             .brokers
             .values()
-            .filter(|b| !b.fenced)
+            // KIP-1073: fenced brokers too when asked (v2), so that an
+            // operator sees every registered broker, as unregistering needs.
+            .filter(|b| !b.fenced || request.include_fenced_brokers)
             .map(|b| {
                 DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.broker_id))
                     .with_host(str_bytes(&b.host))
                     .with_port(b.port)
                     .with_rack(b.rack.as_deref().map(str_bytes))
+                    .with_is_fenced(b.fenced)
             })
             .collect(),
     )

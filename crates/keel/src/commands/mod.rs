@@ -1,3 +1,4 @@
+pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod consume;
