@@ -90,6 +90,10 @@ struct Args {
     /// 1 KiB records of each `--suite cluster` throughput run.
     #[arg(long, default_value_t = 500_000)]
     cluster_records: usize,
+    /// Throughput runs on one node and on the cluster; the ratio is of
+    /// their medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    cluster_runs: u64,
     /// Rate of the cluster's latency run, records per second.
     #[arg(long, default_value_t = 5_000)]
     cluster_latency_rate: u64,
@@ -138,6 +142,7 @@ fn main() -> Result<()> {
             overrides: &args.overrides,
             partitions: args.cluster_partitions,
             records: args.cluster_records,
+            runs: args.cluster_runs as usize,
             latency_rate: args.cluster_latency_rate,
             latency_seconds: args.cluster_latency_seconds,
             failover_timeout: Duration::from_secs(args.failover_timeout_seconds),
