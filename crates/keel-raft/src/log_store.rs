@@ -658,7 +658,7 @@ mod tests {
             for r in records {
                 b.push(None, Some(r.as_bytes()), &[], 7);
             }
-            log.append_as_leader(&mut b.build(), 0, 7).unwrap();
+            log.append_as_leader(&b.build(), 0, 7).unwrap();
         }
         log.close().unwrap();
     }

@@ -336,7 +336,7 @@ async fn single_voter_adopts_a_pre_raft_log() {
         let mut batch = keel_storage::BatchBuilder::new(0);
         batch.push(None, Some(b"cluster-id"), &[], 5);
         batch.push(None, Some(b"topic"), &[], 5);
-        log.append_as_leader(&mut batch.build(), 0, 5).unwrap();
+        log.append_as_leader(&batch.build(), 0, 5).unwrap();
         log.close().unwrap();
     }
     node.start().await;

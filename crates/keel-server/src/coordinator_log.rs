@@ -67,7 +67,7 @@ impl CoordinatorLog {
         for (key, value) in records {
             builder.push(Some(key), value.as_deref(), &[], now);
         }
-        let mut batch = builder.build();
+        let batch = builder.build();
         let leadership = target.leadership();
         // Kafka's coordinators append with acks=all, so the topic's
         // `min.insync.replicas` (for `__transaction_state`,
@@ -81,9 +81,9 @@ impl CoordinatorLog {
             ));
         }
         let appended = if producer.is_some() {
-            target.append_as_coordinator(&mut batch, now)
+            target.append_as_coordinator(&batch, now)
         } else {
-            target.append(&mut batch, now)
+            target.append(&batch, now)
         }
         .map_err(|e| e.to_string())?;
         // A commit or transaction state acknowledged before the ISR had it

@@ -385,9 +385,8 @@ impl Partition {
         self.deleted.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Appends a produce request's batches (already copied out of the request
-    /// so offsets can be patched in place).
-    pub fn append(&self, batches: &mut [u8], now_ms: i64) -> Result<LogAppendResult, AppendError> {
+    /// Appends a produce request's batches.
+    pub fn append(&self, batches: &[u8], now_ms: i64) -> Result<LogAppendResult, AppendError> {
         self.append_as_leader(|log, leader_epoch| {
             log.append_as_leader(batches, leader_epoch, now_ms)
         })
@@ -397,7 +396,7 @@ impl Partition {
     /// coordinator's transactional offset commits): no sequence check.
     pub fn append_as_coordinator(
         &self,
-        batches: &mut [u8],
+        batches: &[u8],
         now_ms: i64,
     ) -> Result<LogAppendResult, AppendError> {
         self.append_as_leader(|log, leader_epoch| {

@@ -1109,25 +1109,47 @@ pub fn control_record_type(batch: &[u8]) -> Result<Option<ControlRecordType>> {
 }
 
 // ---------------------------------------------------------------------------
-// In-place patching, used by the append path.
+// Offset assignment, used by the leader's append.
+
+/// The header the leader stores a client batch under: the batch's own with
+/// `base_offset` and `leader_epoch` assigned and, under LogAppendTime, the
+/// append time stamped. Only the header is copied; the records after it go
+/// to disk as the client sent them.
+pub(crate) fn assigned_header(
+    batch: &[u8],
+    base_offset: i64,
+    leader_epoch: i32,
+    log_append_time_ms: Option<i64>,
+) -> [u8; RECORD_BATCH_HEADER_BYTES] {
+    let (header, records) = batch.split_at(RECORD_BATCH_HEADER_BYTES);
+    let mut header: [u8; RECORD_BATCH_HEADER_BYTES] =
+        header.try_into().expect("split at the header's size");
+    set_base_offset(&mut header, base_offset);
+    set_partition_leader_epoch(&mut header, leader_epoch);
+    if let Some(now_ms) = log_append_time_ms {
+        set_log_append_time(&mut header, records, now_ms);
+    }
+    header
+}
 
 pub(crate) fn set_base_offset(batch: &mut [u8], offset: i64) {
     batch[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&offset.to_be_bytes());
 }
 
-pub(crate) fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[field::PARTITION_LEADER_EPOCH..field::PARTITION_LEADER_EPOCH + 4]
         .copy_from_slice(&epoch.to_be_bytes());
 }
 
-/// Marks the batch LogAppendTime with `now_ms` as its max timestamp and
-/// re-seals the CRC, since both fields lie inside the CRC's span.
-pub(crate) fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
-    let attributes = be_i16(batch, field::ATTRIBUTES) | ATTR_TIMESTAMP_TYPE;
-    batch[field::ATTRIBUTES..field::ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
-    batch[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
-    let crc = compute_crc(batch);
-    batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+/// Marks the batch whose header is `header` and whose records are `records`
+/// LogAppendTime with `now_ms` as its max timestamp, and re-seals the CRC,
+/// since both fields lie inside the CRC's span.
+fn set_log_append_time(header: &mut [u8], records: &[u8], now_ms: i64) {
+    let attributes = be_i16(header, field::ATTRIBUTES) | ATTR_TIMESTAMP_TYPE;
+    header[field::ATTRIBUTES..field::ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    header[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[field::ATTRIBUTES..]), records);
+    header[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -1248,10 +1270,9 @@ mod tests {
 
     #[test]
     fn log_append_time_keeps_crc_valid() {
-        let mut batch = sample();
-        set_base_offset(&mut batch, 42);
-        set_partition_leader_epoch(&mut batch, 3);
-        set_log_append_time(&mut batch, 123_456);
+        let client = sample();
+        let header = assigned_header(&client, 42, 3, Some(123_456));
+        let batch = [&header[..], &client[RECORD_BATCH_HEADER_BYTES..]].concat();
         let h = validate_batch(&batch).unwrap();
         assert_eq!(h.base_offset(), 42);
         assert_eq!(h.partition_leader_epoch(), 3);

@@ -1,6 +1,6 @@
 //! Keel's storage: partitions as directories of segments in Apache Kafka's
-//! on-disk format. A segment is a `.log` of RecordBatch v2 bytes exactly as
-//! received (base offset and leader epoch patched in place), a sparse
+//! on-disk format. A segment is a `.log` of RecordBatch v2 bytes as
+//! received (the leader assigns the base offset and leader epoch), a sparse
 //! `.index`, a `.timeindex` and, once it holds an ABORT marker, a
 //! `.txnindex` of aborted transactions; a partition adds
 //! `leader-epoch-checkpoint`, `partition.metadata` and producer-state

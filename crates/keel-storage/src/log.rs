@@ -5,13 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use keel_types::limits::SEGMENT_RELATIVE_OFFSET_MAX;
+use keel_types::limits::{RECORD_BATCH_HEADER_BYTES, SEGMENT_RELATIVE_OFFSET_MAX};
 
 use crate::batch::{
     self, check_crc, check_framing, BatchIter, Compression, ControlRecordType, EndTxnMarker, Keys,
@@ -439,11 +440,11 @@ impl Log {
 
     /// Appends client batches as the leader: validates them all, checks
     /// idempotent and transactional producer state, assigns offsets and the
-    /// leader epoch in place, and writes them. Nothing is written if any
-    /// check fails.
+    /// leader epoch in copies of their headers, and writes those with the
+    /// records as sent. Nothing is written if any check fails.
     pub fn append_as_leader(
         &mut self,
-        batches: &mut [u8],
+        batches: &[u8],
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<LogAppendResult> {
@@ -457,7 +458,7 @@ impl Log {
     /// Control batches are taken as transaction markers.
     pub fn append_as_coordinator(
         &mut self,
-        batches: &mut [u8],
+        batches: &[u8],
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<LogAppendResult> {
@@ -480,19 +481,19 @@ impl Log {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<LogAppendResult> {
-        let mut batch = batch::end_txn_marker(
+        let batch = batch::end_txn_marker(
             marker,
             producer_id,
             producer_epoch,
             coordinator_epoch,
             now_ms,
         );
-        self.append(&mut batch, leader_epoch, now_ms, AppendOrigin::Coordinator)
+        self.append(&batch, leader_epoch, now_ms, AppendOrigin::Coordinator)
     }
 
     fn append(
         &mut self,
-        batches: &mut [u8],
+        batches: &[u8],
         leader_epoch: i32,
         now_ms: i64,
         origin: AppendOrigin,
@@ -587,22 +588,39 @@ impl Log {
             next_offset = assigned.next_offset();
         }
 
+        let mut header_bytes = Vec::with_capacity(spans.len());
         let mut headers = Vec::with_capacity(spans.len());
         let mut offset = first_offset;
         for (_, range, _) in &spans {
-            let bytes = &mut batches[range.clone()];
-            batch::set_base_offset(bytes, offset);
-            batch::set_partition_leader_epoch(bytes, leader_epoch);
-            if log_append_time {
-                batch::set_log_append_time(bytes, now_ms);
-            }
-            let patched = RecordBatchHeader::parse(bytes)?;
-            debug_assert_eq!(batch::compute_crc(bytes), patched.crc);
+            let bytes = &batches[range.clone()];
+            let header = batch::assigned_header(
+                bytes,
+                offset,
+                leader_epoch,
+                log_append_time.then_some(now_ms),
+            );
+            let patched = RecordBatchHeader::parse(&header)?;
             offset = patched.next_offset();
             headers.push(patched);
+            header_bytes.push(header);
         }
+        let mut pieces: Vec<IoSlice<'_>> = header_bytes
+            .iter()
+            .zip(&spans)
+            .flat_map(|(header, (_, range, _))| {
+                let records = &batches[range.start + RECORD_BATCH_HEADER_BYTES..range.end];
+                [IoSlice::new(header), IoSlice::new(records)]
+            })
+            .collect();
         let last_offset = next_offset - 1;
-        self.write(batches, &headers, first_offset, last_offset, now_ms, true)?;
+        self.write(
+            &mut pieces,
+            &headers,
+            first_offset,
+            last_offset,
+            now_ms,
+            true,
+        )?;
         self.leader_epochs
             .assign(&self.dir, leader_epoch, first_offset)?;
         for (h, (_, _, marker)) in headers.iter().zip(&spans) {
@@ -669,7 +687,7 @@ impl Log {
         // Followers roll by size only; `roll_if_due` handles segment.ms.
         let rolling_ms = first.max_timestamp;
         self.write(
-            batches,
+            &mut [IoSlice::new(batches)],
             &headers,
             first_offset,
             last_offset,
@@ -695,7 +713,7 @@ impl Log {
 
     fn write(
         &mut self,
-        bytes: &[u8],
+        bytes: &mut [IoSlice<'_>],
         headers: &[RecordBatchHeader],
         first_offset: i64,
         last_offset: i64,
@@ -703,7 +721,7 @@ impl Log {
         time_roll: bool,
     ) -> Result<()> {
         self.maybe_roll(
-            bytes.len() as u64,
+            headers.iter().map(RecordBatchHeader::total_size).sum(),
             first_offset,
             last_offset,
             now_ms,

@@ -2,7 +2,7 @@
 //! and (once it has an aborted transaction) `.txnindex`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, IoSlice, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -524,11 +524,13 @@ impl Segment {
         self.index.is_full(index_bytes_max) || self.time_index.is_full(index_bytes_max)
     }
 
-    /// Appends already validated, offset-assigned batches. `headers` gives
-    /// each batch's header and its length, in order.
+    /// Appends already validated, offset-assigned batches, held in `bytes`
+    /// as pieces in order (a leader's assigned headers lie apart from the
+    /// client's records). `headers` gives each batch's header and its
+    /// length, in order.
     pub(crate) fn append(
         &mut self,
-        bytes: &[u8],
+        bytes: &mut [IoSlice<'_>],
         headers: &[RecordBatchHeader],
         index_interval_bytes: u32,
         now_ms: i64,
@@ -538,7 +540,8 @@ impl Segment {
             first.base_offset >= self.next_offset,
             "offsets must increase"
         );
-        let written = (&*self.log).write_all(bytes);
+        let len: u64 = bytes.iter().map(|piece| piece.len() as u64).sum();
+        let written = write_all_vectored(&self.log, bytes);
         if let Err(e) = written {
             // Leave no partial batch behind for readers or recovery.
             let _ = self.log.set_len(self.size);
@@ -564,11 +567,7 @@ impl Segment {
             pos += h.total_size();
             self.next_offset = h.next_offset();
         }
-        assert_eq!(
-            pos - self.size,
-            bytes.len() as u64,
-            "headers must cover the bytes"
-        );
+        assert_eq!(pos - self.size, len, "headers must cover the bytes");
         self.size = pos;
         self.max_timestamp = cursor.max_timestamp;
         self.offset_of_max_timestamp = cursor.offset_of_max_timestamp;
@@ -723,6 +722,21 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// `Write::write_all` for pieces, which std has only unstably
+/// (`write_all_vectored`).
+fn write_all_vectored(mut file: &File, mut pieces: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut pieces, 0);
+    while !pieces.is_empty() {
+        match file.write_vectored(pieces) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut pieces, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Adds the entries `IndexCursor::step` asked for to in-memory indexes

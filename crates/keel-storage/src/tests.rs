@@ -45,14 +45,14 @@ pub(crate) fn open(dir: &Path, config: LogConfig, recover_from: Option<i64>) -> 
     .unwrap()
 }
 
-fn append(log: &mut Log, mut bytes: Vec<u8>) -> LogAppendResult {
-    log.append_as_leader(&mut bytes, 0, NOW).unwrap()
+fn append(log: &mut Log, bytes: Vec<u8>) -> LogAppendResult {
+    log.append_as_leader(&bytes, 0, NOW).unwrap()
 }
 
-/// Appends `n` copies of `batch`; each gets its own offsets on append.
+/// Appends `batch` `n` times; each gets its own offsets on append.
 fn append_copies(log: &mut Log, n: usize, batch: &[u8]) {
     for _ in 0..n {
-        append(log, batch.to_vec());
+        log.append_as_leader(batch, 0, NOW).unwrap();
     }
 }
 
@@ -66,6 +66,14 @@ fn read_headers(log: &Log, offset: i64, max_bytes: u32) -> Vec<RecordBatchHeader
             validate_batch(&bytes[range]).unwrap();
             h
         })
+        .collect()
+}
+
+/// Every batch the log holds, as its segment files store them.
+fn stored_bytes(log: &Log) -> Vec<u8> {
+    log.segments()
+        .values()
+        .flat_map(|segment| std::fs::read(segment.log_path()).unwrap())
         .collect()
 }
 
@@ -83,8 +91,7 @@ fn append_read_round_trip() {
     let mut log = open(dir.path(), LogConfig::default(), None);
     let mut two = batch_with(2, NOW, 10);
     two.extend(batch_with(3, NOW, 10));
-    let mut bytes = two;
-    let r = log.append_as_leader(&mut bytes, 4, NOW).unwrap();
+    let r = log.append_as_leader(&two, 4, NOW).unwrap();
     assert_eq!((r.first_offset, r.last_offset, r.record_count), (0, 4, 5));
     assert_eq!(r.log_append_time, -1);
     assert!(!r.duplicate);
@@ -135,23 +142,23 @@ fn rejects_bad_batches_without_appending() {
     bad[n - 1] ^= 1;
     good_then_bad.extend(bad);
     assert!(matches!(
-        log.append_as_leader(&mut good_then_bad, 0, NOW),
+        log.append_as_leader(&good_then_bad, 0, NOW),
         Err(StorageError::CorruptMessage(_))
     ));
     assert!(matches!(
-        log.append_as_leader(&mut batch_with(1, NOW, 500), 0, NOW),
+        log.append_as_leader(&batch_with(1, NOW, 500), 0, NOW),
         Err(StorageError::MessageTooLarge { max: 200, .. })
     ));
     let mut old = batch_with(1, NOW, 10);
     old[field::MAGIC] = 1;
     assert!(matches!(
-        log.append_as_leader(&mut old, 0, NOW),
+        log.append_as_leader(&old, 0, NOW),
         Err(StorageError::UnsupportedMagic(1))
     ));
     let mut cut = batch_with(1, NOW, 10);
     cut.pop();
     assert!(matches!(
-        log.append_as_leader(&mut cut, 0, NOW),
+        log.append_as_leader(&cut, 0, NOW),
         Err(StorageError::CorruptMessage(_))
     ));
     assert_eq!(log.log_end_offset(), 0);
@@ -186,12 +193,12 @@ fn rolls_by_time_and_offset_index_full() {
         ..LogConfig::default()
     };
     let mut log = open(dir.path(), config, None);
-    log.append_as_leader(&mut batch_with(1, NOW, 1), 0, NOW)
+    log.append_as_leader(&batch_with(1, NOW, 1), 0, NOW)
         .unwrap();
-    log.append_as_leader(&mut batch_with(1, NOW, 1), 0, NOW + 50)
+    log.append_as_leader(&batch_with(1, NOW, 1), 0, NOW + 50)
         .unwrap();
     assert_eq!(log.segment_count(), 1);
-    log.append_as_leader(&mut batch_with(1, NOW, 1), 0, NOW + 100)
+    log.append_as_leader(&batch_with(1, NOW, 1), 0, NOW + 100)
         .unwrap();
     assert_eq!(log.segment_count(), 2);
     log.roll_if_due(NOW + 150).unwrap();
@@ -261,7 +268,7 @@ fn log_append_time_rewrites_and_keeps_crc() {
     };
     let mut log = open(dir.path(), config, None);
     let r = log
-        .append_as_leader(&mut batch_with(3, 1000, 5), 0, NOW)
+        .append_as_leader(&batch_with(3, 1000, 5), 0, NOW)
         .unwrap();
     assert_eq!(r.log_append_time, NOW);
     assert_eq!(r.max_timestamp, NOW);
@@ -269,6 +276,121 @@ fn log_append_time_rewrites_and_keeps_crc() {
     assert_eq!(headers[0].timestamp_type(), TimestampType::LogAppendTime);
     assert_eq!(headers[0].max_timestamp(), NOW);
     assert_eq!(log.max_timestamp_and_offset(), (NOW, 2));
+}
+
+/// `client` as the leader stores it at `base_offset`, patched whole as
+/// Kafka does, to check the append's header-only patching against.
+fn patched_whole(
+    client: &[u8],
+    base_offset: i64,
+    leader_epoch: i32,
+    log_append_time_ms: Option<i64>,
+) -> Vec<u8> {
+    let mut batch = client.to_vec();
+    batch[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
+    batch[field::PARTITION_LEADER_EPOCH..field::PARTITION_LEADER_EPOCH + 4]
+        .copy_from_slice(&leader_epoch.to_be_bytes());
+    if let Some(now_ms) = log_append_time_ms {
+        batch[field::ATTRIBUTES + 1] |= 0x08; // the timestamp type bit
+        batch[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8]
+            .copy_from_slice(&now_ms.to_be_bytes());
+        let crc = crate::batch::compute_crc(&batch);
+        batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+    batch
+}
+
+/// The leader writes a copy of each header with the client's records after
+/// it; the log must hold what patching the whole batch would have made,
+/// and a follower copying it must store the same bytes.
+#[test]
+fn leader_stores_client_records_behind_assigned_headers() {
+    for timestamp_type in [TimestampType::CreateTime, TimestampType::LogAppendTime] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            message_timestamp_type: timestamp_type,
+            ..LogConfig::default()
+        };
+        let mut log = open(dir.path(), config, None);
+        let stamp = (timestamp_type == TimestampType::LogAppendTime).then_some(NOW);
+        let first = batch_with(3, 1000, 5);
+        append(&mut log, first.clone());
+        let mut gzip = BatchBuilder::new(0).compression(Compression::Gzip);
+        gzip.push(Some(b"k"), Some(b"v"), &[], 2000);
+        gzip.push(Some(b"k"), Some(b"w"), &[], 2001);
+        let gzip = gzip.build();
+        let sequenced = idempotent(7, 0, 0, 2);
+        let request = [&gzip[..], &sequenced].concat();
+        let r = log.append_as_leader(&request, 4, NOW).unwrap();
+        assert_eq!((r.first_offset, r.last_offset), (3, 6));
+        assert_eq!(r.log_append_time, stamp.unwrap_or(-1));
+        assert_eq!(r.max_timestamp, stamp.unwrap_or(NOW));
+        log.append_marker(7, 0, ControlRecordType::Commit, 0, 4, NOW)
+            .unwrap();
+        let marker = crate::batch::end_txn_marker(ControlRecordType::Commit, 7, 0, 0, NOW);
+
+        let stored = stored_bytes(&log);
+        let expected = [
+            patched_whole(&first, 0, 0, stamp),
+            patched_whole(&gzip, 3, 4, stamp),
+            patched_whole(&sequenced, 5, 4, stamp),
+            patched_whole(&marker, 7, 4, stamp),
+        ]
+        .concat();
+        assert_eq!(stored, expected, "{timestamp_type:?}");
+        let headers: Vec<_> = BatchIter::strict(&stored)
+            .map(|item| validate_batch(&stored[item.unwrap().1]).unwrap())
+            .collect();
+        let assigned: Vec<_> = headers
+            .iter()
+            .map(|h| {
+                (
+                    h.base_offset(),
+                    h.partition_leader_epoch(),
+                    h.max_timestamp(),
+                )
+            })
+            .collect();
+        let sent = |max_timestamp| stamp.unwrap_or(max_timestamp);
+        assert_eq!(
+            assigned,
+            [
+                (0, 0, sent(1002)),
+                (3, 4, sent(2001)),
+                (5, 4, sent(NOW)),
+                (7, 4, sent(NOW)),
+            ]
+        );
+        assert!(headers.iter().all(|h| h.timestamp_type() == timestamp_type));
+        let last = *log.producer_state(7).unwrap().batches.back().unwrap();
+        assert_eq!(
+            (last.last_seq, last.last_offset, last.timestamp),
+            (1, 6, sent(NOW))
+        );
+        assert_eq!(log.leader_epoch_cache().entries(), &[(0, 0), (4, 3)]);
+
+        let follower_dir = tempfile::tempdir().unwrap();
+        let mut follower = open(follower_dir.path(), LogConfig::default(), None);
+        follower.append_as_follower(&stored).unwrap();
+        assert_eq!(stored_bytes(&follower), expected, "{timestamp_type:?}");
+    }
+}
+
+/// More batches than one `writev` takes (IOV_MAX, 1024 pieces, two per
+/// batch) still reach the log whole and in order.
+#[test]
+fn one_request_of_more_batches_than_a_writev_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    let client: Vec<Vec<u8>> = (0..600).map(|i| batch_with(1, NOW + i, 3)).collect();
+    let r = log.append_as_leader(&client.concat(), 2, NOW).unwrap();
+    assert_eq!((r.first_offset, r.last_offset), (0, 599));
+    let expected: Vec<u8> = client
+        .iter()
+        .zip(0..)
+        .flat_map(|(batch, offset)| patched_whole(batch, offset, 2, None))
+        .collect();
+    assert_eq!(stored_bytes(&log), expected);
 }
 
 #[test]
@@ -538,7 +660,7 @@ fn idempotent_producer_rules() {
     assert!(dup.duplicate);
     assert_eq!((dup.first_offset, dup.last_offset), (2, 4));
     assert_eq!(log.log_end_offset(), 5);
-    let err = |log: &mut Log, mut b: Vec<u8>| log.append_as_leader(&mut b, 0, NOW).unwrap_err();
+    let err = |log: &mut Log, b: Vec<u8>| log.append_as_leader(&b, 0, NOW).unwrap_err();
     assert!(matches!(
         err(&mut log, idempotent(7, 0, 5, 1)),
         StorageError::OutOfOrderSequence {
@@ -567,7 +689,7 @@ fn idempotent_producer_rules() {
     // Several producers in one append.
     let mut many = idempotent(7, 1, 1, 2);
     many.extend(idempotent(9, 0, 0, 1));
-    let r = log.append_as_leader(&mut many, 0, NOW).unwrap();
+    let r = log.append_as_leader(&many, 0, NOW).unwrap();
     assert_eq!((r.first_offset, r.last_offset), (6, 8));
     assert_eq!(log.producer_state(9).unwrap().batches[0].first_offset, 8);
     assert_eq!(log.log_end_offset(), 9);
@@ -597,9 +719,9 @@ fn producer_state_survives_close_and_crash() {
         let next = append(&mut log, idempotent(7, 2, 22, 1));
         assert!(!next.duplicate);
         assert_eq!(next.first_offset, last.last_offset + 1);
-        let mut stale = idempotent(7, 1, 24, 1);
+        let stale = idempotent(7, 1, 24, 1);
         assert!(matches!(
-            log.append_as_leader(&mut stale, 0, NOW),
+            log.append_as_leader(&stale, 0, NOW),
             Err(StorageError::InvalidProducerEpoch { .. })
         ));
     }
@@ -634,12 +756,12 @@ fn expire_producers() {
 fn truncate_and_follower_append() {
     let dir = tempfile::tempdir().unwrap();
     let mut leader = open(dir.path(), small_segments(), None);
-    let mut shipped = Vec::new();
     for i in 0..12 {
-        let mut b = batch_with(2, NOW, 100);
-        leader.append_as_leader(&mut b, i / 4, NOW).unwrap();
-        shipped.extend_from_slice(&b);
+        leader
+            .append_as_leader(&batch_with(2, NOW, 100), i / 4, NOW)
+            .unwrap();
     }
+    let shipped = stored_bytes(&leader);
     let follower_dir = tempfile::tempdir().unwrap();
     let mut follower = Log::open(
         follower_dir.path().join("t-0"),
@@ -698,7 +820,7 @@ fn a_leaders_epoch_starts_at_the_log_end() {
     assert_eq!(log.end_offset_for_epoch(2), Some((2, 4)));
     assert_eq!(log.end_offset_for_epoch(3), None);
     // Writing in the epoch keeps its start; the latest ends at the log end.
-    log.append_as_leader(&mut batch_with(2, NOW, 10), 2, NOW)
+    log.append_as_leader(&batch_with(2, NOW, 10), 2, NOW)
         .unwrap();
     assert_eq!(log.leader_epoch_cache().entries(), &[(0, 0), (2, 4)]);
     assert_eq!(log.end_offset_for_epoch(2), Some((2, 6)));
@@ -723,10 +845,10 @@ fn an_empty_follower_takes_the_batch_holding_the_leaders_log_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut leader = open(dir.path(), LogConfig::default(), None);
     leader
-        .append_as_leader(&mut batch_with(5, NOW, 10), 1, NOW)
+        .append_as_leader(&batch_with(5, NOW, 10), 1, NOW)
         .unwrap(); // 0..=4
     leader
-        .append_as_leader(&mut batch_with(5, NOW, 10), 1, NOW)
+        .append_as_leader(&batch_with(5, NOW, 10), 1, NOW)
         .unwrap(); // 5..=9
     leader.maybe_increment_log_start_offset(7).unwrap();
     let shipped = leader
@@ -880,8 +1002,7 @@ fn bench_append_and_read() {
     let n = 100_000;
     let start = std::time::Instant::now();
     for _ in 0..n {
-        let mut b = template.clone();
-        log.append_as_leader(&mut b, 0, NOW).unwrap();
+        log.append_as_leader(&template, 0, NOW).unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
     println!(

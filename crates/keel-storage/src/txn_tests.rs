@@ -35,8 +35,8 @@ fn plain(value_len: usize) -> Vec<u8> {
     b.build()
 }
 
-fn append(log: &mut Log, mut bytes: Vec<u8>) -> LogAppendResult {
-    log.append_as_leader(&mut bytes, 0, NOW).unwrap()
+fn append(log: &mut Log, bytes: Vec<u8>) -> LogAppendResult {
+    log.append_as_leader(&bytes, 0, NOW).unwrap()
 }
 
 fn mark(log: &mut Log, pid: i64, epoch: i16, marker: ControlRecordType) -> LogAppendResult {
@@ -370,7 +370,7 @@ fn truncating_fully_restarts_the_log_with_nothing_of_the_old_one() {
     }
     mark(&mut log, 1, 0, ABORT);
     append(&mut log, txn(2, 0, 0, 1)); // open at the end
-    log.append_as_leader(&mut plain(300), 3, NOW).unwrap();
+    log.append_as_leader(&plain(300), 3, NOW).unwrap();
     assert!(log.segment_count() > 2);
     assert!(!txn_index_files(log.dir()).is_empty());
     assert!(log.has_ongoing_transaction(2));
@@ -412,10 +412,8 @@ fn truncating_fully_restarts_the_log_with_nothing_of_the_old_one() {
     let mut leader = open(leader_dir.path(), small_segments(), None);
     leader.truncate_fully_and_start_at(500).unwrap();
     let from = leader.log_end_offset();
-    leader
-        .append_as_leader(&mut txn(9, 0, 0, 2), 7, NOW)
-        .unwrap();
-    leader.append_as_leader(&mut plain(10), 7, NOW).unwrap();
+    leader.append_as_leader(&txn(9, 0, 0, 2), 7, NOW).unwrap();
+    leader.append_as_leader(&plain(10), 7, NOW).unwrap();
     let shipped = leader
         .read(from, u32::MAX, i64::MAX, true)
         .unwrap()
@@ -516,7 +514,7 @@ fn replay_tolerates_control_records_that_are_not_markers() {
         .control(true);
     unknown.push(Some(&[0, 0, 0, 9]), Some(&[0, 0]), &[], NOW);
     assert!(matches!(
-        log.append_as_coordinator(&mut unknown.build(), 0, NOW),
+        log.append_as_coordinator(&unknown.build(), 0, NOW),
         Err(StorageError::InvalidRecord(_))
     ));
     mark(&mut log, 1, 0, COMMIT);
@@ -532,7 +530,7 @@ fn a_non_transactional_batch_during_a_transaction_is_refused() {
     idempotent.push(Some(b"k"), Some(b"v"), &[], NOW);
     let end = log.log_end_offset();
     assert!(matches!(
-        log.append_as_leader(&mut idempotent.build(), 0, NOW),
+        log.append_as_leader(&idempotent.build(), 0, NOW),
         Err(StorageError::InvalidTxnState(_))
     ));
     assert_eq!(log.log_end_offset(), end);
@@ -540,7 +538,7 @@ fn a_non_transactional_batch_during_a_transaction_is_refused() {
     let mut both = txn(1, 0, 2, 1);
     both.extend(idempotent.clone().producer(1, 0, 3).build());
     assert!(matches!(
-        log.append_as_leader(&mut both, 0, NOW),
+        log.append_as_leader(&both, 0, NOW),
         Err(StorageError::InvalidTxnState(_))
     ));
     assert_eq!(log.log_end_offset(), end);
@@ -551,8 +549,7 @@ fn a_non_transactional_batch_during_a_transaction_is_refused() {
     assert_eq!(log.ongoing_transactions()[0].first_offset, 0);
     // Once the transaction is over, the producer may write outside one.
     mark(&mut log, 1, 0, COMMIT);
-    log.append_as_leader(&mut idempotent.build(), 0, NOW)
-        .unwrap();
+    log.append_as_leader(&idempotent.build(), 0, NOW).unwrap();
     assert!(!log.has_ongoing_transaction(1));
 }
 
@@ -593,20 +590,20 @@ fn the_coordinator_writes_for_a_producer_without_sequences() {
     // TxnOffsetCommit: the producer's id and epoch, no sequence.
     let offsets = || txn(5, 3, -1, 2);
     assert!(matches!(
-        log.append_as_leader(&mut offsets(), 0, NOW),
+        log.append_as_leader(&offsets(), 0, NOW),
         Err(StorageError::UnknownProducerId(5))
     ));
-    let r = log.append_as_coordinator(&mut offsets(), 0, NOW).unwrap();
+    let r = log.append_as_coordinator(&offsets(), 0, NOW).unwrap();
     assert_eq!((r.first_offset, r.last_offset), (0, 1));
     assert!(log.has_ongoing_transaction(5));
     assert_eq!(log.first_unstable_offset(), Some(0));
     // Twice is not a duplicate without sequences: both are written.
-    let r = log.append_as_coordinator(&mut offsets(), 0, NOW).unwrap();
+    let r = log.append_as_coordinator(&offsets(), 0, NOW).unwrap();
     assert!(!r.duplicate);
     assert_eq!(r.first_offset, 2);
     assert_eq!(log.first_unstable_offset(), Some(0));
     assert!(matches!(
-        log.append_as_coordinator(&mut txn(5, 2, -1, 1), 0, NOW),
+        log.append_as_coordinator(&txn(5, 2, -1, 1), 0, NOW),
         Err(StorageError::InvalidProducerEpoch { current: 3, .. })
     ));
     mark(&mut log, 5, 3, COMMIT);
@@ -719,7 +716,7 @@ fn older_snapshot_versions_still_load_and_the_current_one_keeps_transactions() {
     let mut retry = BatchBuilder::new(0).producer(7, 1, 0);
     retry.push(None, Some(b"v"), &[], NOW);
     assert!(
-        log.append_as_leader(&mut retry.build(), 0, NOW)
+        log.append_as_leader(&retry.build(), 0, NOW)
             .unwrap()
             .duplicate
     );
@@ -818,7 +815,7 @@ fn markers_from_a_lower_coordinator_epoch_are_refused() {
     let mut two = end_txn_marker(COMMIT, 1, 0, 9, NOW);
     two.extend(end_txn_marker(COMMIT, 1, 0, 8, NOW));
     assert!(matches!(
-        log.append_as_coordinator(&mut two, 0, NOW),
+        log.append_as_coordinator(&two, 0, NOW),
         Err(StorageError::TransactionCoordinatorFenced {
             producer_id: 1,
             current: 9,

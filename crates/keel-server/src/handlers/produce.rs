@@ -85,10 +85,7 @@ pub async fn handle(broker: &Broker, ctx: &RequestContext<'_>, request: ProduceR
                         tracing::info!(partition = %partition.tp, error = ?refused, "transactional produce refused");
                         error(refused, None)
                     } else {
-                        // Copy out of the request frame so offsets and
-                        // timestamps can be patched in place.
-                        let mut batches = records.to_vec();
-                        match partition.append(&mut batches, now) {
+                        match partition.append(&records, now) {
                             Ok(appended) => {
                                 if appended.needs_flush {
                                     flushes.push((partition.clone(), appended.last_offset + 1));

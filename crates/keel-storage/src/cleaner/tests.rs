@@ -54,10 +54,8 @@ fn batch(records: &[(&str, Option<&str>)], timestamp: i64, codec: Compression) -
     b.build()
 }
 
-fn append(log: &mut Log, mut bytes: Vec<u8>) -> i64 {
-    log.append_as_leader(&mut bytes, 0, NOW)
-        .unwrap()
-        .first_offset
+fn append(log: &mut Log, bytes: Vec<u8>) -> i64 {
+    log.append_as_leader(&bytes, 0, NOW).unwrap().first_offset
 }
 
 /// Every batch from the log start, CRC-checked, with its records.
@@ -326,14 +324,14 @@ fn min_compaction_lag_keeps_young_segments_dirty() {
     };
     let mut log = open(dir.path(), config);
     for i in 0..10 {
-        let mut b = batch(&[("k", Some("old"))], NOW + i, Compression::None);
-        log.append_as_leader(&mut b, 0, NOW).unwrap();
+        let b = batch(&[("k", Some("old"))], NOW + i, Compression::None);
+        log.append_as_leader(&b, 0, NOW).unwrap();
     }
     log.roll_active().unwrap();
     let young_base = log.log_end_offset();
     for i in 0..10 {
-        let mut b = batch(&[("k", Some("young"))], NOW + 20_000 + i, Compression::None);
-        log.append_as_leader(&mut b, 0, NOW).unwrap();
+        let b = batch(&[("k", Some("young"))], NOW + 20_000 + i, Compression::None);
+        log.append_as_leader(&b, 0, NOW).unwrap();
     }
     log.roll_active().unwrap();
 
@@ -434,12 +432,12 @@ fn rebuilt_batches_keep_header_fields_and_log_append_time() {
         ..compacted()
     };
     let mut log = open(dir.path(), config);
-    let mut b = batch(
+    let b = batch(
         &[("a", Some("1")), ("b", Some("1")), ("a", Some("2"))],
         5,
         Compression::Zstd,
     );
-    log.append_as_leader(&mut b, 7, NOW).unwrap();
+    log.append_as_leader(&b, 7, NOW).unwrap();
     log.roll_active().unwrap();
     let epochs = log.leader_epoch_cache().clone();
     installed(clean(
@@ -615,11 +613,11 @@ fn a_producers_last_batch_survives_as_an_empty_batch() {
     let mut log = open_at(dir.path(), compacted(), Some(0));
     let entry = log.producer_state(42).unwrap();
     assert_eq!(entry.batches.back().unwrap().last_seq, 3);
-    let dup = log.append_as_leader(&mut producer(2, "b"), 0, NOW).unwrap();
+    let dup = log.append_as_leader(&producer(2, "b"), 0, NOW).unwrap();
     assert!(dup.duplicate);
     assert_eq!(dup.first_offset, 2);
     assert!(
-        !log.append_as_leader(&mut producer(4, "c"), 0, NOW)
+        !log.append_as_leader(&producer(4, "c"), 0, NOW)
             .unwrap()
             .duplicate
     );
@@ -1069,21 +1067,21 @@ fn compacted_logs_reject_records_without_keys() {
         let mut b = BatchBuilder::new(0).compression(codec);
         b.push(Some(b"k"), Some(b"v"), &[], NOW);
         b.push(None, Some(b"v"), &[], NOW);
-        let mut bytes = b.build();
+        let bytes = b.build();
         assert!(matches!(
-            log.append_as_leader(&mut bytes, 0, NOW),
+            log.append_as_leader(&bytes, 0, NOW),
             Err(StorageError::InvalidRecord(_))
         ));
     }
     assert_eq!(log.log_end_offset(), 0);
     assert_eq!(log.size_bytes(), 0);
-    let mut keyed = batch(&[("k", None)], NOW, Compression::Snappy);
-    log.append_as_leader(&mut keyed, 0, NOW).unwrap();
+    let keyed = batch(&[("k", None)], NOW, Compression::Snappy);
+    log.append_as_leader(&keyed, 0, NOW).unwrap();
 
     let mut plain = open(&dir.path().join("plain"), LogConfig::default());
     let mut b = BatchBuilder::new(0);
     b.push(None, Some(b"v"), &[], NOW);
-    plain.append_as_leader(&mut b.build(), 0, NOW).unwrap();
+    plain.append_as_leader(&b.build(), 0, NOW).unwrap();
 }
 
 #[test]
