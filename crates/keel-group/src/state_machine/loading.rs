@@ -68,8 +68,9 @@ impl GroupCoordinator {
             }
             _ => return None,
         };
-        // Groups another partition owns (records written under another
-        // `offsets.topic.num.partitions`) stay with that partition.
+        // Records of groups that hash to another partition (written under
+        // another `offsets.topic.num.partitions`) are not this partition's
+        // to serve, and would overwrite the groups of the one that owns them.
         let n = self.config.offsets_topic_partitions;
         replayed.drop_groups(|g| keel_types::coordinator::partition_for(g, n) != partition);
         for (producer_id, commit) in markers {
