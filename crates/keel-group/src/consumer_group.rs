@@ -532,10 +532,10 @@ impl GroupCoordinator {
         now_ms: i64,
         fx: &mut Effects,
     ) -> Result<ConsumerGroupHeartbeatResponse, HbError> {
-        if !self.loaded {
-            return Err((ResponseError::CoordinatorLoadInProgress, None));
-        }
         let group_id = req.group_id.0.to_string();
+        if let Some(e) = self.coordinator_error(&group_id) {
+            return Err((e, None));
+        }
         let epoch = req.member_epoch;
         let mut member_id = req.member_id.to_string();
         if group_id.is_empty() {
@@ -989,8 +989,8 @@ impl GroupCoordinator {
                 let out = CgDescribedGroup::default()
                     .with_group_id(id.clone())
                     .with_authorized_operations(i32::MIN);
-                if !self.loaded {
-                    return out.with_error_code(ResponseError::CoordinatorLoadInProgress.code());
+                if let Some(e) = self.coordinator_error(id.0.as_str()) {
+                    return out.with_error_code(e.code());
                 }
                 let Some(g) = self.consumer_groups.get(id.0.as_str()) else {
                     let msg = if self.groups.contains_key(id.0.as_str()) {

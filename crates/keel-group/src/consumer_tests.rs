@@ -20,7 +20,8 @@ use crate::consumer_group::MemberState;
 use crate::state_machine::{
     Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey,
 };
-use crate::GroupConfig;
+use crate::tests::load_all;
+use crate::{GroupConfig, LogEntry};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_owned())
@@ -36,8 +37,9 @@ struct H {
     topics: BTreeMap<String, (Uuid, i32)>,
     timers: HashMap<TimerKey, i64>,
     records: usize,
-    /// Every record written, in order: `__consumer_offsets` as replay sees it.
-    log: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Every record written, in order, with its partition:
+    /// `__consumer_offsets` as a load reads it.
+    log: Vec<(i32, LogEntry)>,
 }
 
 /// A client's view of itself: id, epoch, what it owns.
@@ -51,7 +53,7 @@ struct Client {
 impl H {
     fn new() -> H {
         let mut c = GroupCoordinator::new(GroupConfig::default());
-        let fx = c.complete_load(0);
+        let fx = load_all(&mut c, &[], 0);
         let mut h = H {
             c,
             now: 1_000,
@@ -67,8 +69,14 @@ impl H {
 
     fn absorb(&mut self, fx: &Effects) {
         self.records += fx.records.len();
-        self.log
-            .extend(fx.records.iter().map(|(_, k, v)| (k.clone(), v.clone())));
+        self.log.extend(fx.records.iter().map(|(p, key, value)| {
+            let entry = LogEntry::Record {
+                key: key.clone(),
+                value: value.clone(),
+                producer_id: None,
+            };
+            (*p, entry)
+        }));
         for (k, d) in &fx.timers {
             self.timers.insert(k.clone(), *d);
         }
@@ -186,10 +194,7 @@ impl H {
     /// its load now; the old timers are gone.
     fn restart(&mut self) {
         let mut c = GroupCoordinator::new(GroupConfig::default());
-        for (k, v) in &self.log {
-            c.replay(k, v.as_deref(), None).unwrap();
-        }
-        let fx = c.complete_load(self.now);
+        let fx = load_all(&mut c, &self.log, self.now);
         self.c = c;
         self.timers.clear();
         self.absorb(&fx);
@@ -538,18 +543,24 @@ fn request_validation() {
         group_max_size: 1,
         ..GroupConfig::default()
     });
-    small.complete_load(0);
+    load_all(&mut small, &[], 0);
     h.c = small;
     assert_eq!(h.hb_raw(base.clone(), 1).error_code, 0);
     assert_eq!(
         h.hb_raw(base.clone().with_member_id(s("m2")), 1).error_code,
         ResponseError::GroupMaxSizeReached.code()
     );
-    // Not loaded.
-    h.c = GroupCoordinator::new(GroupConfig::default());
+    // Loading, then not coordinated here.
+    let partition = h.c.partition_for("g");
+    h.c.begin_load(partition);
+    assert_eq!(
+        h.hb_raw(base.clone(), 1).error_code,
+        ResponseError::CoordinatorLoadInProgress.code()
+    );
+    h.c.unload(partition);
     assert_eq!(
         h.hb_raw(base, 1).error_code,
-        ResponseError::CoordinatorLoadInProgress.code()
+        ResponseError::NotCoordinator.code()
     );
 }
 
@@ -846,8 +857,13 @@ fn restart_makes_returning_members_rejoin_and_keeps_offsets() {
         metadata: String::new(),
         commit_timestamp_ms: 1,
     };
-    c.replay(&key, Some(&value.encode()), None).unwrap();
-    c.complete_load(0);
+    let record = LogEntry::Record {
+        key,
+        value: Some(value.encode()),
+        producer_id: None,
+    };
+    let partition = c.partition_for("g");
+    load_all(&mut c, &[(partition, record)], 0);
     h.c = c;
     let mut back = a.clone();
     assert_eq!(
@@ -1169,7 +1185,12 @@ fn a_restored_member_that_never_returns_is_removed_after_its_session() {
     );
     // Its removal was written: after another restart it stays gone.
     let member_key = crate::records::consumer_group_member_metadata_key("g", "b");
-    assert!(h.log.contains(&(member_key, None)));
+    let tombstone = LogEntry::Record {
+        key: member_key,
+        value: None,
+        producer_id: None,
+    };
+    assert!(h.log.contains(&(h.c.partition_for("g"), tombstone)));
     h.restart();
     assert!(!h.c.consumer_group("g").unwrap().members.contains_key("b"));
     assert_eq!(

@@ -7,6 +7,9 @@
 //! Code map:
 //! - `state_machine/` (`GroupCoordinator`): every decision, deterministic
 //!   and synchronous; time is an argument, effects are data.
+//!   `state_machine/loading.rs`: the `__consumer_offsets` partitions it
+//!   coordinates; loading or unloading one touches only that partition's
+//!   groups.
 //! - `group.rs`, `member.rs`, `offsets.rs`: the state it decides over;
 //!   `offsets.rs` also holds the offsets of open transactions until their
 //!   producer's COMMIT or ABORT marker.

@@ -11,7 +11,7 @@ use crate::records::OffsetCommitValue;
 pub type TopicPartitionKey = (String, i32);
 
 /// An offset and where its record sits in `__consumer_offsets`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Stored {
     value: OffsetCommitValue,
     /// Orders the records of one partition as the log does. Kafka compares
@@ -23,7 +23,7 @@ struct Stored {
 
 type PartitionOffsets = BTreeMap<TopicPartitionKey, Stored>;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Offsets {
     committed: BTreeMap<String, PartitionOffsets>,
     /// Kafka's `pendingTransactionalOffsets`: the offsets of open
@@ -220,6 +220,52 @@ impl Offsets {
         removed
     }
 
+    /// Forgets every offset, committed and pending, of the groups `select`
+    /// picks (their partition is unloaded: nothing is written).
+    pub fn remove_groups(&mut self, select: impl Fn(&str) -> bool) {
+        self.committed.retain(|g, _| !select(g));
+        self.pending_transactional.retain(|_, groups| {
+            groups.retain(|g, _| !select(g));
+            !groups.is_empty()
+        });
+        self.open_transactions_by_group.retain(|g, _| !select(g));
+    }
+
+    /// Takes over the offsets of other groups (a partition's, just
+    /// replayed). They keep their order among themselves and come before
+    /// every commit made here later, as their records come before its
+    /// records in the log.
+    pub fn absorb(&mut self, other: Offsets) {
+        let base = self.next_log_order;
+        self.next_log_order += other.next_log_order;
+        let rebase = |offsets: PartitionOffsets| {
+            offsets
+                .into_iter()
+                .map(|(tp, stored)| {
+                    let log_order = base + stored.log_order;
+                    (
+                        tp,
+                        Stored {
+                            log_order,
+                            ..stored
+                        },
+                    )
+                })
+                .collect::<PartitionOffsets>()
+        };
+        for (group_id, offsets) in other.committed {
+            self.committed.insert(group_id, rebase(offsets));
+        }
+        for (producer_id, groups) in other.pending_transactional {
+            let pending = self.pending_transactional.entry(producer_id).or_default();
+            for (group_id, offsets) in groups {
+                pending.insert(group_id, rebase(offsets));
+            }
+        }
+        self.open_transactions_by_group
+            .extend(other.open_transactions_by_group);
+    }
+
     /// Groups with committed offsets.
     pub fn group_ids(&self) -> impl Iterator<Item = &String> {
         self.committed.keys()
@@ -265,6 +311,36 @@ impl Offsets {
         !self.pending_transactional.is_empty() || !self.open_transactions_by_group.is_empty()
     }
 }
+
+/// Equal when they hold the same offsets, committed and pending. Where
+/// their records sit in the log is not compared: a partition loaded on its
+/// own numbers its records afresh, keeping their order within each group,
+/// the only order `complete_transaction` looks at.
+impl PartialEq for Offsets {
+    fn eq(&self, other: &Self) -> bool {
+        fn values(
+            groups: &BTreeMap<String, PartitionOffsets>,
+        ) -> Vec<(&String, &TopicPartitionKey, &OffsetCommitValue)> {
+            groups
+                .iter()
+                .flat_map(|(g, offsets)| offsets.iter().map(move |(tp, s)| (g, tp, &s.value)))
+                .collect()
+        }
+        values(&self.committed) == values(&other.committed)
+            && self
+                .pending_transactional
+                .keys()
+                .eq(other.pending_transactional.keys())
+            && self
+                .pending_transactional
+                .values()
+                .map(values)
+                .eq(other.pending_transactional.values().map(values))
+            && self.open_transactions_by_group == other.open_transactions_by_group
+    }
+}
+
+impl Eq for Offsets {}
 
 fn forget_producer(open: &mut BTreeMap<String, BTreeSet<i64>>, group_id: &str, producer_id: i64) {
     if let Some(producers) = open.get_mut(group_id) {

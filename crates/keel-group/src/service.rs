@@ -4,7 +4,9 @@
 //! Each call takes the write lock, lets the `GroupCoordinator` decide at the
 //! current time, appends the resulting records through `OffsetsLog`, and only
 //! then releases the responses (its own and any parked ones it completed).
-//! A timer task fires the coordinator's deadlines the same way.
+//! A timer task fires the coordinator's deadlines the same way. The broker
+//! hands it the `__consumer_offsets` partitions it leads, one at a time
+//! (`load_partition`, `unload_partition`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,8 +71,8 @@ pub trait OffsetsLog: Send + Sync + 'static {
     fn read_all(&self, partition: i32) -> Result<Vec<LogEntry>, String>;
 }
 
-/// The error a request gets when its records could not be appended or its
-/// state was replaced by a reload: retriable for every client.
+/// The error a request gets when its records could not be appended (or it
+/// went unanswered): retriable for every client.
 const UNAVAILABLE: i16 = ResponseError::CoordinatorNotAvailable.code();
 
 pub struct GroupService {
@@ -152,50 +154,85 @@ impl GroupService {
         self.base_ms + self.start.elapsed().as_millis() as i64
     }
 
-    /// Rebuilds every group by replaying all `__consumer_offsets` partitions,
-    /// then serves requests (until then they get COORDINATOR_LOAD_IN_PROGRESS).
-    /// Calling it again replaces the state; requests parked in the old state
-    /// get COORDINATOR_NOT_AVAILABLE and retry.
-    pub fn load(&self) -> Result<(), String> {
-        let mut fresh = GroupCoordinator::new(self.config.clone());
-        let mut skipped = 0usize;
-        for partition in 0..self.config.offsets_topic_partitions {
-            for entry in self.log.read_all(partition)? {
-                match entry {
-                    LogEntry::Record {
-                        key,
-                        value,
-                        producer_id,
-                    } => {
-                        if let Err(e) = fresh.replay(&key, value.as_deref(), producer_id) {
-                            skipped += 1;
-                            tracing::warn!(partition, error = %e, "skipping undecodable __consumer_offsets record");
-                        }
-                    }
-                    LogEntry::Marker {
-                        producer_id,
-                        commit,
-                    } => fresh.replay_end_transaction_marker(partition, producer_id, commit),
-                }
-            }
+    /// Becomes the coordinator of a `__consumer_offsets` partition (Kafka's
+    /// `onElection`): replays its records and serves its groups, whose
+    /// requests get COORDINATOR_LOAD_IN_PROGRESS meanwhile. A partition
+    /// already loaded is loaded afresh. The groups of other partitions, and
+    /// their parked requests and timers, carry on untouched. If the log
+    /// cannot be read, the partition's requests get NOT_COORDINATOR.
+    pub async fn load_partition(&self, partition: i32) -> Result<(), String> {
+        if !(0..self.config.offsets_topic_partitions).contains(&partition) {
+            // Kafka refuses to load when the topic's partition count no
+            // longer matches the configured one.
+            return Err(format!(
+                "__consumer_offsets partition {partition} is not below offsets.topic.num.partitions {}",
+                self.config.offsets_topic_partitions
+            ));
         }
-        let fx = fresh.complete_load(self.now_ms());
-        assert!(fx.records.is_empty() && fx.responses.is_empty());
-        let old = std::mem::replace(&mut *self.coordinator.lock(), fresh);
-        if old.is_loaded() {
-            // Parked requests belonged to the old state: dropping their
-            // senders answers them with COORDINATOR_NOT_AVAILABLE.
-            self.pending.lock().clear();
-        }
-        {
-            let mut timers = self.timers.lock();
-            timers.clear();
-            timers.extend(fx.timers);
-        }
-        self.timer_wakeup.notify_one();
         self.ensure_timer_task();
-        tracing::info!(skipped, "group coordinator loaded");
+        let load = {
+            // Every append decided before the load began is in the log (or
+            // refused) before the log is read back.
+            let _ordered = self.write_lock.lock().await;
+            let (load, fx) = self.coordinator.lock().begin_load(partition);
+            self.release_unloaded(partition, fx);
+            load
+        };
+        let (log, config) = (self.log.clone(), self.config.clone());
+        let replayed = tokio::task::spawn_blocking(move || {
+            log.read_all(partition)
+                .map(|entries| replay_partition(config, partition, entries))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("loading task failed: {e}")));
+        let (replayed, skipped) = match replayed {
+            Ok(r) => r,
+            Err(e) => {
+                self.coordinator.lock().abandon_load(partition, load);
+                return Err(e);
+            }
+        };
+        let groups = replayed.groups.len() + replayed.consumer_groups.len();
+        let completed =
+            self.coordinator
+                .lock()
+                .complete_load(partition, load, replayed, self.now_ms());
+        match completed {
+            Some(fx) => {
+                self.arm(fx.timers);
+                tracing::info!(
+                    partition,
+                    groups,
+                    skipped,
+                    "loaded __consumer_offsets partition"
+                );
+            }
+            None => tracing::info!(partition, "load overtaken by an unload or a newer load"),
+        }
         Ok(())
+    }
+
+    /// Stops coordinating a `__consumer_offsets` partition (Kafka's
+    /// `onResignation`): its groups are dropped, their parked requests and
+    /// later ones get NOT_COORDINATOR, and the other partitions' groups
+    /// carry on untouched.
+    pub async fn unload_partition(&self, partition: i32) {
+        // An append in flight for one of its groups finishes first, so it
+        // cannot bring a dropped group back when it replays its records.
+        let _ordered = self.write_lock.lock().await;
+        let fx = self.coordinator.lock().unload(partition);
+        self.release_unloaded(partition, fx);
+        tracing::info!(partition, "unloaded __consumer_offsets partition");
+    }
+
+    /// Answers the parked requests of a partition's dropped groups and
+    /// disarms their timers (they would find no group and do nothing).
+    fn release_unloaded(&self, partition: i32, fx: Effects) {
+        self.respond(fx.responses);
+        self.timers.lock().retain(|key, _| {
+            key.group_id()
+                .is_none_or(|group_id| self.partition_for(group_id) != partition)
+        });
     }
 
     pub fn partition_for(&self, group_id: &str) -> i32 {
@@ -395,11 +432,9 @@ impl GroupService {
         commit: bool,
     ) {
         let _ordered = self.write_lock.lock().await;
-        self.coordinator.lock().replay_end_transaction_marker(
-            offsets_partition,
-            producer_id,
-            commit,
-        );
+        self.coordinator
+            .lock()
+            .complete_transaction(offsets_partition, producer_id, commit);
     }
 
     /// OffsetFetch: v1-7 for one group, v8+ for a batch of groups, v10 with
@@ -483,7 +518,7 @@ impl GroupService {
     // ------------------------------------------------------------ plumbing
 
     /// Runs one request through the state machine and waits for its response
-    /// (`None` if the state it was parked in was replaced).
+    /// (`None` if it went unanswered).
     async fn call<F>(&self, decide: F) -> Option<Response>
     where
         F: FnOnce(&mut GroupCoordinator, RequestToken, i64) -> Effects,
@@ -542,15 +577,21 @@ impl GroupService {
                     .collect();
             }
         }
-        {
-            let mut pending = self.pending.lock();
-            for (token, response) in responses {
-                if let Some(tx) = pending.remove(&token) {
-                    // The requester may have gone away; nothing to do then.
-                    let _ = tx.send(response);
-                }
+        self.respond(responses);
+        self.arm(timers);
+    }
+
+    fn respond(&self, responses: Vec<(RequestToken, Response)>) {
+        let mut pending = self.pending.lock();
+        for (token, response) in responses {
+            if let Some(tx) = pending.remove(&token) {
+                // The requester may have gone away; nothing to do then.
+                let _ = tx.send(response);
             }
         }
+    }
+
+    fn arm(&self, timers: Vec<(TimerKey, i64)>) {
         if !timers.is_empty() {
             self.timers.lock().extend(timers);
             self.timer_wakeup.notify_one();
@@ -622,6 +663,36 @@ impl GroupService {
     }
 }
 
+/// A `__consumer_offsets` partition's groups rebuilt from its entries, with
+/// the number of records that could not be decoded and were skipped.
+pub(crate) fn replay_partition(
+    config: GroupConfig,
+    partition: i32,
+    entries: Vec<LogEntry>,
+) -> (GroupCoordinator, usize) {
+    let mut replayed = GroupCoordinator::new(config);
+    let mut skipped = 0usize;
+    for entry in entries {
+        match entry {
+            LogEntry::Record {
+                key,
+                value,
+                producer_id,
+            } => {
+                if let Err(e) = replayed.replay(&key, value.as_deref(), producer_id) {
+                    skipped += 1;
+                    tracing::warn!(partition, error = %e, "skipping undecodable __consumer_offsets record");
+                }
+            }
+            LogEntry::Marker {
+                producer_id,
+                commit,
+            } => replayed.replay_end_transaction_marker(partition, producer_id, commit),
+        }
+    }
+    (replayed, skipped)
+}
+
 /// Sleeps until the earliest armed deadline (or a new timer), then fires
 /// every due timer through the state machine.
 async fn timer_loop(service: Weak<GroupService>, wakeup: Arc<Notify>) {
@@ -676,6 +747,8 @@ pub(crate) mod tests {
     };
     use kafka_protocol::messages::{GroupId, ProducerId, TopicName, TransactionalId};
     use kafka_protocol::protocol::StrBytes;
+
+    mod partitions;
 
     /// `__consumer_offsets` as vectors in memory.
     #[derive(Default)]
@@ -752,9 +825,16 @@ pub(crate) mod tests {
         StrBytes::from_string(v.to_owned())
     }
 
-    fn join_req(member_id: &str) -> JoinGroupRequest {
+    /// Loads every partition, as a broker that leads them all does.
+    pub(crate) async fn load_all(svc: &GroupService) {
+        for partition in 0..svc.config.offsets_topic_partitions {
+            svc.load_partition(partition).await.unwrap();
+        }
+    }
+
+    fn join_req(group: &str, member_id: &str) -> JoinGroupRequest {
         JoinGroupRequest::default()
-            .with_group_id(GroupId(s("g")))
+            .with_group_id(GroupId(s(group)))
             .with_session_timeout_ms(10_000)
             .with_rebalance_timeout_ms(30_000)
             .with_member_id(s(member_id))
@@ -765,23 +845,24 @@ pub(crate) mod tests {
     }
 
     /// A member's whole join: MEMBER_ID_REQUIRED, then the real join.
-    async fn join(svc: &GroupService, client: &str) -> JoinGroupResponse {
+    async fn join(svc: &GroupService, group: &str, client: &str) -> JoinGroupResponse {
         let r = svc
-            .join_group_with_client(join_req(""), 9, client, "/127.0.0.1")
+            .join_group_with_client(join_req(group, ""), 9, client, "/127.0.0.1")
             .await;
         assert_eq!(r.error_code, ResponseError::MemberIdRequired.code());
         assert!(r.member_id.starts_with(&format!("{client}-")));
-        svc.join_group_with_client(join_req(&r.member_id), 9, client, "/127.0.0.1")
+        svc.join_group_with_client(join_req(group, &r.member_id), 9, client, "/127.0.0.1")
             .await
     }
 
     fn sync_req(
+        group: &str,
         generation: i32,
         member_id: &str,
         assignments: &[(&str, &str)],
     ) -> SyncGroupRequest {
         SyncGroupRequest::default()
-            .with_group_id(GroupId(s("g")))
+            .with_group_id(GroupId(s(group)))
             .with_generation_id(generation)
             .with_member_id(s(member_id))
             .with_assignments(
@@ -800,15 +881,12 @@ pub(crate) mod tests {
     async fn two_members_join_concurrently_and_state_survives_reload() {
         let log = Arc::new(MemoryLog::default());
         let svc = GroupService::new(GroupConfig::default(), log.clone());
-        // Not loaded yet.
-        let r = svc.join_group(join_req(""), 9).await;
-        assert_eq!(
-            r.error_code,
-            ResponseError::CoordinatorLoadInProgress.code()
-        );
-        svc.load().unwrap();
+        // No partition loaded yet: the group is not coordinated here.
+        let r = svc.join_group(join_req("g", ""), 9).await;
+        assert_eq!(r.error_code, ResponseError::NotCoordinator.code());
+        load_all(&svc).await;
 
-        let (a, b) = tokio::join!(join(&svc, "a"), join(&svc, "b"));
+        let (a, b) = tokio::join!(join(&svc, "g", "a"), join(&svc, "g", "b"));
         assert_eq!((a.error_code, b.error_code), (0, 0));
         assert_eq!(a.generation_id, 1);
         assert_eq!(a.generation_id, b.generation_id);
@@ -826,10 +904,10 @@ pub(crate) mod tests {
             (&*follower.member_id, "to-follower"),
         ];
         let (fs, ls) = tokio::join!(
-            svc.sync_group(sync_req(1, &follower.member_id, &[]), 5),
+            svc.sync_group(sync_req("g", 1, &follower.member_id, &[]), 5),
             async {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                svc.sync_group(sync_req(1, &leader.member_id, &assignments), 5)
+                svc.sync_group(sync_req("g", 1, &leader.member_id, &assignments), 5)
                     .await
             }
         );
@@ -857,7 +935,7 @@ pub(crate) mod tests {
 
         // A second coordinator over the same log sees the same group.
         let again = GroupService::new(GroupConfig::default(), log.clone());
-        again.load().unwrap();
+        load_all(&again).await;
         assert_eq!(again.committed_offsets("g"), vec![("t".to_string(), 0, 42)]);
         let fetch = OffsetFetchRequest::default()
             .with_group_id(GroupId(s("g")))
@@ -931,7 +1009,7 @@ pub(crate) mod tests {
         };
         let log = Arc::new(MemoryLog::default());
         let svc = GroupService::new(GroupConfig::default(), log.clone());
-        svc.load().unwrap();
+        load_all(&svc).await;
         let partition = svc.partition_for("g");
 
         // Nothing to commit: answered without the coordinator.
@@ -975,7 +1053,7 @@ pub(crate) mod tests {
         assert_eq!(stable_offsets(&svc).await, expected);
 
         let again = GroupService::new(GroupConfig::default(), log.clone());
-        again.load().unwrap();
+        load_all(&again).await;
         assert_eq!(stable_offsets(&again).await, expected);
         log.write_marker(partition, 8, true);
         again.complete_transaction(partition, 8, true).await;
@@ -995,11 +1073,11 @@ pub(crate) mod tests {
             },
             log,
         );
-        svc.load().unwrap();
-        let r = join(&svc, "a").await;
+        load_all(&svc).await;
+        let r = join(&svc, "g", "a").await;
         assert_eq!(r.error_code, 0);
         let synced = svc
-            .sync_group(sync_req(1, &r.member_id, &[(&r.member_id, "x")]), 5)
+            .sync_group(sync_req("g", 1, &r.member_id, &[(&r.member_id, "x")]), 5)
             .await;
         assert_eq!(synced.error_code, 0);
         let hb = |generation| {

@@ -24,8 +24,9 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use uuid::Uuid;
 
+use crate::service::replay_partition;
 use crate::state_machine::{
-    Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey,
+    Effects, GroupCoordinator, JoinContext, LoadId, RequestToken, Response, TimerKey,
 };
 use crate::{GroupConfig, GroupState, LogEntry};
 
@@ -55,6 +56,26 @@ fn subscription(topics: &[&str]) -> Bytes {
     Bytes::from(b)
 }
 
+/// Loads every partition from `log` (entries with their partitions), as the
+/// service does for a broker that leads them all; the load's effects.
+pub(crate) fn load_all(c: &mut GroupCoordinator, log: &[(i32, LogEntry)], now_ms: i64) -> Effects {
+    let mut fx = Effects::default();
+    for partition in 0..c.config().offsets_topic_partitions {
+        let (load, unloaded) = c.begin_load(partition);
+        fx.responses.extend(unloaded.responses);
+        let entries = log
+            .iter()
+            .filter(|(p, _)| *p == partition)
+            .map(|(_, entry)| entry.clone())
+            .collect();
+        let (replayed, skipped) = replay_partition(c.config().clone(), partition, entries);
+        assert_eq!(skipped, 0, "partition {partition}");
+        let loaded = c.complete_load(partition, load, replayed, now_ms);
+        fx.timers.extend(loaded.expect("not overtaken").timers);
+    }
+    fx
+}
+
 struct H {
     c: GroupCoordinator,
     now: i64,
@@ -79,7 +100,7 @@ impl H {
             responses: HashMap::new(),
             versions: HashMap::new(),
         };
-        let fx = h.c.complete_load(h.now);
+        let fx = load_all(&mut h.c, &[], h.now);
         h.absorb(fx);
         h
     }
@@ -386,30 +407,11 @@ impl H {
             .collect()
     }
 
-    /// A broker restart: a fresh coordinator replays the log, records and
-    /// transaction markers, and completes its load.
+    /// A broker restart: a fresh coordinator loads every partition from the
+    /// log, records and transaction markers.
     fn replayed(&self) -> GroupCoordinator {
         let mut replayed = GroupCoordinator::new(self.c.config().clone());
-        for (partition, entry) in &self.log {
-            match entry {
-                LogEntry::Record {
-                    key,
-                    value,
-                    producer_id,
-                } => {
-                    let group = String::from_utf8_lossy(&key[4..4 + key[3] as usize]);
-                    assert_eq!(*partition, replayed.partition_for(&group));
-                    replayed
-                        .replay(key, value.as_deref(), *producer_id)
-                        .unwrap();
-                }
-                LogEntry::Marker {
-                    producer_id,
-                    commit,
-                } => replayed.replay_end_transaction_marker(*partition, *producer_id, *commit),
-            }
-        }
-        let _ = replayed.complete_load(self.now);
+        let _ = load_all(&mut replayed, &self.log, self.now);
         replayed
     }
 
@@ -577,34 +579,60 @@ fn group_max_size() {
     );
 }
 
-#[test]
-fn coordinator_load_in_progress() {
-    let mut h = H::quick();
-    h.c = GroupCoordinator::new(GroupConfig::default());
+/// The error every group API answers for group `g`.
+fn group_errors(h: &mut H) -> Vec<i16> {
     let t = h.join("g", "", &range());
-    assert_eq!(
-        h.join_resp(t).error_code,
-        code(ResponseError::CoordinatorLoadInProgress)
-    );
+    let join = h.join_resp(t).error_code;
     let t = h.sync("g", "m", 1, &[]);
-    assert_eq!(
-        h.sync_resp(t).error_code,
-        code(ResponseError::CoordinatorLoadInProgress)
-    );
-    assert_eq!(
-        h.heartbeat("g", "m", 1),
-        code(ResponseError::CoordinatorLoadInProgress)
-    );
-    assert_eq!(
-        h.commit_errors("g", -1, "", &[("t", 0, 1, "")]),
-        vec![code(ResponseError::CoordinatorLoadInProgress)]
-    );
-    assert_eq!(
-        h.fetch_v7("g", None).error_code,
-        code(ResponseError::CoordinatorLoadInProgress)
-    );
+    let sync = h.sync_resp(t).error_code;
+    let heartbeat = h.heartbeat("g", "m", 1);
+    let commit = h.commit_errors("g", -1, "", &[("t", 0, 1, "")]);
+    let fetch = h.fetch_v7("g", None).error_code;
+    let describe =
+        h.c.describe_groups(
+            &DescribeGroupsRequest::default().with_groups(vec![GroupId(s("g"))]),
+            5,
+        )
+        .groups[0]
+            .error_code;
+    vec![join, sync, heartbeat, commit[0], fetch, describe]
+}
+
+#[test]
+fn requests_for_a_partition_loading_or_not_coordinated_here() {
+    let mut h = H::quick();
+    assert_eq!(h.commit_errors("g", -1, "", &[("t", 0, 1, "")]), vec![0]);
+    let other = "other-partition";
+    let partition = h.c.partition_for("g");
+    assert_ne!(h.c.partition_for(other), partition);
+    let (load, fx) = h.c.begin_load(partition);
+    h.absorb(fx);
+    assert!(h.c.group("g").is_none(), "a reload starts from the log");
+    let loading = code(ResponseError::CoordinatorLoadInProgress);
+    assert_eq!(group_errors(&mut h), vec![loading; 6]);
     let l = h.c.list_groups(&ListGroupsRequest::default(), 5);
-    assert_eq!(l.error_code, code(ResponseError::CoordinatorLoadInProgress));
+    assert_eq!(l.error_code, loading);
+    // Another partition's groups are served meanwhile.
+    assert_eq!(h.commit_errors(other, -1, "", &[("t", 0, 1, "")]), vec![0]);
+
+    // Unloaded while loading: the load installs nothing.
+    let fx = h.c.unload(partition);
+    h.absorb(fx);
+    let replayed = h.replayed();
+    assert!(h
+        .c
+        .complete_load(partition, load, replayed, h.now)
+        .is_none());
+    let not_coordinator = code(ResponseError::NotCoordinator);
+    assert_eq!(group_errors(&mut h), vec![not_coordinator; 6]);
+    let l = h.c.list_groups(&ListGroupsRequest::default(), 5);
+    assert_eq!(l.error_code, 0);
+    let listed: Vec<&str> = l.groups.iter().map(|g| g.group_id.as_str()).collect();
+    assert_eq!(listed, vec![other]);
+
+    // A coordinator that has loaded nothing coordinates nothing.
+    h.c = GroupCoordinator::new(GroupConfig::default());
+    assert_eq!(group_errors(&mut h), vec![not_coordinator; 6]);
 }
 
 #[test]

@@ -179,14 +179,14 @@ mod tests {
     use kafka_protocol::protocol::{Decodable, Encodable};
 
     use super::*;
-    use crate::service::tests::MemoryLog;
+    use crate::service::tests::{load_all, MemoryLog};
     use crate::{GroupConfig, GroupService, LogEntry, OffsetsLog};
 
     const ORDERS: Uuid = Uuid::from_u128(0x0e0e);
     /// An id no topic has.
     const GONE: Uuid = Uuid::from_u128(0xdead);
     const ILLEGAL_GENERATION: i16 = ResponseError::IllegalGeneration.code();
-    const LOAD_IN_PROGRESS: i16 = ResponseError::CoordinatorLoadInProgress.code();
+    const NOT_COORDINATOR: i16 = ResponseError::NotCoordinator.code();
 
     fn s(v: &str) -> StrBytes {
         StrBytes::from_string(v.to_owned())
@@ -197,10 +197,10 @@ mod tests {
         BTreeMap::from([("orders".to_owned(), (ORDERS, 3))])
     }
 
-    fn loaded() -> (Arc<GroupService>, Arc<MemoryLog>) {
+    async fn loaded() -> (Arc<GroupService>, Arc<MemoryLog>) {
         let log = Arc::new(MemoryLog::default());
         let svc = GroupService::new(GroupConfig::default(), log.clone());
-        svc.load().unwrap();
+        load_all(&svc).await;
         (svc, log)
     }
 
@@ -299,7 +299,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_offset_committed_by_id_is_the_offset_committed_by_name() {
-        let (svc, log) = loaded();
+        let (svc, log) = loaded().await;
         let topics = metadata();
 
         let r = svc
@@ -346,7 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_answers_unknown_ids_first_and_commits_the_rest() {
-        let (svc, _log) = loaded();
+        let (svc, _log) = loaded().await;
         let request = commit(
             -1,
             vec![
@@ -372,7 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_of_unknown_ids_only_never_reaches_the_coordinator() {
-        let (svc, log) = loaded();
+        let (svc, log) = loaded().await;
         let r = svc
             .offset_commit(commit(-1, vec![by_id(GONE, &[(0, 1)])]), 10, &metadata())
             .await;
@@ -387,7 +387,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_id_keeps_its_error_when_the_group_refuses_the_commit() {
-        let (svc, _log) = loaded();
+        let (svc, _log) = loaded().await;
         // Generation 3 of a group that does not exist.
         let request = commit(3, vec![by_id(ORDERS, &[(0, 5)]), by_id(GONE, &[(0, 1)])]);
         let r = svc.offset_commit(request, 10, &metadata()).await;
@@ -402,7 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fetch_answers_unknown_ids_after_the_known_topics() {
-        let (svc, _log) = loaded();
+        let (svc, _log) = loaded().await;
         let topics = metadata();
         svc.offset_commit(commit(-1, vec![by_id(ORDERS, &[(2, 9)])]), 10, &topics)
             .await;
@@ -428,7 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fetch_of_every_topic_leaves_out_topics_without_an_id() {
-        let (svc, _log) = loaded();
+        let (svc, _log) = loaded().await;
         let topics = metadata();
         // `deleted` is not in the metadata any more; its offset remains.
         let request = commit(
@@ -454,12 +454,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_error_answers_for_the_whole_group() {
-        // Not loaded yet: the group is answered COORDINATOR_LOAD_IN_PROGRESS,
-        // with no topics, the unknown id included.
+        // Its partition is not coordinated here: the group is answered
+        // NOT_COORDINATOR, with no topics, the unknown id included.
         let svc = GroupService::new(GroupConfig::default(), Arc::new(MemoryLog::default()));
         let request = fetch(Some(vec![fetch_id(GONE, &[0]), fetch_id(ORDERS, &[0])]));
         let r = svc.offset_fetch(request, 10, &metadata()).await;
-        assert_eq!(r.groups[0].error_code, LOAD_IN_PROGRESS);
+        assert_eq!(r.groups[0].error_code, NOT_COORDINATOR);
         assert!(r.groups[0].topics.is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! The broker's shared state and the operations that span its parts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,8 +34,6 @@ pub enum BrokerError {
     Metadata(#[from] MetadataError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("loading consumer groups: {0}")]
-    Groups(String),
     #[error("the controller refused this broker's registration: {0}")]
     Registration(String),
 }
@@ -64,8 +62,10 @@ pub struct Broker {
     pub log_cleaner: LogCleaner,
     /// `(next id to hand out, end of the reserved block)`.
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
-    /// The `__consumer_offsets` partitions this broker leads.
-    led_offsets_partitions: Mutex<BTreeSet<i32>>,
+    /// What the group coordinator follows of `__consumer_offsets`; held
+    /// while it loads and unloads, so leadership changes reach it one image
+    /// at a time, in order.
+    offsets_leadership: tokio::sync::Mutex<OffsetsLeadership>,
     /// The `__transaction_state` partitions this broker leads, with the
     /// leader epoch its coordinator loaded them at.
     pub(crate) led_transaction_partitions: Mutex<BTreeMap<i32, i32>>,
@@ -80,9 +80,19 @@ pub struct Broker {
     /// Set once a controlled shutdown has begun; held while a heartbeat is
     /// in flight, so none can unfence this broker after it left service.
     heartbeats_stopped: tokio::sync::Mutex<bool>,
-    /// The id of the `__consumer_offsets` the coordinator has loaded. A
-    /// deleted or recreated topic has another id (or none) and is reloaded.
-    loaded_offsets_topic: tokio::sync::Mutex<Option<Uuid>>,
+}
+
+/// The `__consumer_offsets` partitions the group coordinator was handed.
+struct OffsetsLeadership {
+    /// The offset of the image they come from. An older image (a request's
+    /// reply published after the watcher published a newer one) would undo
+    /// leadership changes, and is not followed.
+    image_offset: i64,
+    /// The topic's id: a recreated topic is another one, whose partitions
+    /// are loaded afresh whatever their epochs.
+    topic_id: Option<Uuid>,
+    /// The partitions this broker leads, with their leader epochs.
+    partitions: BTreeMap<i32, i32>,
 }
 
 impl Broker {
@@ -123,11 +133,6 @@ impl Broker {
                 image: metadata.subscribe(),
             }),
         );
-        let loading = groups.clone();
-        blocking(move || loading.load())
-            .await
-            .map_err(BrokerError::Groups)?;
-        let loaded_offsets_topic = image.topic_by_name(OFFSETS_TOPIC).map(|t| t.topic_id);
         let cleaner_checkpoint = replicas.log_manager().read_cleaner_checkpoint()?;
         let (isr_changes, isr_change_queue) = mpsc::unbounded_channel();
         let broker = Arc::new_cyclic(|me| Self {
@@ -145,15 +150,14 @@ impl Broker {
             led_transaction_partitions: Mutex::new(BTreeMap::new()),
             broker_clients: BrokerClients::new("keel-broker"),
             fetchers: ReplicaFetchers::default(),
-            led_offsets_partitions: Mutex::new(
-                partitions_led(&image, OFFSETS_TOPIC, config.node_id)
-                    .into_keys()
-                    .collect(),
-            ),
+            offsets_leadership: tokio::sync::Mutex::new(OffsetsLeadership {
+                image_offset: i64::MIN,
+                topic_id: None,
+                partitions: BTreeMap::new(),
+            }),
             isr_changes,
             isr_change_queue: Mutex::new(Some(isr_change_queue)),
             log_cleaner: LogCleaner::new(cleaner_checkpoint),
-            loaded_offsets_topic: tokio::sync::Mutex::new(loaded_offsets_topic),
             heartbeats_stopped: tokio::sync::Mutex::new(false),
             groups,
             fetch_sessions: FetchSessionCache::new(config.fetch_session_cache_slots),
@@ -165,6 +169,7 @@ impl Broker {
         if let Err(e) = broker.compact_offsets_topic().await {
             tracing::error!(error = %e, "{OFFSETS_TOPIC} stays as it was configured");
         }
+        broker.follow_offsets_leadership(&image).await;
         broker.follow_transaction_leadership(&image).await;
         Ok(broker)
     }
@@ -198,27 +203,41 @@ impl Broker {
     }
 
     /// The group coordinator moves with the leadership of
-    /// `__consumer_offsets` partitions: when this broker starts to lead one,
-    /// it rebuilds its groups from the replicated log (Kafka's
-    /// `onElection`), which holds every commit the old leader
-    /// acknowledged.
+    /// `__consumer_offsets` partitions (Kafka's `onElection` and
+    /// `onResignation`): a partition this broker starts to lead, or leads in
+    /// a new epoch, is loaded from its replicated log, which holds every
+    /// commit the old leader acknowledged; one it stops leading is
+    /// unloaded. The groups of the other partitions are left alone.
     async fn follow_offsets_leadership(&self, image: &MetadataImage) {
-        let led: BTreeSet<i32> = partitions_led(image, OFFSETS_TOPIC, self.config.node_id)
-            .into_keys()
+        let mut followed = self.offsets_leadership.lock().await;
+        if image.offset < followed.image_offset {
+            return;
+        }
+        let topic_id = image.topic_by_name(OFFSETS_TOPIC).map(|t| t.topic_id);
+        let led = partitions_led(image, OFFSETS_TOPIC, self.config.node_id);
+        let recreated = topic_id != followed.topic_id;
+        let lost: Vec<i32> = followed
+            .partitions
+            .keys()
+            .filter(|p| !led.contains_key(p))
+            .copied()
             .collect();
-        let gained = {
-            let mut previous = self.led_offsets_partitions.lock();
-            let gained = led.difference(&previous).next().is_some();
-            *previous = led;
-            gained
+        let gained: Vec<i32> = led
+            .iter()
+            .filter(|(p, epoch)| recreated || followed.partitions.get(p) != Some(epoch))
+            .map(|(&p, _)| p)
+            .collect();
+        *followed = OffsetsLeadership {
+            image_offset: image.offset,
+            topic_id,
+            partitions: led,
         };
-        if gained {
-            let groups = self.groups.clone();
-            match blocking(move || groups.load()).await {
-                Ok(()) => {
-                    tracing::info!("reloaded consumer groups after gaining offsets partitions")
-                }
-                Err(e) => tracing::error!(error = %e, "reloading consumer groups failed"),
+        for partition in lost {
+            self.groups.unload_partition(partition).await;
+        }
+        for partition in gained {
+            if let Err(e) = self.groups.load_partition(partition).await {
+                tracing::error!(partition, error = %e, "loading consumer groups failed");
             }
         }
     }
@@ -312,17 +331,16 @@ impl Broker {
     }
 
     /// Creates `__consumer_offsets` on first use, as Kafka does, and loads
-    /// the group state from it. Only after this returns may a client be told
-    /// that this broker is its coordinator: concurrent callers wait here until
-    /// every partition is open, instead of finding the topic in the metadata
-    /// before its partitions exist.
+    /// the partitions this broker leads. Only after this returns may a
+    /// client be told that this broker is its coordinator: concurrent
+    /// callers wait here until every partition is open and loaded, instead
+    /// of finding the topic in the metadata before its partitions exist.
     pub async fn ensure_offsets_topic(&self) -> Result<(), AdminError> {
-        let mut loaded = self.loaded_offsets_topic.lock().await;
         let current = self
             .image()
             .topic_by_name(OFFSETS_TOPIC)
             .map(|t| t.topic_id);
-        if current.is_some() && current == *loaded {
+        if current.is_some() && current == self.offsets_leadership.lock().await.topic_id {
             return Ok(());
         }
         if current.is_none() {
@@ -344,14 +362,10 @@ impl Broker {
             };
             self.create_internal_topic(&topic).await?;
         }
-        let groups = self.groups.clone();
-        blocking(move || groups.load())
-            .await
-            .map_err(|e| AdminError::Broker(BrokerError::Groups(e)))?;
-        *loaded = self
-            .image()
-            .topic_by_name(OFFSETS_TOPIC)
-            .map(|t| t.topic_id);
+        // Another broker may have created (or recreated) it: this one opens
+        // its partitions and loads those it leads without waiting for the
+        // image watcher.
+        self.publish(self.image()).await?;
         Ok(())
     }
 

@@ -63,6 +63,5 @@ pub fn broker_error(e: &BrokerError) -> ResponseError {
         BrokerError::Metadata(MetadataError::NotController(_)) => ResponseError::NotController,
         BrokerError::Metadata(_) => ResponseError::KafkaStorageError,
         BrokerError::Registration(_) => ResponseError::BrokerNotAvailable,
-        BrokerError::Groups(_) => ResponseError::CoordinatorNotAvailable,
     }
 }

@@ -17,7 +17,7 @@ impl GroupCoordinator {
     // ------------------------------------------------------------ admin
 
     pub fn list_groups(&self, req: &ListGroupsRequest, version: i16) -> ListGroupsResponse {
-        if !self.loaded {
+        if self.is_loading() {
             return ListGroupsResponse::default()
                 .with_error_code(code(ResponseError::CoordinatorLoadInProgress));
         }
@@ -74,10 +74,8 @@ impl GroupCoordinator {
             .iter()
             .map(|id| {
                 let out = DescribedGroup::default().with_group_id(id.clone());
-                if !self.loaded {
-                    return out
-                        .with_error_code(code(ResponseError::CoordinatorLoadInProgress))
-                        .with_group_state(sb(""));
+                if let Some(e) = self.coordinator_error(id.0.as_str()) {
+                    return out.with_error_code(code(e)).with_group_state(sb(""));
                 }
                 if let Some(cg) = self.consumer_groups.get(id.0.as_str()) {
                     // A consumer group, as far as the classic API can say.
@@ -152,8 +150,8 @@ impl GroupCoordinator {
         let mut results = Vec::with_capacity(req.groups_names.len());
         for id in &req.groups_names {
             let group_id = id.0.to_string();
-            let error = if !self.loaded {
-                code(ResponseError::CoordinatorLoadInProgress)
+            let error = if let Some(e) = self.coordinator_error(&group_id) {
+                code(e)
             } else if group_id.is_empty() {
                 code(ResponseError::InvalidGroupId)
             } else if let Some(cg) = self.consumer_groups.get(&group_id) {

@@ -34,15 +34,11 @@ impl GroupCoordinator {
                 Response::JoinGroup(join_error(version, code(e), member_id)),
             );
         };
-        if !self.loaded {
-            fail(
-                &mut fx,
-                ResponseError::CoordinatorLoadInProgress,
-                &member_id,
-            );
+        let group_id = req.group_id.0.to_string();
+        if let Some(e) = self.coordinator_error(&group_id) {
+            fail(&mut fx, e, &member_id);
             return fx;
         }
-        let group_id = req.group_id.0.to_string();
         if group_id.is_empty() {
             fail(&mut fx, ResponseError::InvalidGroupId, &member_id);
             return fx;

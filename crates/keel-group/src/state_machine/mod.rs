@@ -29,8 +29,12 @@ use crate::GroupConfig;
 
 mod admin;
 mod join;
+mod loading;
 mod offsets;
 mod sync_heartbeat_leave;
+
+pub use loading::LoadId;
+use loading::PartitionState;
 
 pub(crate) use offsets::commit_answer;
 pub use offsets::txn_commit_answer;
@@ -63,6 +67,21 @@ pub enum TimerKey {
     ConsumerSession { group_id: String, member_id: String },
     /// The rebalance timeout of a consumer group member asked to revoke.
     ConsumerRebalance { group_id: String, member_id: String },
+}
+
+impl TimerKey {
+    /// The group the timer is for; `None` for the retention scan, which is
+    /// the whole coordinator's.
+    pub fn group_id(&self) -> Option<&str> {
+        match self {
+            TimerKey::Join { group_id }
+            | TimerKey::Session { group_id, .. }
+            | TimerKey::PendingSync { group_id }
+            | TimerKey::ConsumerSession { group_id, .. }
+            | TimerKey::ConsumerRebalance { group_id, .. } => Some(group_id),
+            TimerKey::OffsetsExpiration => None,
+        }
+    }
 }
 
 /// A response the service hands to the request that holds its token.
@@ -181,8 +200,9 @@ fn sb(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
-/// The classic group coordinator of every `__consumer_offsets` partition
-/// this node leads (all of them: Keel is single-node for now).
+/// The group coordinator of the `__consumer_offsets` partitions this node
+/// leads. Groups, consumer groups and offsets are held only for partitions
+/// in `partitions` that are loaded (`loading.rs`).
 #[derive(Debug)]
 pub struct GroupCoordinator {
     pub(crate) config: GroupConfig,
@@ -191,8 +211,11 @@ pub struct GroupCoordinator {
     /// most one of `groups` and `consumer_groups`.
     pub(crate) consumer_groups: BTreeMap<String, ConsumerGroup>,
     offsets: Offsets,
-    /// False until `complete_load`: requests get COORDINATOR_LOAD_IN_PROGRESS.
-    pub(crate) loaded: bool,
+    /// The partitions this node coordinates; requests for groups of other
+    /// partitions get NOT_COORDINATOR.
+    partitions: BTreeMap<i32, PartitionState>,
+    /// The next `LoadId`.
+    next_load: u64,
 }
 
 impl GroupCoordinator {
@@ -205,7 +228,8 @@ impl GroupCoordinator {
             groups: BTreeMap::new(),
             consumer_groups: BTreeMap::new(),
             offsets: Offsets::default(),
-            loaded: false,
+            partitions: BTreeMap::new(),
+            next_load: 0,
         }
     }
 
@@ -217,10 +241,6 @@ impl GroupCoordinator {
         keel_types::coordinator::partition_for(group_id, self.config.offsets_topic_partitions)
     }
 
-    pub fn is_loaded(&self) -> bool {
-        self.loaded
-    }
-
     pub fn group(&self, group_id: &str) -> Option<&Group> {
         self.groups.get(group_id)
     }
@@ -229,7 +249,7 @@ impl GroupCoordinator {
         &self.offsets
     }
 
-    // ------------------------------------------------------------ loading
+    // ------------------------------------------------------------ replay
 
     /// Applies one `__consumer_offsets` record; `producer_id` is that of its
     /// batch when the batch is transactional, whose offsets stay pending
@@ -287,7 +307,9 @@ impl GroupCoordinator {
     /// `offsets_partition` (Kafka's `replayEndTransactionMarker`): the
     /// producer's pending offsets of the groups in that partition are
     /// committed or dropped. Groups of other partitions wait for their own
-    /// marker; a producer with nothing pending is ignored.
+    /// marker; a producer with nothing pending is ignored. A marker the
+    /// broker just wrote goes through `complete_transaction`, which knows
+    /// whether the partition is loaded.
     pub fn replay_end_transaction_marker(
         &mut self,
         offsets_partition: i32,
@@ -299,24 +321,6 @@ impl GroupCoordinator {
             .complete_transaction(producer_id, commit, |group_id| {
                 keel_types::coordinator::partition_for(group_id, partitions) == offsets_partition
             });
-    }
-
-    /// Ends loading: requests are served from now on, every replayed member
-    /// gets a full session to heartbeat, and the retention scan starts.
-    pub fn complete_load(&mut self, now_ms: i64) -> Effects {
-        let mut fx = Effects::default();
-        self.loaded = true;
-        for group in self.groups.values_mut() {
-            for m in group.members.values_mut() {
-                Self::renew_session(&mut fx, &group.group_id, m, now_ms);
-            }
-        }
-        self.complete_consumer_load(now_ms, &mut fx);
-        fx.timer(
-            TimerKey::OffsetsExpiration,
-            now_ms + OFFSETS_RETENTION_CHECK_INTERVAL_MS,
-        );
-        fx
     }
 
     // ------------------------------------------------------------ shared
@@ -389,12 +393,10 @@ impl GroupCoordinator {
     // ------------------------------------------------------------ timers
 
     /// Fires a timer. Timers whose deadline moved or whose state passed are
-    /// re-armed or ignored.
+    /// re-armed or ignored, as are those of groups not held here (their
+    /// partition was unloaded).
     pub fn on_timer(&mut self, key: &TimerKey, now_ms: i64) -> Effects {
         let mut fx = Effects::default();
-        if !self.loaded {
-            return fx;
-        }
         match key {
             TimerKey::Join { group_id } => self.on_join_timer(group_id, now_ms, &mut fx),
             TimerKey::Session {
@@ -406,10 +408,14 @@ impl GroupCoordinator {
             }
             TimerKey::OffsetsExpiration => {
                 self.expire_offsets(now_ms, &mut fx);
-                fx.timer(
-                    TimerKey::OffsetsExpiration,
-                    now_ms + OFFSETS_RETENTION_CHECK_INTERVAL_MS,
-                );
+                // With no partition left there is nothing to scan; the next
+                // load starts the scan again.
+                if self.has_loaded_partitions() {
+                    fx.timer(
+                        TimerKey::OffsetsExpiration,
+                        now_ms + OFFSETS_RETENTION_CHECK_INTERVAL_MS,
+                    );
+                }
             }
             TimerKey::ConsumerSession {
                 group_id,

@@ -306,8 +306,8 @@ impl GroupCoordinator {
         committer: &Committer,
         now_ms: i64,
     ) -> i16 {
-        if !self.loaded {
-            return code(ResponseError::CoordinatorLoadInProgress);
+        if let Some(e) = self.coordinator_error(group_id) {
+            return code(e);
         }
         if group_id.is_empty() {
             return code(ResponseError::InvalidGroupId);
@@ -365,8 +365,8 @@ impl GroupCoordinator {
     pub fn offset_fetch(&self, req: &OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
         if version <= 7 {
             let group_id = req.group_id.0.to_string();
-            if !self.loaded {
-                let error = code(ResponseError::CoordinatorLoadInProgress);
+            if let Some(error) = self.coordinator_error(&group_id) {
+                let error = code(error);
                 let mut response = OffsetFetchResponse::default();
                 if version >= 2 {
                     response = response.with_error_code(error);
@@ -429,8 +429,8 @@ impl GroupCoordinator {
             .iter()
             .map(|g| {
                 let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-                if !self.loaded {
-                    return out.with_error_code(code(ResponseError::CoordinatorLoadInProgress));
+                if let Some(e) = self.coordinator_error(g.group_id.0.as_str()) {
+                    return out.with_error_code(code(e));
                 }
                 if version >= 9 {
                     if let Some(e) = self.validate_consumer_offset_fetch(
@@ -544,11 +544,11 @@ impl GroupCoordinator {
                 Response::OffsetDelete(OffsetDeleteResponse::default().with_error_code(code(e))),
             );
         };
-        if !self.loaded {
-            fail(&mut fx, ResponseError::CoordinatorLoadInProgress);
+        let group_id = req.group_id.0.to_string();
+        if let Some(e) = self.coordinator_error(&group_id) {
+            fail(&mut fx, e);
             return fx;
         }
-        let group_id = req.group_id.0.to_string();
         let partition = self.partition_for(&group_id);
         // `None` = subscriptions unknown: every topic counts as subscribed.
         let subscribed = if let Some(cg) = self.consumer_groups.get(&group_id) {

@@ -32,11 +32,11 @@ impl GroupCoordinator {
         let fail = |fx: &mut Effects, e: ResponseError| {
             fx.respond(token, Response::SyncGroup(sync_error(code(e))));
         };
-        if !self.loaded {
-            fail(&mut fx, ResponseError::CoordinatorLoadInProgress);
+        let group_id = req.group_id.0.to_string();
+        if let Some(e) = self.coordinator_error(&group_id) {
+            fail(&mut fx, e);
             return fx;
         }
-        let group_id = req.group_id.0.to_string();
         let member_id = req.member_id.to_string();
         let partition = self.partition_for(&group_id);
         let Some(group) = self.groups.get_mut(&group_id) else {
@@ -151,10 +151,10 @@ impl GroupCoordinator {
     }
 
     fn heartbeat_inner(&mut self, req: &HeartbeatRequest, now_ms: i64, fx: &mut Effects) -> i16 {
-        if !self.loaded {
-            return code(ResponseError::CoordinatorLoadInProgress);
-        }
         let group_id = req.group_id.0.to_string();
+        if let Some(e) = self.coordinator_error(&group_id) {
+            return code(e);
+        }
         let member_id = req.member_id.to_string();
         let Some(group) = self.groups.get_mut(&group_id) else {
             return code(ResponseError::UnknownMemberId);
@@ -192,14 +192,11 @@ impl GroupCoordinator {
     ) -> Effects {
         let mut fx = Effects::default();
         let top = |e: i16| LeaveGroupResponse::default().with_error_code(e);
-        if !self.loaded {
-            fx.respond(
-                token,
-                Response::LeaveGroup(top(code(ResponseError::CoordinatorLoadInProgress))),
-            );
+        let group_id = req.group_id.0.to_string();
+        if let Some(e) = self.coordinator_error(&group_id) {
+            fx.respond(token, Response::LeaveGroup(top(code(e))));
             return fx;
         }
-        let group_id = req.group_id.0.to_string();
         let Some(group) = self.groups.get(&group_id) else {
             fx.respond(
                 token,

@@ -82,8 +82,7 @@ impl H {
                 commit,
             },
         ));
-        self.c
-            .replay_end_transaction_marker(partition, producer_id, commit);
+        self.c.complete_transaction(partition, producer_id, commit);
     }
 
     /// `(offset, error)` of each partition of `topic` in a v7 OffsetFetch.
@@ -363,7 +362,7 @@ fn transactional_commits_are_validated_like_offset_commits() {
 #[test]
 fn a_coordinator_still_loading_answers_by_version() {
     let mut h = H::quick();
-    h.c = GroupCoordinator::new(h.c.config().clone());
+    h.c.begin_load(h.c.partition_for("g"));
     let req = txn_req("g", P1, &[("t", 0, 1)]);
     for (version, error) in [
         (0, ResponseError::CoordinatorNotAvailable),
@@ -580,4 +579,67 @@ fn replay_rebuilds_committed_aborted_and_open_transactions() {
     assert_eq!(h2.stable("g", "t", &[2]), vec![(7, 0)]);
     assert_eq!(h2.stable("h", "u", &[0]), vec![(8, 0)]);
     assert!(!h2.c.offsets().tracks_transactions());
+}
+
+impl H {
+    /// Starts loading `group`'s partition afresh and replays what its log
+    /// holds now; the load completes with `complete_load`.
+    fn reload_from_log(&mut self, group: &str) -> (i32, LoadId, GroupCoordinator) {
+        let partition = self.c.partition_for(group);
+        let (load, fx) = self.c.begin_load(partition);
+        self.absorb(fx);
+        let entries = self
+            .log
+            .iter()
+            .filter(|(p, _)| *p == partition)
+            .map(|(_, entry)| entry.clone())
+            .collect();
+        let (replayed, _) = replay_partition(self.c.config().clone(), partition, entries);
+        (partition, load, replayed)
+    }
+
+    fn complete_load(&mut self, partition: i32, load: LoadId, replayed: GroupCoordinator) {
+        let fx = self.c.complete_load(partition, load, replayed, self.now);
+        self.absorb(fx.expect("not overtaken"));
+    }
+}
+
+#[test]
+fn a_marker_written_while_its_partition_loads_applies_after_the_replay() {
+    let mut h = H::quick();
+    assert_eq!(h.txn_commit(&txn_req("g", P1, &[("t", 0, 5)])), vec![0]);
+    // The load reads the log before the marker reaches it.
+    let (partition, load, replayed) = h.reload_from_log("g");
+    h.marker("g", P1, true);
+    h.complete_load(partition, load, replayed);
+    assert_eq!(h.stable("g", "t", &[0]), vec![(5, 0)]);
+    assert!(!h.c.offsets().tracks_transactions());
+
+    // A load that read the marker gets it again: the producer has nothing
+    // pending then, and a later regular commit keeps its place.
+    assert_eq!(h.commit_errors("g", -1, "", &[("t", 0, 6, "")]), vec![0]);
+    let (partition, load, replayed) = h.reload_from_log("g");
+    h.c.complete_transaction(partition, P1, true);
+    h.complete_load(partition, load, replayed);
+    assert_eq!(h.stable("g", "t", &[0]), vec![(6, 0)]);
+}
+
+#[test]
+fn a_commit_after_a_load_stays_ahead_of_the_transactions_it_replayed() {
+    let mut h = H::quick();
+    // Enough records before the transactional one that its place in the
+    // partition is far past anything counted since.
+    for offset in 0..5 {
+        assert_eq!(
+            h.commit_errors("g", -1, "", &[("t", 0, offset, "")]),
+            vec![0]
+        );
+    }
+    assert_eq!(h.txn_commit(&txn_req("g", P1, &[("t", 0, 50)])), vec![0]);
+    h.c = h.replayed();
+    // Written after the transaction's offset: the commit marker must not
+    // bring the older one back.
+    assert_eq!(h.commit_errors("g", -1, "", &[("t", 0, 60, "")]), vec![0]);
+    h.marker("g", P1, true);
+    assert_eq!(h.stable("g", "t", &[0]), vec![(60, 0)]);
 }
