@@ -104,6 +104,10 @@ fn request(api: ApiKey, version: i16, fx: &Fixture) -> RequestKind {
         ApiKey::ListPartitionReassignments => {
             RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default())
         }
+        // Not the fixture's broker, which must go on serving.
+        ApiKey::UnregisterBroker => RequestKind::UnregisterBroker(
+            UnregisterBrokerRequest::default().with_broker_id(BrokerId(99)),
+        ),
         ApiKey::ElectLeaders => RequestKind::ElectLeaders(
             ElectLeadersRequest::default()
                 .with_topic_partitions(Some(vec![elect_leaders_request::TopicPartitions::default(
@@ -784,9 +788,11 @@ async fn every_supported_version_round_trips() {
 /// Errors a request above is built to get: it joins without a member id
 /// (MEMBER_ID_REQUIRED, 79), or acts as a member that does not exist
 /// (UNKNOWN_MEMBER_ID, 25), or deletes a group whose member is still in it
-/// (NON_EMPTY_GROUP, 68).
+/// (NON_EMPTY_GROUP, 68), or unregisters a broker that never registered
+/// (BROKER_ID_NOT_REGISTERED, 102).
 fn expected_errors(api: ApiKey) -> &'static [i16] {
     match api {
+        ApiKey::UnregisterBroker => &[102],
         ApiKey::JoinGroup => &[79],
         ApiKey::SyncGroup | ApiKey::Heartbeat | ApiKey::LeaveGroup => &[25],
         ApiKey::DeleteGroups => &[68],
@@ -829,6 +835,7 @@ fn assert_no_errors(api: ApiKey, version: i16, response: &ResponseKind, fx: &Fix
         ResponseKind::DescribeConfigs(r) => r.results.iter().map(|t| t.error_code).collect(),
         ResponseKind::InitProducerId(r) => vec![r.error_code],
         ResponseKind::DescribeCluster(r) => vec![r.error_code],
+        ResponseKind::UnregisterBroker(r) => vec![r.error_code],
         ResponseKind::AlterPartitionReassignments(r) => std::iter::once(r.error_code)
             .chain(
                 r.responses
