@@ -1,6 +1,10 @@
 //! Kafka framing: a 4-byte big-endian size, then a request header and body.
 
+use std::collections::VecDeque;
+use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -91,30 +95,82 @@ pub fn decode_header(api_key: ApiKey, frame: &mut Bytes) -> Result<RequestHeader
 }
 
 /// An encoded response frame, size prefix included, in pieces: fetched
-/// records are spliced in from the buffers they were read into instead of
-/// being copied into one buffer (a Fetch answer is mostly records, and that
-/// copy was a tenth of a replicating broker's CPU).
+/// records are spliced in rather than copied into one buffer (a Fetch
+/// answer is mostly records, and that copy was a tenth of a replicating
+/// broker's CPU): from the buffers they were read into, or as regions of
+/// segment files that go to the socket with sendfile, never read by us.
 #[derive(Debug)]
-pub struct ResponseFrame(Vec<Bytes>);
+pub struct ResponseFrame(Vec<Piece>);
+
+#[derive(Debug)]
+pub enum Piece {
+    Bytes(Bytes),
+    File(FileRegion),
+}
+
+/// Bytes of a segment file, sent as they are when the answer leaves.
+#[derive(Clone, Debug)]
+pub struct FileRegion {
+    pub file: Arc<File>,
+    pub position: u64,
+    pub len: usize,
+}
+
+impl FileRegion {
+    /// The records field `kafka-protocol` encodes for this region: as many
+    /// bytes of a zeroed static, which `FrameBuf` recognises by address and
+    /// replaces with the region. Nothing reads them, so they stay unmapped
+    /// zero pages. `None` for a region larger than the static.
+    pub fn stand_in(&self) -> Option<Bytes> {
+        (self.len <= FILE_REGION_BYTES_MAX)
+            .then(|| Bytes::from_static(&FILE_REGION_STAND_IN[..self.len]))
+    }
+
+    /// Reads the region, for the rare encoder that writes back into what it
+    /// wrote (see [`FrameBuf::flatten`]).
+    fn read(&self) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0; self.len];
+        self.file.read_exact_at(&mut buf, self.position)?;
+        Ok(buf)
+    }
+}
+
+/// Larger record sets (beyond `fetch.max.bytes`' default) are read instead.
+const FILE_REGION_BYTES_MAX: usize = 64 << 20;
+static FILE_REGION_STAND_IN: [u8; FILE_REGION_BYTES_MAX] = [0; FILE_REGION_BYTES_MAX];
+
+fn is_stand_in(src: &[u8]) -> bool {
+    FILE_REGION_STAND_IN.as_ptr_range().contains(&src.as_ptr())
+}
 
 impl ResponseFrame {
-    pub fn pieces(&self) -> &[Bytes] {
+    pub fn pieces(&self) -> &[Piece] {
         &self.0
     }
 
     /// The frame as one buffer, for tests that parse it.
     #[cfg(test)]
     fn contiguous(&self) -> Bytes {
-        self.0.concat().into()
+        let mut whole = Vec::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Bytes(bytes) => whole.extend_from_slice(bytes),
+                Piece::File(region) => whole.extend(region.read().unwrap()),
+            }
+        }
+        whole.into()
     }
 }
 
-/// Encodes a response with its header and size prefix.
+/// Encodes a response with its header and size prefix. A Fetch answer's
+/// `file_regions` are the regions whose stand-ins its records hold, in the
+/// order they appear in it.
 pub fn encode_response(
     api_key: ApiKey,
     api_version: i16,
     correlation_id: i32,
     response: &ResponseKind,
+    file_regions: Vec<FileRegion>,
 ) -> Result<ResponseFrame, String> {
     let spliceable = match response {
         ResponseKind::Fetch(fetch) => fetch
@@ -122,7 +178,7 @@ pub fn encode_response(
             .iter()
             .flat_map(|topic| &topic.partitions)
             .filter_map(|partition| partition.records.clone())
-            .filter(|records| records.len() >= SPLICE_BYTES_MIN)
+            .filter(|records| records.len() >= SPLICE_BYTES_MIN && !is_stand_in(records))
             .collect(),
         _ => Vec::new(),
     };
@@ -131,6 +187,8 @@ pub fn encode_response(
         spliced_bytes: 0,
         tail: BytesMut::with_capacity(256),
         spliceable,
+        file_regions: file_regions.into(),
+        broken: None,
     };
     buf.put_i32(0); // size, patched below
     let header_version = api_key.response_header_version(api_version);
@@ -144,7 +202,7 @@ pub fn encode_response(
         other => other.encode(&mut buf.tail, api_version),
     }
     .map_err(|e| e.to_string())?;
-    Ok(buf.finish())
+    buf.finish()
 }
 
 /// Below this a record set is copied: a piece of its own costs an iovec
@@ -155,11 +213,16 @@ const SPLICE_BYTES_MIN: usize = 4096;
 /// one of `spliceable`'s record sets becomes a piece of its own.
 struct FrameBuf {
     /// Finished pieces, in order.
-    pieces: Vec<Bytes>,
+    pieces: Vec<Piece>,
     spliced_bytes: usize,
     /// Being written after `pieces`.
     tail: BytesMut,
     spliceable: Vec<Bytes>,
+    /// What the stand-ins still to come stand for, in order.
+    file_regions: VecDeque<FileRegion>,
+    /// Why the frame cannot be sent (a stand-in with no region, a region
+    /// unreadable on flattening); `put_slice` cannot fail.
+    broken: Option<String>,
 }
 
 impl FrameBuf {
@@ -185,33 +248,57 @@ impl FrameBuf {
         }
         let mut whole = BytesMut::with_capacity(self.spliced_bytes + self.tail.len());
         for piece in self.pieces.drain(..) {
-            whole.extend_from_slice(&piece);
+            match piece {
+                Piece::Bytes(bytes) => whole.extend_from_slice(&bytes),
+                Piece::File(region) => match region.read() {
+                    Ok(bytes) => whole.extend_from_slice(&bytes),
+                    Err(e) => {
+                        self.broken = Some(format!("reading a log segment: {e}"));
+                        whole.extend_from_slice(&FILE_REGION_STAND_IN[..region.len]);
+                    }
+                },
+            }
         }
         whole.extend_from_slice(&self.tail);
         self.tail = whole;
         self.spliced_bytes = 0;
     }
 
-    fn finish(mut self) -> ResponseFrame {
+    /// Ends the written piece and adds `piece` after it.
+    fn push(&mut self, piece: Piece, len: usize) {
+        let written = self.tail.split().freeze();
+        self.spliced_bytes += written.len() + len;
+        self.pieces.push(Piece::Bytes(written));
+        self.pieces.push(piece);
+    }
+
+    fn finish(mut self) -> Result<ResponseFrame, String> {
+        if let Some(why) = self.broken {
+            return Err(why);
+        }
+        if !self.file_regions.is_empty() {
+            return Err("a log segment region had no place in the answer".into());
+        }
         let size = self.spliced_bytes + self.tail.len() - 4;
         let size = i32::try_from(size)
-            .expect("responses are bounded by fetch.max.bytes")
+            .map_err(|_| format!("a response of {size} bytes"))?
             .to_be_bytes();
         match self.pieces.first_mut() {
             None => self.tail[..4].copy_from_slice(&size),
             // The prefix is in the first piece, which holds what preceded
             // the first records: a few dozen bytes, so patch a copy.
-            Some(first) => {
+            Some(Piece::Bytes(first)) => {
                 let mut patched = BytesMut::from(&first[..]);
                 patched[..4].copy_from_slice(&size);
                 *first = patched.freeze();
             }
+            Some(Piece::File(_)) => unreachable!("the header precedes any records"),
         }
         let mut pieces = self.pieces;
         if !self.tail.is_empty() {
-            pieces.push(self.tail.freeze());
+            pieces.push(Piece::Bytes(self.tail.freeze()));
         }
-        ResponseFrame(pieces)
+        Ok(ResponseFrame(pieces))
     }
 }
 
@@ -233,12 +320,20 @@ unsafe impl BufMut for FrameBuf {
     }
 
     fn put_slice(&mut self, src: &[u8]) {
+        if is_stand_in(src) {
+            match self.file_regions.pop_front() {
+                Some(region) if region.len == src.len() => {
+                    let len = region.len;
+                    self.push(Piece::File(region), len);
+                    return;
+                }
+                _ => self.broken = Some("records stand in for no log segment region".into()),
+            }
+        }
         match self.splice(src) {
             Some(records) => {
-                let written = self.tail.split().freeze();
-                self.spliced_bytes += written.len() + records.len();
-                self.pieces.push(written);
-                self.pieces.push(records);
+                let len = records.len();
+                self.push(Piece::Bytes(records), len);
             }
             None => self.tail.put_slice(src),
         }
@@ -338,7 +433,7 @@ mod tests {
                     .with_port(9093)];
             }
             let response = ResponseKind::Fetch(fetch.clone());
-            let frame = encode_response(ApiKey::Fetch, version, 99, &response).unwrap();
+            let frame = encode_response(ApiKey::Fetch, version, 99, &response, Vec::new()).unwrap();
 
             let mut expected = BytesMut::new();
             expected.put_i32(0);
@@ -358,6 +453,10 @@ mod tests {
             let spliced: Vec<_> = frame
                 .pieces()
                 .iter()
+                .filter_map(|piece| match piece {
+                    Piece::Bytes(bytes) => Some(bytes),
+                    Piece::File(_) => None,
+                })
                 .filter(|piece| {
                     large
                         .iter()
@@ -373,32 +472,89 @@ mod tests {
         }
     }
 
+    /// A temporary file holding `bytes` at position 3, as a region.
+    fn file_region(bytes: &[u8]) -> (tempfile::NamedTempFile, FileRegion) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, &[[7u8; 3].as_slice(), bytes].concat()).unwrap();
+        let region = FileRegion {
+            file: Arc::new(file.reopen().unwrap()),
+            position: 3,
+            len: bytes.len(),
+        };
+        (file, region)
+    }
+
+    #[test]
+    fn file_regions_are_pieces_of_their_own_in_the_records_place() {
+        let on_disk = records(70_000, 3);
+        let (_file, region) = file_region(&on_disk);
+        let large = records(SPLICE_BYTES_MIN, 11);
+        let fetch = |first: Bytes| {
+            FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    partition(0, Some(first)),
+                    partition(1, Some(large.clone())),
+                ])])
+        };
+        let stand_in = region.stand_in().unwrap();
+        for version in [4, 12, 18] {
+            let response = ResponseKind::Fetch(fetch(stand_in.clone()));
+            let frame = encode_response(ApiKey::Fetch, version, 5, &response, vec![region.clone()])
+                .unwrap();
+            let read = ResponseKind::Fetch(fetch(on_disk.clone()));
+            let expected = encode_response(ApiKey::Fetch, version, 5, &read, Vec::new()).unwrap();
+            assert_eq!(frame.contiguous(), expected.contiguous(), "v{version}");
+            let files: Vec<usize> = frame
+                .pieces()
+                .iter()
+                .filter_map(|piece| match piece {
+                    Piece::File(region) => Some(region.len),
+                    Piece::Bytes(_) => None,
+                })
+                .collect();
+            assert_eq!(files, [on_disk.len()], "v{version}");
+        }
+        // A stand-in with no region, or a region with no stand-in, is an
+        // error to report, not a frame to send.
+        let response = ResponseKind::Fetch(fetch(stand_in));
+        assert!(encode_response(ApiKey::Fetch, 12, 5, &response, Vec::new()).is_err());
+        let response = ResponseKind::Fetch(fetch(large.clone()));
+        assert!(encode_response(ApiKey::Fetch, 12, 5, &response, vec![region]).is_err());
+    }
+
     #[test]
     fn writing_back_into_a_spliced_frame_flattens_it() {
         let large = records(SPLICE_BYTES_MIN, 5);
+        let on_disk = records(100, 9);
+        let (_file, region) = file_region(&on_disk);
         let mut buf = FrameBuf {
             pieces: Vec::new(),
             spliced_bytes: 0,
             tail: BytesMut::new(),
             spliceable: vec![large.clone()],
+            file_regions: [region.clone()].into(),
+            broken: None,
         };
         buf.put_i32(0);
         buf.put_slice(&large);
+        buf.put_slice(&region.stand_in().unwrap());
         buf.put_u8(1);
-        assert_eq!(buf.pieces.len(), 2);
+        assert_eq!(buf.pieces.len(), 4);
         buf.range(4..6).copy_from_slice(&[9, 9]);
-        let frame = buf.finish();
+        let frame = buf.finish().unwrap();
         assert_eq!(frame.pieces().len(), 1);
         let whole = frame.contiguous();
-        assert_eq!(whole.len(), 4 + large.len() + 1);
+        assert_eq!(whole.len(), 4 + large.len() + on_disk.len() + 1);
         assert_eq!(&whole[4..6], &[9, 9]);
         assert_eq!(&whole[6..4 + large.len()], &large[2..]);
+        assert_eq!(&whole[4 + large.len()..whole.len() - 1], &on_disk[..]);
     }
 
     #[test]
     fn other_responses_are_one_piece() {
         let response = ResponseKind::ApiVersions(Default::default());
-        let frame = encode_response(ApiKey::ApiVersions, 3, 1, &response).unwrap();
+        let frame = encode_response(ApiKey::ApiVersions, 3, 1, &response, Vec::new()).unwrap();
         assert_eq!(frame.pieces().len(), 1);
         let whole = frame.contiguous();
         assert_eq!(

@@ -19,13 +19,14 @@ use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::ResponseError;
 use keel_types::limits::INFLIGHT_RESPONSES_PER_CONNECTION_MAX;
+use tokio::io::Interest;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
-use crate::codec::{self, FrameError, ResponseFrame};
+use crate::codec::{self, FileRegion, FrameError, Piece, ResponseFrame};
 use crate::dispatch::{self, Outcome};
 use crate::handlers;
 
@@ -126,10 +127,8 @@ async fn write_responses(
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
     while let Some(response) = queued.recv().await {
-        if write_all_vectored(&mut writer, response.pieces())
-            .await
-            .is_err()
-        {
+        if let Err(e) = write_frame(&mut writer, response.pieces()).await {
+            tracing::debug!(error = %e, "closing connection: writing a response failed");
             return;
         }
         // Flush only when nothing else is queued, so pipelined responses
@@ -141,12 +140,62 @@ async fn write_responses(
     let _ = writer.shutdown().await;
 }
 
-/// Writes every piece, with as few calls as the writer allows: a
-/// `BufWriter` copies pieces that together fit its buffer, and hands larger
-/// ones to the socket in one `writev`.
+/// Writes a frame's pieces in order: runs of buffers with as few calls as
+/// the writer allows, file regions with sendfile.
+async fn write_frame(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    pieces: &[Piece],
+) -> std::io::Result<()> {
+    let mut buffers = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Bytes(bytes) => buffers.push(bytes),
+            Piece::File(region) => {
+                write_all_vectored(writer, &buffers).await?;
+                buffers.clear();
+                writer.flush().await?;
+                send_file(writer.get_ref().as_ref(), region).await?;
+            }
+        }
+    }
+    write_all_vectored(writer, &buffers).await
+}
+
+/// Sends a segment file region from the page cache to the socket, without
+/// reading it into memory (Kafka's zero-copy transfer). A region cut short
+/// (its log truncated since it was located) cannot be made whole, and the
+/// frame's size is already sent: the connection closes, as in Kafka.
+async fn send_file(socket: &TcpStream, region: &FileRegion) -> std::io::Result<()> {
+    let mut position = region.position;
+    let end = region.position + region.len as u64;
+    while position < end {
+        socket.writable().await?;
+        let remaining = usize::try_from(end - position).unwrap_or(usize::MAX);
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(socket, &*region.file, Some(&mut position), remaining)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "a log segment was truncated while being sent",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes every buffer, with as few calls as the writer allows: a
+/// `BufWriter` copies buffers that together fit its buffer, and hands
+/// larger ones to the socket in one `writev`.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    pieces: &[Bytes],
+    pieces: &[&Bytes],
 ) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
     let mut unwritten = &mut slices[..];
@@ -226,7 +275,12 @@ fn answer(
     outcome: Outcome,
 ) -> Result<Option<ResponseFrame>, String> {
     match outcome {
-        Outcome::Respond(response) => encode(api_key, version, correlation_id, &response).map(Some),
+        Outcome::Respond(response) => {
+            encode(api_key, version, correlation_id, &response, Vec::new()).map(Some)
+        }
+        Outcome::Fetched(response, file_regions) => {
+            encode(api_key, version, correlation_id, &response, file_regions).map(Some)
+        }
         Outcome::NoResponse => Ok(None),
         Outcome::Close(reason) => Err(reason.to_string()),
         Outcome::Deferred(_) => Err("an answer deferred twice".to_string()),
@@ -238,7 +292,8 @@ fn encode(
     version: i16,
     correlation_id: i32,
     response: &ResponseKind,
+    file_regions: Vec<FileRegion>,
 ) -> Result<ResponseFrame, String> {
-    codec::encode_response(api_key, version, correlation_id, response)
+    codec::encode_response(api_key, version, correlation_id, response, file_regions)
         .map_err(|e| format!("cannot encode {api_key:?} v{version} response: {e}"))
 }

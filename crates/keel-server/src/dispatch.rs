@@ -6,6 +6,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind}
 use kafka_protocol::protocol::VersionRange;
 
 use crate::broker::Broker;
+use crate::codec::FileRegion;
 use crate::handlers;
 
 /// `(api, lowest version, highest version)`. The highest is what
@@ -75,6 +76,9 @@ pub fn supported_range(api_key: ApiKey) -> Option<VersionRange> {
 pub enum Outcome {
     // Boxed: responses are large and this enum is moved through every request.
     Respond(Box<ResponseKind>),
+    /// A Fetch answer whose records include segment file regions, which
+    /// leave by sendfile; in the order their stand-ins appear in it.
+    Fetched(Box<ResponseKind>, Vec<FileRegion>),
     /// acks=0 produce: Kafka sends nothing back.
     NoResponse,
     /// Kafka's way to tell an acks=0 producer its request failed.
@@ -122,7 +126,8 @@ pub async fn dispatch(
         }
         RequestKind::Produce(r) => return handlers::produce::handle(broker, &ctx, r).await,
         RequestKind::Fetch(r) => {
-            ResponseKind::Fetch(handlers::fetch::handle(broker, &ctx, r).await)
+            let (response, file_regions) = handlers::fetch::handle(broker, &ctx, r).await;
+            return Outcome::Fetched(Box::new(ResponseKind::Fetch(response)), file_regions);
         }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(handlers::list_offsets::handle(broker, &ctx, r))

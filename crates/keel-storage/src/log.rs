@@ -52,8 +52,12 @@ pub struct LogAppendResult {
 pub struct FetchSlice {
     file: Option<Arc<File>>,
     position: u64,
-    /// Bytes to read: an upper bound, trimmed to whole batches after reading.
+    /// Bytes to read: an upper bound, trimmed to whole batches after
+    /// reading, unless `whole`.
     len: u64,
+    /// Whether `len` ends on a batch boundary (the slice was not cut by
+    /// its byte limit), so the bytes may be sent as they are, unread.
+    whole: bool,
     first_offset: i64,
 }
 
@@ -63,6 +67,7 @@ impl FetchSlice {
             file: None,
             position: 0,
             len: 0,
+            whole: true,
             first_offset: -1,
         }
     }
@@ -76,9 +81,10 @@ impl FetchSlice {
         self.len
     }
 
-    /// The segment file and position, for zero-copy senders.
-    pub fn file(&self) -> Option<&Arc<File>> {
-        self.file.as_ref()
+    /// The segment file, for zero-copy senders: only when the slice is
+    /// whole batches as located, since they cannot trim what they send.
+    pub fn whole_batches_file(&self) -> Option<&Arc<File>> {
+        self.file.as_ref().filter(|_| self.whole)
     }
 
     pub fn position(&self) -> u64 {
@@ -124,6 +130,27 @@ impl FetchSlice {
         buf.truncate(whole);
         Ok(Bytes::from(buf))
     }
+}
+
+/// Headers a fetch reads to end its slice on a batch boundary; past them,
+/// the slice is cut at its byte limit and trimmed after reading.
+const BOUNDARY_HEADERS_MAX: usize = 32;
+
+/// The last batch boundary in `seg` at or below `limit`, walking headers
+/// from `position` (a boundary); `None` if that takes more than
+/// [`BOUNDARY_HEADERS_MAX`] of them (many small batches).
+fn last_boundary_within(seg: &Segment, mut position: u64, limit: u64) -> Result<Option<u64>> {
+    for _ in 0..BOUNDARY_HEADERS_MAX {
+        let Some(header) = read_header_at(seg.file(), position, seg.size())? else {
+            return Ok(Some(position));
+        };
+        let next = position + header.total_size();
+        if next > limit {
+            return Ok(Some(position));
+        }
+        position = next;
+    }
+    Ok(None)
 }
 
 /// One partition's log. See the crate docs for the on-disk layout.
@@ -881,19 +908,21 @@ impl Log {
             };
             let first_size = first.total_size();
             let max_bytes = u64::from(max_bytes);
-            let len = if first_size > max_bytes {
-                if min_one_batch {
-                    first_size
-                } else {
-                    0
-                }
+            let (len, whole) = if first_size > max_bytes {
+                (if min_one_batch { first_size } else { 0 }, true)
+            } else if end - position <= max_bytes {
+                (end - position, true)
             } else {
-                (end - position).min(max_bytes)
+                match last_boundary_within(seg, position, position + max_bytes)? {
+                    Some(boundary) => (boundary - position, true),
+                    None => (max_bytes, false),
+                }
             };
             return Ok(FetchSlice {
                 file: (len > 0).then(|| Arc::clone(seg.file())),
                 position,
                 len,
+                whole,
                 first_offset: first.base_offset,
             });
         }

@@ -243,6 +243,37 @@ fn max_bytes_min_one_batch_and_max_offset() {
     assert!(log.read(4, u32::MAX, 4, true).unwrap().is_empty());
     assert!(log.read(4, u32::MAX, 5, true).unwrap().is_empty());
     assert!(log.read(8, u32::MAX, i64::MAX, true).unwrap().is_empty());
+    // Only a slice not cut by its byte limit may be sent unread.
+    let whole = |max_bytes, max_offset| {
+        let slice = log.read(0, max_bytes, max_offset, true).unwrap();
+        slice.whole_batches_file().is_some()
+    };
+    assert!(whole(u32::MAX, i64::MAX));
+    assert!(whole(size * 4, i64::MAX));
+    assert!(whole(u32::MAX, 5), "cut at a batch by max_offset");
+    assert!(whole(size - 1, i64::MAX), "the first batch alone, whole");
+    // A limit inside the third batch ends the slice after the second.
+    let slice = log.read(0, size * 2 + size / 2, i64::MAX, true).unwrap();
+    assert_eq!(
+        (slice.len(), whole(size * 2 + size / 2, i64::MAX)),
+        (u64::from(size) * 2, true)
+    );
+    assert!(whole(size * 2, i64::MAX));
+}
+
+#[test]
+fn a_fetch_over_many_small_batches_is_cut_and_trimmed_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default(), None);
+    let batch = batch_with(1, NOW, 10);
+    let size = batch.len() as u32;
+    append_copies(&mut log, 100, &batch);
+    let slice = log.read(0, size * 50 + 1, i64::MAX, true).unwrap();
+    assert!(
+        slice.whole_batches_file().is_none(),
+        "more batches than headers walked"
+    );
+    assert_eq!(slice.read_bytes().unwrap().len() as u32, size * 50);
 }
 
 #[test]

@@ -6,12 +6,13 @@ use kafka_protocol::messages::fetch_response::{
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::ResponseError;
-use keel_storage::AbortedTxn;
+use keel_storage::{AbortedTxn, FetchSlice, StorageError};
 use keel_types::TopicPartition;
 use tokio::time::Instant;
 
 use super::{leadership_error, topic_name};
 use crate::broker::Broker;
+use crate::codec::FileRegion;
 use crate::dispatch::RequestContext;
 use crate::errors::storage_error;
 use crate::fetch_session::{PartitionFetch, PartitionKey, FINAL_EPOCH};
@@ -63,14 +64,16 @@ struct PartitionResult {
     log_start_offset: i64,
     /// Only for read_committed consumers.
     aborted_transactions: Option<Vec<AbortedTxn>>,
+    /// Read bytes, or the stand-in of `file_region`.
     records: Bytes,
+    file_region: Option<FileRegion>,
 }
 
 pub async fn handle(
     broker: &Broker,
     ctx: &RequestContext<'_>,
     request: FetchRequest,
-) -> FetchResponse {
+) -> (FetchResponse, Vec<FileRegion>) {
     let by_id = ctx.api_version >= TOPIC_IDS_VERSION;
     let image = broker.image();
     // An unknown topic id keeps its id as the name so that the answer can
@@ -127,7 +130,12 @@ pub async fn handle(
         .resolve(session_id, epoch, requested, forgotten)
     {
         Ok(session) => session,
-        Err(error) => return FetchResponse::default().with_error_code(error.code()),
+        Err(error) => {
+            return (
+                FetchResponse::default().with_error_code(error.code()),
+                Vec::new(),
+            )
+        }
     };
 
     // A follower names itself; consumers send -1.
@@ -173,6 +181,7 @@ pub async fn handle(
                 log_start_offset: -1,
                 aborted_transactions: None,
                 records: Bytes::new(),
+                file_region: None,
             };
             let Some(partition) = partition else {
                 result.error = Some(if by_id {
@@ -232,18 +241,19 @@ pub async fn handle(
             let min_one_batch = total_bytes == 0;
             let read = partition
                 .read(fetch.fetch_offset, budget, min_one_batch, bound)
-                .and_then(|r| Ok((r.slice.as_ref().map(|s| s.read_bytes()).transpose()?, r)));
+                .and_then(|r| Ok((r.slice.as_ref().map(records_of).transpose()?, r)));
             match read {
-                Ok((bytes, read)) => {
+                Ok((records, read)) => {
                     result.high_watermark = read.high_watermark;
                     result.last_stable_offset = read.last_stable_offset;
                     result.log_start_offset = read.log_start_offset;
                     result.aborted_transactions = read.aborted_transactions;
-                    if let Some(bytes) = bytes {
+                    if let Some((bytes, file_region)) = records {
                         total_bytes = total_bytes
                             .saturating_add(bytes.len() as u32)
                             .min(response_bytes_max);
                         result.records = bytes;
+                        result.file_region = file_region;
                     }
                 }
                 Err(e) => {
@@ -268,6 +278,24 @@ pub async fn handle(
     respond(broker, session.session_id, session.incremental, results)
 }
 
+/// A located slice as the answer carries it: a file region sent with
+/// sendfile when it is whole batches and fits a stand-in, else read bytes
+/// (trimmed to whole batches, which our followers need and Kafka's clients
+/// prefer).
+fn records_of(slice: &FetchSlice) -> Result<(Bytes, Option<FileRegion>), StorageError> {
+    if let Some(file) = slice.whole_batches_file() {
+        let region = FileRegion {
+            file: file.clone(),
+            position: slice.position(),
+            len: usize::try_from(slice.len()).expect("fetch length fits memory"),
+        };
+        if let Some(stand_in) = region.stand_in() {
+            return Ok((stand_in, Some(region)));
+        }
+    }
+    Ok((slice.read_bytes()?, None))
+}
+
 /// Waits until any watched partition's high watermark moves, or the
 /// deadline. Returns false on timeout.
 async fn wait_for_append(
@@ -287,8 +315,9 @@ fn respond(
     session_id: i32,
     incremental: bool,
     results: Vec<PartitionResult>,
-) -> FetchResponse {
+) -> (FetchResponse, Vec<FileRegion>) {
     let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    let mut file_regions = Vec::new();
     for r in results {
         let error_code = r.error.map_or(0, |e| e.code());
         let has_news = !r.records.is_empty() || error_code != 0 || r.diverging_epoch.is_some();
@@ -335,6 +364,9 @@ fn respond(
             }))
             .with_preferred_read_replica(BrokerId(-1))
             .with_records(Some(r.records));
+        // In the order the records are encoded: topics keep the results'
+        // order, and only consecutive results share a topic.
+        file_regions.extend(r.file_region);
         match topics.last_mut() {
             Some(t) if t.topic.0.as_str() == r.key.topic => t.partitions.push(data),
             _ => topics.push(
@@ -345,7 +377,8 @@ fn respond(
             ),
         }
     }
-    FetchResponse::default()
+    let response = FetchResponse::default()
         .with_session_id(session_id)
-        .with_responses(topics)
+        .with_responses(topics);
+    (response, file_regions)
 }
