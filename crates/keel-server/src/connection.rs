@@ -146,19 +146,19 @@ async fn write_frame(
     writer: &mut BufWriter<OwnedWriteHalf>,
     pieces: &[Piece],
 ) -> std::io::Result<()> {
-    let mut buffers = Vec::new();
+    let mut buffers = Vec::with_capacity(pieces.len());
     for piece in pieces {
         match piece {
-            Piece::Bytes(bytes) => buffers.push(bytes),
+            Piece::Bytes(bytes) => buffers.push(IoSlice::new(bytes)),
             Piece::File(region) => {
-                write_all_vectored(writer, &buffers).await?;
+                write_all_vectored(writer, &mut buffers).await?;
                 buffers.clear();
                 writer.flush().await?;
                 send_file(writer.get_ref().as_ref(), region).await?;
             }
         }
     }
-    write_all_vectored(writer, &buffers).await
+    write_all_vectored(writer, &mut buffers).await
 }
 
 /// Sends a segment file region from the page cache to the socket, without
@@ -195,10 +195,9 @@ async fn send_file(socket: &TcpStream, region: &FileRegion) -> std::io::Result<(
 /// larger ones to the socket in one `writev`.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    pieces: &[&Bytes],
+    buffers: &mut [IoSlice<'_>],
 ) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
-    let mut unwritten = &mut slices[..];
+    let mut unwritten = buffers;
     while !unwritten.is_empty() {
         match writer.write_vectored(unwritten).await? {
             0 => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -274,26 +273,14 @@ fn answer(
     correlation_id: i32,
     outcome: Outcome,
 ) -> Result<Option<ResponseFrame>, String> {
-    match outcome {
-        Outcome::Respond(response) => {
-            encode(api_key, version, correlation_id, &response, Vec::new()).map(Some)
-        }
-        Outcome::Fetched(response, file_regions) => {
-            encode(api_key, version, correlation_id, &response, file_regions).map(Some)
-        }
-        Outcome::NoResponse => Ok(None),
-        Outcome::Close(reason) => Err(reason.to_string()),
-        Outcome::Deferred(_) => Err("an answer deferred twice".to_string()),
-    }
-}
-
-fn encode(
-    api_key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    response: &ResponseKind,
-    file_regions: Vec<FileRegion>,
-) -> Result<ResponseFrame, String> {
-    codec::encode_response(api_key, version, correlation_id, response, file_regions)
+    let (response, file_regions) = match outcome {
+        Outcome::Respond(response) => (response, Vec::new()),
+        Outcome::Fetched(response, file_regions) => (response, file_regions),
+        Outcome::NoResponse => return Ok(None),
+        Outcome::Close(reason) => return Err(reason.to_string()),
+        Outcome::Deferred(_) => return Err("an answer deferred twice".to_string()),
+    };
+    codec::encode_response(api_key, version, correlation_id, &response, file_regions)
+        .map(Some)
         .map_err(|e| format!("cannot encode {api_key:?} v{version} response: {e}"))
 }

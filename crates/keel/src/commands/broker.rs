@@ -3,8 +3,10 @@
 //! service, after its replicas were reassigned and its process stopped.
 
 use anyhow::Result;
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{BrokerId, UnregisterBrokerRequest};
 
+use super::cluster;
 use crate::client::{self, BootstrapArgs, Client};
 
 #[derive(clap::Subcommand, Debug)]
@@ -23,9 +25,18 @@ pub enum BrokerCommand {
 pub async fn run(cmd: BrokerCommand) -> Result<()> {
     let BrokerCommand::Unregister { id, bootstrap } = cmd;
     let mut client = Client::connect(&bootstrap.address).await?;
-    let response = client
-        .send(UnregisterBrokerRequest::default().with_broker_id(BrokerId(id)))
-        .await?;
+    // A quorum electing a controller (the broker just stopped may have
+    // been it) answers NOT_CONTROLLER meanwhile, as Kafka's does.
+    let not_controller = ResponseError::NotController.code();
+    let response = cluster::retry_while(
+        |code| code == not_controller,
+        async || {
+            let request = UnregisterBrokerRequest::default().with_broker_id(BrokerId(id));
+            let response = client.send(request).await?;
+            Ok((response.error_code, response))
+        },
+    )
+    .await?;
     client::check_with_message(
         response.error_code,
         response.error_message.as_deref(),

@@ -177,11 +177,21 @@ impl Pool {
 /// Runs `attempt` until its error code is not one a coordinator answers
 /// while it loads or moves, or [`COORDINATOR_WAIT`] has passed; returns the
 /// last answer, which the caller checks.
-pub async fn retry_loading<T>(mut attempt: impl AsyncFnMut() -> Result<(i16, T)>) -> Result<T> {
+pub async fn retry_loading<T>(attempt: impl AsyncFnMut() -> Result<(i16, T)>) -> Result<T> {
+    retry_while(coordinator_busy, attempt).await
+}
+
+/// Runs `attempt` until its error code is not `busy`, or
+/// [`COORDINATOR_WAIT`] has passed; returns the last answer, which the
+/// caller checks.
+pub async fn retry_while<T>(
+    busy: impl Fn(i16) -> bool,
+    mut attempt: impl AsyncFnMut() -> Result<(i16, T)>,
+) -> Result<T> {
     let deadline = Instant::now() + COORDINATOR_WAIT;
     loop {
         let (code, answer) = attempt().await?;
-        if !coordinator_busy(code) || Instant::now() >= deadline {
+        if !busy(code) || Instant::now() >= deadline {
             return Ok(answer);
         }
         tokio::time::sleep(RETRY_BACKOFF).await;
