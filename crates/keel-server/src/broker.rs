@@ -1,6 +1,5 @@
 //! The broker's shared state and the operations that span its parts.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +19,7 @@ use uuid::Uuid;
 use crate::broker_client::BrokerClients;
 use crate::config::BrokerConfig;
 use crate::controller_node::run_controller_duties;
+use crate::coordinator_leadership::CoordinatorLeadership;
 use crate::coordinator_log::{CoordinatorLog, OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use crate::fetch_session::FetchSessionCache;
 use crate::log_cleaner::LogCleaner;
@@ -62,13 +62,10 @@ pub struct Broker {
     pub log_cleaner: LogCleaner,
     /// `(next id to hand out, end of the reserved block)`.
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
-    /// What the group coordinator follows of `__consumer_offsets`; held
-    /// while it loads and unloads, so leadership changes reach it one image
-    /// at a time, in order.
-    offsets_leadership: tokio::sync::Mutex<OffsetsLeadership>,
-    /// The `__transaction_state` partitions this broker leads, with the
-    /// leader epoch its coordinator loaded them at.
-    pub(crate) led_transaction_partitions: Mutex<BTreeMap<i32, i32>>,
+    /// What the group coordinator follows of `__consumer_offsets`.
+    offsets_leadership: tokio::sync::Mutex<CoordinatorLeadership>,
+    /// What the transaction coordinator follows of `__transaction_state`.
+    pub(crate) transaction_leadership: tokio::sync::Mutex<CoordinatorLeadership>,
     /// Connections to other brokers for markers and verification.
     pub(crate) broker_clients: BrokerClients,
     /// Follower fetchers, one per leader this broker follows.
@@ -80,19 +77,6 @@ pub struct Broker {
     /// Set once a controlled shutdown has begun; held while a heartbeat is
     /// in flight, so none can unfence this broker after it left service.
     heartbeats_stopped: tokio::sync::Mutex<bool>,
-}
-
-/// The `__consumer_offsets` partitions the group coordinator was handed.
-struct OffsetsLeadership {
-    /// The offset of the image they come from. An older image (a request's
-    /// reply published after the watcher published a newer one) would undo
-    /// leadership changes, and is not followed.
-    image_offset: i64,
-    /// The topic's id: a recreated topic is another one, whose partitions
-    /// are loaded afresh whatever their epochs.
-    topic_id: Option<Uuid>,
-    /// The partitions this broker leads, with their leader epochs.
-    partitions: BTreeMap<i32, i32>,
 }
 
 impl Broker {
@@ -147,14 +131,12 @@ impl Broker {
                 Arc::new(TxnBridge { broker: me.clone() }),
                 Arc::new(TxnBridge { broker: me.clone() }),
             ),
-            led_transaction_partitions: Mutex::new(BTreeMap::new()),
+            transaction_leadership: tokio::sync::Mutex::new(CoordinatorLeadership::new(
+                TRANSACTION_STATE_TOPIC,
+            )),
             broker_clients: BrokerClients::new("keel-broker"),
             fetchers: ReplicaFetchers::default(),
-            offsets_leadership: tokio::sync::Mutex::new(OffsetsLeadership {
-                image_offset: i64::MIN,
-                topic_id: None,
-                partitions: BTreeMap::new(),
-            }),
+            offsets_leadership: tokio::sync::Mutex::new(CoordinatorLeadership::new(OFFSETS_TOPIC)),
             isr_changes,
             isr_change_queue: Mutex::new(Some(isr_change_queue)),
             log_cleaner: LogCleaner::new(cleaner_checkpoint),
@@ -210,32 +192,13 @@ impl Broker {
     /// unloaded. The groups of the other partitions are left alone.
     async fn follow_offsets_leadership(&self, image: &MetadataImage) {
         let mut followed = self.offsets_leadership.lock().await;
-        if image.offset < followed.image_offset {
+        let Some(change) = followed.follow(image, self.config.node_id) else {
             return;
-        }
-        let topic_id = image.topic_by_name(OFFSETS_TOPIC).map(|t| t.topic_id);
-        let led = partitions_led(image, OFFSETS_TOPIC, self.config.node_id);
-        let recreated = topic_id != followed.topic_id;
-        let lost: Vec<i32> = followed
-            .partitions
-            .keys()
-            .filter(|p| !led.contains_key(p))
-            .copied()
-            .collect();
-        let gained: Vec<i32> = led
-            .iter()
-            .filter(|(p, epoch)| recreated || followed.partitions.get(p) != Some(epoch))
-            .map(|(&p, _)| p)
-            .collect();
-        *followed = OffsetsLeadership {
-            image_offset: image.offset,
-            topic_id,
-            partitions: led,
         };
-        for partition in lost {
+        for partition in change.lost {
             self.groups.unload_partition(partition).await;
         }
-        for partition in gained {
+        for (partition, _) in change.gained {
             if let Err(e) = self.groups.load_partition(partition).await {
                 tracing::error!(partition, error = %e, "loading consumer groups failed");
             }
@@ -340,7 +303,7 @@ impl Broker {
             .image()
             .topic_by_name(OFFSETS_TOPIC)
             .map(|t| t.topic_id);
-        if current.is_some() && current == self.offsets_leadership.lock().await.topic_id {
+        if current.is_some() && current == self.offsets_leadership.lock().await.topic_id() {
             return Ok(());
         }
         if current.is_none() {
@@ -638,23 +601,6 @@ impl From<StorageError> for AdminError {
 
 /// The partitions of `topic` that `node_id` leads, with their leader epochs:
 /// what a coordinator on that node owns.
-pub(crate) fn partitions_led(
-    image: &MetadataImage,
-    topic: &str,
-    node_id: i32,
-) -> BTreeMap<i32, i32> {
-    image
-        .topic_by_name(topic)
-        .map(|t| {
-            t.partitions
-                .values()
-                .filter(|p| p.leader == node_id)
-                .map(|p| (p.partition, p.leader_epoch))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 async fn blocking<T: Send + 'static, E: Send + 'static>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, E> {

@@ -13,6 +13,7 @@ pub mod compaction_progress;
 pub mod config;
 mod connection;
 mod controller_node;
+mod coordinator_leadership;
 mod coordinator_log;
 pub mod dispatch;
 mod errors;

@@ -25,7 +25,7 @@ use keel_metadata::MetadataImage;
 use keel_txn::{MarkerWriter, ProducerIdSource, TxnMarker};
 use keel_types::TopicPartition;
 
-use crate::broker::{now_ms, partitions_led, AdminError, Broker};
+use crate::broker::{now_ms, AdminError, Broker};
 use crate::coordinator_log::{OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use crate::errors::admin_error;
 use crate::handlers::produce::replicated;
@@ -285,26 +285,14 @@ impl Broker {
     /// leader epoch as the coordinator epoch that fences markers of the
     /// previous coordinator; one it stops leading is unloaded.
     pub(crate) async fn follow_transaction_leadership(&self, image: &MetadataImage) {
-        let led = partitions_led(image, TRANSACTION_STATE_TOPIC, self.config.node_id);
-        let (gained, lost) = {
-            let mut previous = self.led_transaction_partitions.lock();
-            let gained: Vec<(i32, i32)> = led
-                .iter()
-                .filter(|(p, epoch)| previous.get(p) != Some(epoch))
-                .map(|(&p, &epoch)| (p, epoch))
-                .collect();
-            let lost: Vec<i32> = previous
-                .keys()
-                .filter(|p| !led.contains_key(p))
-                .copied()
-                .collect();
-            *previous = led;
-            (gained, lost)
+        let mut followed = self.transaction_leadership.lock().await;
+        let Some(change) = followed.follow(image, self.config.node_id) else {
+            return;
         };
-        for partition in lost {
+        for partition in change.lost {
             self.txns.unload_partition(partition);
         }
-        for (partition, coordinator_epoch) in gained {
+        for (partition, coordinator_epoch) in change.gained {
             match self.txns.load_partition(partition, coordinator_epoch).await {
                 Ok(()) => tracing::info!(
                     partition,
