@@ -70,6 +70,10 @@ struct Args {
     /// The members' `heartbeat.interval.ms` (librdkafka's default if unset).
     #[arg(long)]
     heartbeat_interval_ms: Option<u32>,
+    /// Rebalances per group protocol for `--suite groups`, each a new group
+    /// of new members; the figures are their medians.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    group_trials: u64,
     /// Size of each compacted log for `--suite compaction`, MiB.
     #[arg(long, default_value_t = 1024)]
     compaction_log_mib: u64,
@@ -169,7 +173,7 @@ fn main() -> Result<()> {
     };
     let bootstrap = broker.bootstrap().to_string();
     if args.suite == "groups" {
-        let line = json!({ "overrides": overrides, "heartbeat_interval_ms": args.heartbeat_interval_ms, "groups": groups::run(&bootstrap, &args.group_protocols, args.heartbeat_interval_ms)? });
+        let line = json!({ "overrides": overrides, "heartbeat_interval_ms": args.heartbeat_interval_ms, "groups": groups::run(&bootstrap, &args.group_protocols, args.heartbeat_interval_ms, args.group_trials as usize)? });
         println!("{line}");
         return Ok(());
     }
