@@ -2,11 +2,13 @@
 //! member is consuming (10 members over 100 partitions), per assignment
 //! protocol, and how many synchronous offset commits 10 members get through.
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -265,6 +267,61 @@ pub fn run(
     Ok(Value::Object(figures))
 }
 
+/// The same rebalances with members on a second client, @platformatic/kafka
+/// (`node/group_members.mjs` in `node_dir`, after `npm ci` there), for the
+/// protocols it has: eager round robin and cooperative-sticky.
+pub fn run_node(
+    bootstrap: &str,
+    node_dir: &Path,
+    heartbeat_ms: Option<u32>,
+    trials: usize,
+) -> Result<Value> {
+    let script = node_dir.join("group_members.mjs");
+    let heartbeat = heartbeat_ms.unwrap_or(3000).to_string();
+    let mut figures = serde_json::Map::new();
+    for protocol in ["roundrobin", "cooperative-sticky"] {
+        let topic = format!("bench-groups-node-{protocol}-{heartbeat}");
+        create_topic(bootstrap, &topic)?;
+        let mut consuming = Vec::with_capacity(trials);
+        let mut error = None;
+        for trial in 0..trials.max(1) {
+            let group = format!("bench-node-{protocol}-{heartbeat}-{trial}");
+            let output = Command::new("node")
+                .arg(&script)
+                .args([bootstrap, &topic, &group, protocol])
+                .args([MEMBERS.to_string(), heartbeat.clone()])
+                .output()
+                .with_context(|| format!("running node {}", script.display()))?;
+            let line: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(
+                |_| json!({ "error": String::from_utf8_lossy(&output.stderr).trim().to_string() }),
+            );
+            match line["all_consuming_ms"].as_f64() {
+                Some(ms) if output.status.success() => consuming.push(ms),
+                _ => {
+                    error = Some(line["error"].clone());
+                    break;
+                }
+            }
+        }
+        let protocol_figures = match error {
+            Some(error) => json!({ "error": error }),
+            None => json!({
+                "members": MEMBERS,
+                "partitions": PARTITIONS,
+                "all_consuming_ms": median(consuming.clone()),
+                "runs_all_consuming_ms": consuming,
+            }),
+        };
+        figures.insert(protocol.to_string(), protocol_figures);
+    }
+    Ok(Value::Object(figures))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn trials_of(
     bootstrap: &str,
     topic: &str,
@@ -285,10 +342,6 @@ fn trials_of(
     }
     let commits = commit_rate(&last_members, 3)?;
     close_together(last_members);
-    let median = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
     let consuming: Vec<f64> = runs.iter().map(|r| r.0).collect();
     let assigned: Vec<f64> = runs.iter().map(|r| r.1).collect();
     Ok(json!({

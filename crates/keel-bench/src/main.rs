@@ -74,6 +74,11 @@ struct Args {
     /// of new members; the figures are their medians.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     group_trials: u64,
+    /// Also measure `--suite groups` rebalances with members on a second
+    /// client, @platformatic/kafka: the directory of its script, after
+    /// `npm ci` there (`crates/keel-bench/node`).
+    #[arg(long)]
+    node_members: Option<PathBuf>,
     /// Size of each compacted log for `--suite compaction`, MiB.
     #[arg(long, default_value_t = 1024)]
     compaction_log_mib: u64,
@@ -173,7 +178,12 @@ fn main() -> Result<()> {
     };
     let bootstrap = broker.bootstrap().to_string();
     if args.suite == "groups" {
-        let line = json!({ "overrides": overrides, "heartbeat_interval_ms": args.heartbeat_interval_ms, "groups": groups::run(&bootstrap, &args.group_protocols, args.heartbeat_interval_ms, args.group_trials as usize)? });
+        let trials = args.group_trials as usize;
+        let mut line = json!({ "overrides": overrides, "heartbeat_interval_ms": args.heartbeat_interval_ms, "groups": groups::run(&bootstrap, &args.group_protocols, args.heartbeat_interval_ms, trials)? });
+        if let Some(dir) = &args.node_members {
+            line["groups_platformatic_kafka"] =
+                groups::run_node(&bootstrap, dir, args.heartbeat_interval_ms, trials)?;
+        }
         println!("{line}");
         return Ok(());
     }
