@@ -641,7 +641,11 @@ pub struct ReplicaManager {
     /// DeleteRecords; one at a time, since they share temporary files.
     checkpoint_lock: Mutex<()>,
     /// Images are applied one at a time, so a partition is opened once.
-    apply_lock: Mutex<()>,
+    /// Holds whether the logs are closed: `close_all` sets it, and after it
+    /// no image is applied, since a blocking apply that outlived its aborted
+    /// task would reopen every log (recovery removing the snapshot files
+    /// the close is writing) while the close runs.
+    apply_lock: Mutex<bool>,
 }
 
 impl ReplicaManager {
@@ -652,7 +656,7 @@ impl ReplicaManager {
             producer_id_expiration_ms,
             partitions: RwLock::new(HashMap::new()),
             checkpoint_lock: Mutex::new(()),
-            apply_lock: Mutex::new(()),
+            apply_lock: Mutex::new(false),
         }
     }
 
@@ -678,7 +682,14 @@ impl ReplicaManager {
         config: &BrokerConfig,
         now_ms: i64,
     ) -> Result<(), StorageError> {
-        let _one_at_a_time = self.apply_lock.lock();
+        let closed = self.apply_lock.lock();
+        if *closed {
+            tracing::debug!(
+                offset = image.offset,
+                "logs closed; metadata image not applied"
+            );
+            return Ok(());
+        }
         let mut wanted = HashMap::new();
         for topic in image.topics() {
             for p in topic.partitions.values() {
@@ -824,6 +835,7 @@ impl ReplicaManager {
     /// stopped. Returns each partition's recovery point and log start offset
     /// as they stand on disk, for the final checkpoint.
     pub fn close_all(&self) -> Result<Vec<(TopicPartition, i64, i64)>, StorageError> {
+        *self.apply_lock.lock() = true;
         let partitions: Vec<Arc<Partition>> =
             self.partitions.write().drain().map(|(_, p)| p).collect();
         let mut points = Vec::with_capacity(partitions.len());
@@ -842,5 +854,63 @@ impl ReplicaManager {
             }
         }
         Ok(points)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use keel_metadata::MetadataRecord;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn image_with_partition(node_id: i32) -> MetadataImage {
+        let mut image = MetadataImage::empty();
+        let topic_id = Uuid::from_u128(7);
+        let records = [
+            MetadataRecord::Topic {
+                name: "t".into(),
+                topic_id,
+            },
+            MetadataRecord::Partition {
+                topic_id,
+                partition: 0,
+                replicas: vec![node_id],
+                isr: vec![node_id],
+                leader: node_id,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                adding_replicas: vec![],
+                removing_replicas: vec![],
+            },
+        ];
+        for (offset, record) in records.iter().enumerate() {
+            image.apply(offset as i64, record).unwrap();
+        }
+        image
+    }
+
+    #[test]
+    fn no_image_opens_a_log_once_the_logs_are_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = BrokerConfig::from_properties(BTreeMap::new()).unwrap();
+        let manager = ReplicaManager::new(
+            config.node_id,
+            LogManager::open(dir.path().to_path_buf()).unwrap(),
+            60_000,
+        );
+        let image = image_with_partition(config.node_id);
+        let tp = TopicPartition::new("t".to_string(), 0);
+        manager.apply_image(&image, &config, 0).unwrap();
+        assert!(manager.get(&tp).is_some());
+
+        assert_eq!(manager.close_all().unwrap().len(), 1);
+        manager.apply_image(&image, &config, 0).unwrap();
+        assert!(
+            manager.get(&tp).is_none(),
+            "a closed manager reopened a log"
+        );
     }
 }
