@@ -386,8 +386,9 @@ async fn fetch_long_poll_returns_soon_after_a_produce() {
     };
     send(0).await;
 
-    // A Fetch waits up to 10 s for data, so a timely answer can only come
-    // from the append waking it.
+    // A Fetch waits up to 10 s for data, so an answer well inside that can
+    // only come from the append waking it. The bound is half the wait, not a
+    // latency figure: on a loaded 2-core host a woken fetch has taken 0.75 s.
     let consumer = consumer(
         &bootstrap,
         &[("fetch.wait.max.ms", "10000"), ("fetch.min.bytes", "1")],
@@ -420,7 +421,7 @@ async fn fetch_long_poll_returns_soon_after_a_produce() {
         let received = poll_one(i as i64);
         let waited = received - sent;
         assert!(
-            waited < Duration::from_millis(500),
+            waited < Duration::from_secs(5),
             "the parked fetch answered {waited:?} after the produce"
         );
     }
