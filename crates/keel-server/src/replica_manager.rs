@@ -640,12 +640,24 @@ pub struct ReplicaManager {
     /// Checkpoints are written from the background task and after
     /// DeleteRecords; one at a time, since they share temporary files.
     checkpoint_lock: Mutex<()>,
-    /// Images are applied one at a time, so a partition is opened once.
-    /// Holds whether the logs are closed: `close_all` sets it, and after it
-    /// no image is applied, since a blocking apply that outlived its aborted
-    /// task would reopen every log (recovery removing the snapshot files
-    /// the close is writing) while the close runs.
-    apply_lock: Mutex<bool>,
+    /// Images are applied one at a time, so a partition is opened once, and
+    /// in order (see `Applied`).
+    applied: Mutex<Applied>,
+}
+
+/// What `apply_image` has done, kept under its lock.
+#[derive(Default)]
+struct Applied {
+    /// The offset of the newest image applied. The watcher and a request's
+    /// reply publish concurrently, so an older image can arrive after a
+    /// newer one; applied, it would delete a topic the newer image created
+    /// and roll leader epochs back.
+    image_offset: Option<i64>,
+    /// Set by `close_all`: after it no image is applied, since a blocking
+    /// apply that outlived its aborted task would reopen every log
+    /// (recovery removing the snapshot files the close is writing) while
+    /// the close runs.
+    closed: bool,
 }
 
 impl ReplicaManager {
@@ -656,7 +668,7 @@ impl ReplicaManager {
             producer_id_expiration_ms,
             partitions: RwLock::new(HashMap::new()),
             checkpoint_lock: Mutex::new(()),
-            apply_lock: Mutex::new(false),
+            applied: Mutex::new(Applied::default()),
         }
     }
 
@@ -682,14 +694,15 @@ impl ReplicaManager {
         config: &BrokerConfig,
         now_ms: i64,
     ) -> Result<(), StorageError> {
-        let closed = self.apply_lock.lock();
-        if *closed {
+        let mut applied = self.applied.lock();
+        if applied.closed || applied.image_offset > Some(image.offset) {
             tracing::debug!(
                 offset = image.offset,
-                "logs closed; metadata image not applied"
+                "metadata image not applied: the logs are closed, or a newer image was applied"
             );
             return Ok(());
         }
+        applied.image_offset = Some(image.offset);
         let mut wanted = HashMap::new();
         for topic in image.topics() {
             for p in topic.partitions.values() {
@@ -835,7 +848,7 @@ impl ReplicaManager {
     /// stopped. Returns each partition's recovery point and log start offset
     /// as they stand on disk, for the final checkpoint.
     pub fn close_all(&self) -> Result<Vec<(TopicPartition, i64, i64)>, StorageError> {
-        *self.apply_lock.lock() = true;
+        self.applied.lock().closed = true;
         let partitions: Vec<Arc<Partition>> =
             self.partitions.write().drain().map(|(_, p)| p).collect();
         let mut points = Vec::with_capacity(partitions.len());
@@ -890,6 +903,26 @@ mod tests {
             image.apply(offset as i64, record).unwrap();
         }
         image
+    }
+
+    #[test]
+    fn an_older_image_applied_late_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = BrokerConfig::from_properties(BTreeMap::new()).unwrap();
+        let manager = ReplicaManager::new(
+            config.node_id,
+            LogManager::open(dir.path().to_path_buf()).unwrap(),
+            60_000,
+        );
+        let older = MetadataImage::empty();
+        let newer = image_with_partition(config.node_id);
+        let tp = TopicPartition::new("t".to_string(), 0);
+        manager.apply_image(&newer, &config, 0).unwrap();
+        manager.apply_image(&older, &config, 0).unwrap();
+        assert!(
+            manager.get(&tp).is_some(),
+            "an older image deleted a partition the newer one created"
+        );
     }
 
     #[test]
