@@ -905,15 +905,19 @@ mod tests {
         image
     }
 
+    fn manager_in(dir: &std::path::Path) -> (ReplicaManager, BrokerConfig) {
+        let (config, _) = BrokerConfig::from_properties(BTreeMap::new()).unwrap();
+        let log_manager = LogManager::open(dir.to_path_buf()).unwrap();
+        (
+            ReplicaManager::new(config.node_id, log_manager, 60_000),
+            config,
+        )
+    }
+
     #[test]
     fn an_older_image_applied_late_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let (config, _) = BrokerConfig::from_properties(BTreeMap::new()).unwrap();
-        let manager = ReplicaManager::new(
-            config.node_id,
-            LogManager::open(dir.path().to_path_buf()).unwrap(),
-            60_000,
-        );
+        let (manager, config) = manager_in(dir.path());
         let older = MetadataImage::empty();
         let newer = image_with_partition(config.node_id);
         let tp = TopicPartition::new("t".to_string(), 0);
@@ -928,12 +932,7 @@ mod tests {
     #[test]
     fn no_image_opens_a_log_once_the_logs_are_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let (config, _) = BrokerConfig::from_properties(BTreeMap::new()).unwrap();
-        let manager = ReplicaManager::new(
-            config.node_id,
-            LogManager::open(dir.path().to_path_buf()).unwrap(),
-            60_000,
-        );
+        let (manager, config) = manager_in(dir.path());
         let image = image_with_partition(config.node_id);
         let tp = TopicPartition::new("t".to_string(), 0);
         manager.apply_image(&image, &config, 0).unwrap();
