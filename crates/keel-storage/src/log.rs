@@ -913,7 +913,9 @@ impl Log {
             } else if end - position <= max_bytes {
                 (end - position, true)
             } else {
-                match last_boundary_within(seg, position, position + max_bytes)? {
+                // The first batch fits (checked above): walk on from its end.
+                let second = position + first_size;
+                match last_boundary_within(seg, second, position + max_bytes)? {
                     Some(boundary) => (boundary - position, true),
                     None => (max_bytes, false),
                 }
