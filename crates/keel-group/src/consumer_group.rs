@@ -19,6 +19,7 @@
 //! regex matches changes, so do the group's subscribed topics, which bumps
 //! the group epoch and recomputes the target assignment.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::error::ResponseError;
@@ -38,8 +39,12 @@ use uuid::Uuid;
 
 use crate::assignor::{self, Assignment, AssignorMember, ASSIGNORS, DEFAULT_ASSIGNOR};
 use crate::state_machine::{
-    Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey,
+    Committer, Effects, GroupCoordinator, JoinContext, RequestToken, Response, TimerKey,
 };
+
+/// The first OffsetCommit version a member of the consumer protocol may
+/// commit with: v9 carries the member epoch.
+const FIRST_CONSUMER_PROTOCOL_COMMIT_VERSION: i16 = 9;
 
 /// Where the coordinator learns the topics: the assignor their partition
 /// counts and ids by name, OffsetCommit and OffsetFetch v10 their names by
@@ -212,8 +217,38 @@ pub struct ConsumerMember {
     pub assigned: Assignment,
     /// What it must revoke before moving on.
     pub revoking: Assignment,
+    /// The member epoch at which each partition it holds, assigned or
+    /// revoking, was handed to it (KIP-1251's assignment epochs): a commit
+    /// from an older member epoch may still commit a partition it held
+    /// then. Kept by `hold`.
+    pub assignment_epochs: BTreeMap<(Uuid, i32), i32>,
     pub session_deadline_ms: i64,
     pub revocation_deadline_ms: Option<i64>,
+}
+
+impl ConsumerMember {
+    /// Sets what the member holds. A partition it already held keeps its
+    /// assignment epoch; a new one is held from the current member epoch.
+    pub(crate) fn hold(&mut self, assigned: Assignment, revoking: Assignment) {
+        let held: BTreeSet<(Uuid, i32)> = flatten(&assigned).chain(flatten(&revoking)).collect();
+        self.assignment_epochs.retain(|tp, _| held.contains(tp));
+        for tp in held {
+            self.assignment_epochs
+                .entry(tp)
+                .or_insert(self.member_epoch);
+        }
+        self.assigned = assigned;
+        self.revoking = revoking;
+    }
+
+    /// Whether a commit from `member_epoch`, older than the member's, may
+    /// commit `partition`: the member held it already at that epoch and
+    /// holds it still (Kafka's `createAssignmentEpochValidator`).
+    fn held_since(&self, partition: (Uuid, i32), member_epoch: i32) -> bool {
+        self.assignment_epochs
+            .get(&partition)
+            .is_some_and(|&assigned_at| assigned_at <= member_epoch)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -372,7 +407,7 @@ impl ConsumerGroup {
                 if !revoked {
                     return;
                 }
-                m.revoking.clear();
+                // What it revoked is let go by the `hold` below.
                 m.revocation_deadline_ms = None;
             }
             MemberState::Stable if m.member_epoch == target_epoch => return,
@@ -381,8 +416,7 @@ impl ConsumerGroup {
         let retained = intersect(&m.assigned, &target);
         let to_revoke = minus(&m.assigned, &target);
         if !to_revoke.is_empty() {
-            m.assigned = retained;
-            m.revoking = to_revoke;
+            m.hold(retained, to_revoke);
             m.state = MemberState::UnrevokedPartitions;
             m.revocation_deadline_ms = Some(now_ms + i64::from(m.rebalance_timeout_ms.max(0)));
             return;
@@ -403,7 +437,7 @@ impl ConsumerGroup {
             m.previous_member_epoch = m.member_epoch;
             m.member_epoch = target_epoch;
         }
-        m.assigned = next;
+        m.hold(next, Assignment::new());
         m.state = if unreleased {
             MemberState::UnreleasedPartitions
         } else {
@@ -706,8 +740,7 @@ impl GroupCoordinator {
                 Some(_) if previous.is_some() => {}
                 Some(m) => {
                     // A rejoin: whatever it owned, it owns no more.
-                    m.assigned.clear();
-                    m.revoking.clear();
+                    m.hold(Assignment::new(), Assignment::new());
                     m.member_epoch = 0;
                     m.previous_member_epoch = 0;
                     m.state = MemberState::Stable;
@@ -737,6 +770,7 @@ impl GroupCoordinator {
                             state: MemberState::Stable,
                             assigned: Assignment::new(),
                             revoking: Assignment::new(),
+                            assignment_epochs: BTreeMap::new(),
                             session_deadline_ms: now_ms + session_ms,
                             revocation_deadline_ms: None,
                         },
@@ -938,23 +972,63 @@ impl GroupCoordinator {
         }
     }
 
-    /// OffsetCommit against a consumer group (Kafka's
-    /// `ConsumerGroup.validateOffsetCommit`): `None` if not a consumer
-    /// group, else the error code (0 when the commit may go ahead).
-    pub(crate) fn validate_consumer_offset_commit(
-        &self,
-        group_id: &str,
-        member_id: &str,
-        member_epoch: i32,
-    ) -> Option<i16> {
-        let group = self.consumer_groups.get(group_id)?;
-        if member_epoch < 0 && group.members.is_empty() {
+    /// OffsetCommit and TxnOffsetCommit against a consumer group (Kafka's
+    /// `ConsumerGroup.validateOffsetCommit`, with KIP-1251's assignment
+    /// epochs): `None` if not a consumer group, else the error code for
+    /// the whole commit (0 when it may go ahead).
+    ///
+    /// A member's own epoch commits anything; a newer one nothing. An
+    /// older one commits only partitions the member held already at that
+    /// epoch and holds still: a commit sent before the heartbeat answer
+    /// that moved the member on is not refused for that, while one for a
+    /// partition handed to it (or to anyone) since is. Topic names resolve
+    /// through the group's subscribed topics, so a partition of a topic the
+    /// group no longer subscribes to is refused at an older epoch.
+    pub(crate) fn validate_consumer_offset_commit(&self, c: &Committer<'_>) -> Option<i16> {
+        let group = self.consumer_groups.get(c.group_id)?;
+        let epoch = c.generation_id_or_member_epoch;
+        if epoch < 0 && group.members.is_empty() {
             return Some(0);
         }
-        Some(match group.members.get(member_id) {
-            None => ResponseError::UnknownMemberId.code(),
-            Some(m) if m.member_epoch != member_epoch => ResponseError::StaleMemberEpoch.code(),
-            Some(_) => 0,
+        // A TxnOffsetCommit without member fields (before v3, or from a
+        // producer given no group metadata) is not fenced by the group.
+        if c.transactional && epoch == -1 && c.member_id.is_empty() && c.group_instance_id.is_none()
+        {
+            return Some(0);
+        }
+        let Some(m) = group.members.get(c.member_id) else {
+            return Some(ResponseError::UnknownMemberId.code());
+        };
+        if !c.transactional && c.version < FIRST_CONSUMER_PROTOCOL_COMMIT_VERSION {
+            return Some(ResponseError::UnsupportedVersion.code());
+        }
+        let held_then = || {
+            c.partitions.iter().all(|&(topic, partition)| {
+                group
+                    .topics
+                    .get(topic)
+                    .is_some_and(|&(id, _)| m.held_since((id, partition), epoch))
+            })
+        };
+        let accepted = match epoch.cmp(&m.member_epoch) {
+            Ordering::Equal => true,
+            Ordering::Greater => false,
+            Ordering::Less => held_then(),
+        };
+        if !accepted {
+            tracing::info!(
+                group_id = c.group_id,
+                member_id = c.member_id,
+                commit_epoch = epoch,
+                member_epoch = m.member_epoch,
+                transactional = c.transactional,
+                "offset commit refused: stale member epoch"
+            );
+        }
+        Some(if accepted {
+            0
+        } else {
+            ResponseError::StaleMemberEpoch.code()
         })
     }
 

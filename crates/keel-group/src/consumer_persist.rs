@@ -13,9 +13,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use uuid::Uuid;
+
 use crate::assignor::Assignment;
 use crate::consumer_group::{ConsumerGroup, ConsumerMember, MemberState};
-use crate::records::{self, ConsumerGroupRecord, TopicPartitions};
+use crate::records::{self, ConsumerGroupRecord, HeldTopicPartitions, TopicPartitions};
 use crate::state_machine::{Effects, GroupCoordinator, TimerKey};
 
 fn to_tps(a: &Assignment) -> TopicPartitions {
@@ -29,6 +31,50 @@ fn from_tps(tps: &TopicPartitions) -> Assignment {
     for (t, ps) in tps {
         if !ps.is_empty() {
             out.entry(*t).or_default().extend(ps.iter().copied());
+        }
+    }
+    out
+}
+
+/// What a member holds of `a` (its assigned or its revoking partitions),
+/// with their assignment epochs.
+fn to_held(m: &ConsumerMember, a: &Assignment) -> Vec<HeldTopicPartitions> {
+    a.iter()
+        .map(|(t, ps)| HeldTopicPartitions {
+            topic_id: *t,
+            partitions: ps.iter().copied().collect(),
+            assignment_epochs: Some(
+                ps.iter()
+                    .map(|p| {
+                        m.assignment_epochs
+                            .get(&(*t, *p))
+                            .copied()
+                            .unwrap_or(m.member_epoch)
+                    })
+                    .collect(),
+            ),
+        })
+        .collect()
+}
+
+/// Replays held partitions into an assignment, their assignment epochs
+/// into `epochs`. A record written without epochs (before KIP-1251) holds
+/// each at `default_epoch`, as Kafka reads it.
+fn from_held(
+    held: &[HeldTopicPartitions],
+    default_epoch: i32,
+    epochs: &mut BTreeMap<(Uuid, i32), i32>,
+) -> Assignment {
+    let mut out = Assignment::new();
+    for t in held {
+        for (i, &p) in t.partitions.iter().enumerate() {
+            let epoch = t
+                .assignment_epochs
+                .as_ref()
+                .and_then(|e| e.get(i).copied())
+                .unwrap_or(default_epoch);
+            epochs.insert((t.topic_id, p), epoch);
+            out.entry(t.topic_id).or_default().insert(p);
         }
     }
     out
@@ -51,7 +97,6 @@ fn state_from(b: i8) -> MemberState {
     }
 }
 
-/// A member as replay first sees it, before its records fill it in.
 /// The member a replayed record describes, made blank on its first record.
 fn replayed_member(group: &mut ConsumerGroup, member_id: String) -> &mut ConsumerMember {
     group
@@ -76,6 +121,7 @@ fn blank_member(member_id: &str) -> ConsumerMember {
         state: MemberState::Stable,
         assigned: Assignment::new(),
         revoking: Assignment::new(),
+        assignment_epochs: BTreeMap::new(),
         session_deadline_ms: 0,
         revocation_deadline_ms: None,
     }
@@ -169,8 +215,8 @@ fn group_records(g: &ConsumerGroup) -> Vec<(usize, Vec<u8>, Vec<u8>)> {
                 member_epoch: m.member_epoch,
                 previous_member_epoch: m.previous_member_epoch,
                 state: state_byte(m.state),
-                assigned_partitions: to_tps(&m.assigned),
-                partitions_pending_revocation: to_tps(&m.revoking),
+                assigned_partitions: to_held(m, &m.assigned),
+                partitions_pending_revocation: to_held(m, &m.revoking),
             }
             .encode(),
         ));
@@ -257,8 +303,7 @@ impl GroupCoordinator {
                         m.member_epoch = 0;
                         m.previous_member_epoch = 0;
                         m.state = MemberState::Stable;
-                        m.assigned.clear();
-                        m.revoking.clear();
+                        m.hold(Assignment::new(), Assignment::new());
                     }
                 }
                 _ => {}
@@ -316,8 +361,20 @@ impl GroupCoordinator {
                 m.member_epoch = v.member_epoch;
                 m.previous_member_epoch = v.previous_member_epoch;
                 m.state = state_from(v.state);
-                m.assigned = from_tps(&v.assigned_partitions);
-                m.revoking = from_tps(&v.partitions_pending_revocation);
+                // Kafka's default for a legacy record, never negative (a
+                // static member that left is at epoch -2).
+                let default_epoch = v.member_epoch.max(0);
+                m.assignment_epochs.clear();
+                m.assigned = from_held(
+                    &v.assigned_partitions,
+                    default_epoch,
+                    &mut m.assignment_epochs,
+                );
+                m.revoking = from_held(
+                    &v.partitions_pending_revocation,
+                    default_epoch,
+                    &mut m.assignment_epochs,
+                );
             }
             _ => {}
         }

@@ -728,6 +728,19 @@ fn describe_shows_members_assignments_and_targets() {
 }
 
 fn commit(h: &mut H, member: &str, epoch: i32, offset: i64) -> i16 {
+    commit_partitions(h, member, epoch, 9, &[0], offset)
+}
+
+/// An OffsetCommit of `offset` for `partitions` of t1 at `version`: the
+/// error they all got (a commit is refused or taken whole).
+fn commit_partitions(
+    h: &mut H,
+    member: &str,
+    epoch: i32,
+    version: i16,
+    partitions: &[i32],
+    offset: i64,
+) -> i16 {
     h.token += 1;
     let req = OffsetCommitRequest::default()
         .with_group_id(GroupId(s("g")))
@@ -735,15 +748,97 @@ fn commit(h: &mut H, member: &str, epoch: i32, offset: i64) -> i16 {
         .with_member_id(s(member))
         .with_topics(vec![OffsetCommitRequestTopic::default()
             .with_name(TopicName(s("t1")))
-            .with_partitions(vec![OffsetCommitRequestPartition::default()
-                .with_partition_index(0)
-                .with_committed_offset(offset)])]);
-    let fx = h.c.offset_commit(RequestToken(h.token), &req, 9, h.now);
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&p| {
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(offset)
+                    })
+                    .collect(),
+            )]);
+    let fx =
+        h.c.offset_commit(RequestToken(h.token), &req, version, h.now);
     h.absorb(&fx);
     let Response::OffsetCommit(r) = &fx.responses[0].1 else {
         panic!()
     };
-    r.topics[0].partitions[0].error_code
+    let errors: BTreeSet<i16> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    assert_eq!(errors.len(), 1, "one error for the whole commit: {r:?}");
+    errors.into_iter().next().unwrap()
+}
+
+/// The partitions of t1 a client owns.
+fn t1_partitions(c: &Client) -> Vec<i32> {
+    c.owned
+        .get(&T1)
+        .map(|ps| ps.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+/// KIP-1251: a commit from an older member epoch is taken for partitions
+/// the member held already at that epoch, and refused for any it was
+/// handed since (or no longer holds); assignment epochs survive a restart.
+#[test]
+fn an_older_epoch_commits_only_partitions_held_since_then() {
+    let stale = ResponseError::StaleMemberEpoch.code();
+    let mut h = H::new();
+    let mut a = h.join("a");
+    let first = a.epoch;
+    let mut all = vec![a.clone(), h.join("b")];
+    h.settle(&mut all);
+    let [kept_a, b] = [&all[0], &all[1]].map(t1_partitions);
+    a = all[0].clone();
+    assert!(a.epoch > first && kept_a.len() == 3 && b.len() == 3);
+    // a moved on with the partitions it kept; a commit it sent before it
+    // heard so commits them, but not one it gave to b.
+    assert_eq!(commit_partitions(&mut h, "a", first, 9, &kept_a, 10), 0);
+    assert_eq!(commit_partitions(&mut h, "a", first, 9, &b[..1], 10), stale);
+    assert_eq!(
+        commit_partitions(&mut h, "a", a.epoch + 1, 9, &kept_a, 10),
+        stale
+    );
+    // b got its partitions at its current epoch: nothing older commits.
+    assert_eq!(commit_partitions(&mut h, "b", first, 9, &b, 10), stale);
+    assert_eq!(commit_partitions(&mut h, "b", all[1].epoch, 9, &b, 10), 0);
+    // A member of the consumer protocol commits with v9 or later.
+    assert_eq!(
+        commit_partitions(&mut h, "a", a.epoch, 8, &kept_a, 10),
+        ResponseError::UnsupportedVersion.code()
+    );
+
+    // b leaves; a takes its partitions at a newer epoch.
+    let second = a.epoch;
+    let req = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(s("b"))
+        .with_member_epoch(-1);
+    assert_eq!(h.hb_raw(req, 1).error_code, 0);
+    let mut only = vec![a];
+    h.settle(&mut only);
+    let a = only.pop().unwrap();
+    assert!(a.epoch > second && t1_partitions(&a).len() == 6);
+    let before = h.c.committed_offsets("g");
+    let mixed: Vec<i32> = kept_a.iter().chain(&b[..1]).copied().collect();
+    assert_eq!(commit_partitions(&mut h, "a", second, 9, &mixed, 20), stale);
+    assert_eq!(
+        h.c.committed_offsets("g"),
+        before,
+        "a refused commit writes nothing"
+    );
+    assert_eq!(commit_partitions(&mut h, "a", second, 9, &kept_a, 20), 0);
+
+    // The epochs are records of their own: a restart keeps them.
+    let states = member_states(&h);
+    h.restart();
+    assert_eq!(member_states(&h), states);
+    assert_eq!(commit_partitions(&mut h, "a", first, 9, &kept_a, 30), 0);
+    assert_eq!(commit_partitions(&mut h, "a", second, 9, &b, 30), stale);
 }
 
 #[test]
@@ -835,12 +930,10 @@ fn transactional_commits_check_the_member_epoch() {
         txn_commit("zz", a.epoch),
         (ResponseError::UnknownMemberId.code(), 0)
     );
-    assert_eq!(
-        txn_commit("", -1),
-        (ResponseError::UnknownMemberId.code(), 0),
-        "no member fields (v0-2) while the group has members"
-    );
     assert_eq!(txn_commit("a", a.epoch), (0, 1));
+    // No member fields (before v3, or a producer given no group
+    // metadata): the group does not fence it.
+    assert_eq!(txn_commit("", -1), (0, 1));
 }
 
 #[test]
@@ -1039,7 +1132,17 @@ fn a_static_member_returning_in_time_keeps_its_assignment() {
 }
 
 /// Everything replay must restore of a member (deadlines aside).
-fn member_states(h: &H) -> Vec<(String, i32, i32, MemberState, Assignment, Assignment)> {
+type MemberRestored = (
+    String,
+    i32,
+    i32,
+    MemberState,
+    Assignment,
+    Assignment,
+    BTreeMap<(Uuid, i32), i32>,
+);
+
+fn member_states(h: &H) -> Vec<MemberRestored> {
     h.c.consumer_group("g")
         .unwrap()
         .members
@@ -1052,6 +1155,7 @@ fn member_states(h: &H) -> Vec<(String, i32, i32, MemberState, Assignment, Assig
                 m.state,
                 m.assigned.clone(),
                 m.revoking.clone(),
+                m.assignment_epochs.clone(),
             )
         })
         .collect()

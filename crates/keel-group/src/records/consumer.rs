@@ -9,7 +9,7 @@
 
 use keel_types::record_schema::{
     put_compact_len, put_compact_nullable_string, put_compact_string, put_empty_tags, put_i16,
-    put_i32, put_i8, put_string, Reader,
+    put_i32, put_i8, put_string, put_uvarint, Reader,
 };
 use uuid::Uuid;
 
@@ -30,6 +30,17 @@ pub const CONSUMER_GROUP_CURRENT_MEMBER_ASSIGNMENT_KEY_VERSION: i16 = 8;
 
 /// Partitions by topic id, in the schemas' `TopicPartitions` shape.
 pub type TopicPartitions = Vec<(Uuid, Vec<i32>)>;
+
+/// One topic of a member's current assignment: its partitions and, aligned
+/// with them, the member epoch at which each was assigned to the member
+/// (the tagged `AssignmentEpochs` of KIP-1251, tag 0; `None` in records
+/// written without it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldTopicPartitions {
+    pub topic_id: Uuid,
+    pub partitions: Vec<i32>,
+    pub assignment_epochs: Option<Vec<i32>>,
+}
 
 /// `ConsumerGroupMetadataValue`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +95,8 @@ pub struct ConsumerGroupCurrentMemberAssignmentValue {
     pub member_epoch: i32,
     pub previous_member_epoch: i32,
     pub state: i8,
-    pub assigned_partitions: TopicPartitions,
-    pub partitions_pending_revocation: TopicPartitions,
+    pub assigned_partitions: Vec<HeldTopicPartitions>,
+    pub partitions_pending_revocation: Vec<HeldTopicPartitions>,
 }
 
 /// A decoded consumer group record; `value` is `None` for a tombstone.
@@ -195,15 +206,42 @@ fn put_uuid(buf: &mut Vec<u8>, id: &Uuid) {
     buf.extend_from_slice(id.as_bytes());
 }
 
+fn put_i32_array(buf: &mut Vec<u8>, values: &[i32]) {
+    put_compact_len(buf, values.len());
+    for &v in values {
+        put_i32(buf, v);
+    }
+}
+
 fn put_topic_partitions(buf: &mut Vec<u8>, tps: &TopicPartitions) {
     put_compact_len(buf, tps.len());
     for (topic, partitions) in tps {
         put_uuid(buf, topic);
-        put_compact_len(buf, partitions.len());
-        for &p in partitions {
-            put_i32(buf, p);
-        }
+        put_i32_array(buf, partitions);
         put_empty_tags(buf);
+    }
+}
+
+/// The tag of `AssignmentEpochs` in a current assignment's
+/// `TopicPartitions`.
+const ASSIGNMENT_EPOCHS_TAG: u32 = 0;
+
+fn put_held_topic_partitions(buf: &mut Vec<u8>, held: &[HeldTopicPartitions]) {
+    put_compact_len(buf, held.len());
+    for t in held {
+        put_uuid(buf, &t.topic_id);
+        put_i32_array(buf, &t.partitions);
+        match &t.assignment_epochs {
+            None => put_empty_tags(buf),
+            Some(epochs) => {
+                let mut field = Vec::with_capacity(1 + 4 * epochs.len());
+                put_i32_array(&mut field, epochs);
+                put_uvarint(buf, 1);
+                put_uvarint(buf, ASSIGNMENT_EPOCHS_TAG);
+                put_uvarint(buf, u32::try_from(field.len()).expect("tagged field size"));
+                buf.extend_from_slice(&field);
+            }
+        }
     }
 }
 
@@ -286,8 +324,8 @@ impl ConsumerGroupCurrentMemberAssignmentValue {
         put_i32(&mut buf, self.member_epoch);
         put_i32(&mut buf, self.previous_member_epoch);
         put_i8(&mut buf, self.state);
-        put_topic_partitions(&mut buf, &self.assigned_partitions);
-        put_topic_partitions(&mut buf, &self.partitions_pending_revocation);
+        put_held_topic_partitions(&mut buf, &self.assigned_partitions);
+        put_held_topic_partitions(&mut buf, &self.partitions_pending_revocation);
         put_empty_tags(&mut buf);
         buf
     }
@@ -315,20 +353,48 @@ fn uuid(r: &mut Reader<'_>) -> Result<Uuid, RecordError> {
     Ok(Uuid::from_bytes(a))
 }
 
-fn topic_partitions(r: &mut Reader<'_>) -> Result<TopicPartitions, RecordError> {
+fn i32_array(r: &mut Reader<'_>) -> Result<Vec<i32>, RecordError> {
+    let count = non_null_compact_array_len(r)?;
+    (0..count).map(|_| Ok(r.i32()?)).collect()
+}
+
+/// A `TopicPartitions` array, with the `AssignmentEpochs` a current
+/// assignment's (`with_epochs`) has when written; other tags are skipped.
+fn held_topic_partitions(
+    r: &mut Reader<'_>,
+    with_epochs: bool,
+) -> Result<Vec<HeldTopicPartitions>, RecordError> {
     let n = non_null_compact_array_len(r)?;
     let mut out = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
-        let topic = uuid(r)?;
-        let count = non_null_compact_array_len(r)?;
-        let mut partitions = Vec::with_capacity(count.min(1024));
-        for _ in 0..count {
-            partitions.push(r.i32()?);
-        }
-        r.skip_tagged_fields()?;
-        out.push((topic, partitions));
+        let topic_id = uuid(r)?;
+        let partitions = i32_array(r)?;
+        let mut assignment_epochs = None;
+        r.tagged_fields(|tag, bytes| {
+            if with_epochs && tag == ASSIGNMENT_EPOCHS_TAG {
+                let mut field = Reader::new(bytes);
+                let count = field.compact_array_len(4)?;
+                assignment_epochs = count
+                    .map(|count| (0..count).map(|_| field.i32()).collect())
+                    .transpose()?;
+                field.finish()?;
+            }
+            Ok(())
+        })?;
+        out.push(HeldTopicPartitions {
+            topic_id,
+            partitions,
+            assignment_epochs,
+        });
     }
     Ok(out)
+}
+
+fn topic_partitions(r: &mut Reader<'_>) -> Result<TopicPartitions, RecordError> {
+    Ok(held_topic_partitions(r, false)?
+        .into_iter()
+        .map(|t| (t.topic_id, t.partitions))
+        .collect())
 }
 
 fn value_version(r: &mut Reader<'_>, kind: &'static str) -> Result<(), RecordError> {
@@ -447,8 +513,8 @@ fn decode_current_member_assignment_value(
     if !(0..=2).contains(&state) {
         return Err(RecordError::Invalid("unknown member state"));
     }
-    let assigned_partitions = topic_partitions(&mut r)?;
-    let partitions_pending_revocation = topic_partitions(&mut r)?;
+    let assigned_partitions = held_topic_partitions(&mut r, true)?;
+    let partitions_pending_revocation = held_topic_partitions(&mut r, true)?;
     r.skip_tagged_fields()?;
     r.finish()?;
     Ok(ConsumerGroupCurrentMemberAssignmentValue {
@@ -551,8 +617,24 @@ mod tests {
             member_epoch: 6,
             previous_member_epoch: 5,
             state: 0,
-            assigned_partitions: vec![(T, vec![0])],
-            partitions_pending_revocation: vec![(T, vec![1, 2]), (Uuid::nil(), vec![])],
+            assigned_partitions: vec![HeldTopicPartitions {
+                topic_id: T,
+                partitions: vec![0],
+                assignment_epochs: Some(vec![6]),
+            }],
+            partitions_pending_revocation: vec![
+                HeldTopicPartitions {
+                    topic_id: T,
+                    partitions: vec![1, 2],
+                    assignment_epochs: Some(vec![3, 5]),
+                },
+                // Written before KIP-1251: no epochs.
+                HeldTopicPartitions {
+                    topic_id: Uuid::nil(),
+                    partitions: vec![],
+                    assignment_epochs: None,
+                },
+            ],
         };
         vec![
             (
@@ -633,6 +715,23 @@ mod tests {
             ConsumerGroupMetadataValue { epoch: 1 }.encode(),
             vec![0, 0, 0, 0, 0, 1, 0]
         );
+        // AssignmentEpochs is tag 0 of a current assignment's topic: its
+        // size, then a compact int32 array.
+        let held = ConsumerGroupCurrentMemberAssignmentValue {
+            member_epoch: 6,
+            previous_member_epoch: 5,
+            state: 2,
+            assigned_partitions: vec![HeldTopicPartitions {
+                topic_id: T,
+                partitions: vec![0],
+                assignment_epochs: Some(vec![6]),
+            }],
+            partitions_pending_revocation: vec![],
+        };
+        let mut expected = vec![0, 0, 0, 0, 0, 6, 0, 0, 0, 5, 2, 2];
+        expected.extend_from_slice(T.as_bytes());
+        expected.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0, 5, 2, 0, 0, 0, 6, 1, 0]);
+        assert_eq!(held.encode(), expected);
         // Tagged fields written by others are skipped.
         let mut tagged = ConsumerGroupMetadataValue { epoch: 9 }.encode();
         tagged.pop();

@@ -36,8 +36,8 @@ mod sync_heartbeat_leave;
 pub use loading::LoadId;
 use loading::PartitionState;
 
-pub(crate) use offsets::commit_answer;
 pub use offsets::txn_commit_answer;
+pub(crate) use offsets::{commit_answer, Committer};
 
 /// How often the coordinator looks for offsets past retention
 /// (Kafka's `offsets.retention.check.interval.ms` default).

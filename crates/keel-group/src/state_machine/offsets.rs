@@ -36,13 +36,18 @@ use super::{
     TransactionalProducer, NONE,
 };
 
-/// Who commits, as OffsetCommit and TxnOffsetCommit both say it.
-struct Committer<'a> {
-    generation_id_or_member_epoch: i32,
-    member_id: &'a str,
-    group_instance_id: Option<&'a str>,
+/// Who commits what, as OffsetCommit and TxnOffsetCommit both say it.
+pub(crate) struct Committer<'a> {
+    pub group_id: &'a str,
+    pub generation_id_or_member_epoch: i32,
+    pub member_id: &'a str,
+    pub group_instance_id: Option<&'a str>,
     /// TxnOffsetCommit, which Kafka validates with a few exceptions.
-    transactional: bool,
+    pub transactional: bool,
+    /// The request's version.
+    pub version: i16,
+    /// Every partition committed, as (topic name, partition).
+    pub partitions: Vec<(&'a str, i32)>,
 }
 
 /// One partition of an OffsetFetch answer: its index, its committed offset
@@ -160,19 +165,30 @@ impl GroupCoordinator {
         &mut self,
         token: RequestToken,
         req: &OffsetCommitRequest,
-        _version: i16,
+        version: i16,
         now_ms: i64,
     ) -> Effects {
         let mut fx = Effects::default();
         let group_id = req.group_id.0.to_string();
         let partition = self.partition_for(&group_id);
         let committer = Committer {
+            group_id: &group_id,
             generation_id_or_member_epoch: req.generation_id_or_member_epoch,
             member_id: &req.member_id,
             group_instance_id: req.group_instance_id.as_deref(),
             transactional: false,
+            version,
+            partitions: req
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| (t.name.as_str(), p.partition_index))
+                })
+                .collect(),
         };
-        let group_error = self.validate_offset_commit(&group_id, &committer, now_ms);
+        let group_error = self.validate_offset_commit(&committer, now_ms);
         let mut topics = Vec::with_capacity(req.topics.len());
         for t in &req.topics {
             let topic = t.name.0.to_string();
@@ -226,12 +242,23 @@ impl GroupCoordinator {
         let group_id = req.group_id.0.to_string();
         let partition = self.partition_for(&group_id);
         let committer = Committer {
+            group_id: &group_id,
             generation_id_or_member_epoch: req.generation_id,
             member_id: &req.member_id,
             group_instance_id: req.group_instance_id.as_deref(),
             transactional: true,
+            version,
+            partitions: req
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| (t.name.as_str(), p.partition_index))
+                })
+                .collect(),
         };
-        let mut group_error = self.validate_offset_commit(&group_id, &committer, now_ms);
+        let mut group_error = self.validate_offset_commit(&committer, now_ms);
         if version < 2 && group_error == code(ResponseError::CoordinatorLoadInProgress) {
             // Producers before 2.0 (v0-1) fail on this error instead of
             // retrying (KAFKA-7296); Kafka's KafkaApis answers them this.
@@ -300,12 +327,8 @@ impl GroupCoordinator {
     /// (with `ClassicGroup.validateOffsetCommit` and
     /// `ConsumerGroup.validateOffsetCommit`): the error every partition of
     /// the commit gets, or NONE.
-    fn validate_offset_commit(
-        &mut self,
-        group_id: &str,
-        committer: &Committer,
-        now_ms: i64,
-    ) -> i16 {
+    fn validate_offset_commit(&mut self, committer: &Committer<'_>, now_ms: i64) -> i16 {
+        let group_id = committer.group_id;
         if let Some(e) = self.coordinator_error(group_id) {
             return code(e);
         }
@@ -315,7 +338,7 @@ impl GroupCoordinator {
         let generation = committer.generation_id_or_member_epoch;
         let member_id = committer.member_id;
         let instance = committer.group_instance_id;
-        if let Some(error) = self.validate_consumer_offset_commit(group_id, member_id, generation) {
+        if let Some(error) = self.validate_consumer_offset_commit(committer) {
             // A transactional committer is told of a stale member epoch as
             // of an illegal generation, the error its protocol knows.
             if committer.transactional && error == code(ResponseError::StaleMemberEpoch) {
