@@ -1024,12 +1024,18 @@ impl GroupCoordinator {
                 transactional = c.transactional,
                 "offset commit refused: stale member epoch"
             );
+            return Some(ResponseError::StaleMemberEpoch.code());
         }
-        Some(if accepted {
-            0
-        } else {
-            ResponseError::StaleMemberEpoch.code()
-        })
+        if epoch < m.member_epoch {
+            tracing::debug!(
+                group_id = c.group_id,
+                member_id = c.member_id,
+                commit_epoch = epoch,
+                member_epoch = m.member_epoch,
+                "offset commit from an older member epoch: its partitions were held since"
+            );
+        }
+        Some(0)
     }
 
     /// OffsetFetch v9 with a member epoch (`ConsumerGroup.validateOffsetFetch`).
