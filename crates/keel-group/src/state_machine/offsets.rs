@@ -50,6 +50,23 @@ pub(crate) struct Committer<'a> {
     pub partitions: Vec<(&'a str, i32)>,
 }
 
+/// Every (topic name, partition) of a commit request's topics, whose
+/// shapes OffsetCommit and TxnOffsetCommit each have their own types of.
+fn committed_partitions<'a, T, P: 'a>(
+    topics: &'a [T],
+    topic: impl Fn(&'a T) -> (&'a str, &'a Vec<P>),
+    partition_index: impl Fn(&P) -> i32,
+) -> Vec<(&'a str, i32)> {
+    let partition_index = &partition_index;
+    topics
+        .iter()
+        .flat_map(|t| {
+            let (name, partitions) = topic(t);
+            partitions.iter().map(move |p| (name, partition_index(p)))
+        })
+        .collect()
+}
+
 /// One partition of an OffsetFetch answer: its index, its committed offset
 /// (or the `-1` placeholder) and its error.
 type FetchedPartition = (i32, OffsetCommitValue, i16);
@@ -178,15 +195,11 @@ impl GroupCoordinator {
             group_instance_id: req.group_instance_id.as_deref(),
             transactional: false,
             version,
-            partitions: req
-                .topics
-                .iter()
-                .flat_map(|t| {
-                    t.partitions
-                        .iter()
-                        .map(|p| (t.name.as_str(), p.partition_index))
-                })
-                .collect(),
+            partitions: committed_partitions(
+                &req.topics,
+                |t| (t.name.as_str(), &t.partitions),
+                |p| p.partition_index,
+            ),
         };
         let group_error = self.validate_offset_commit(&committer, now_ms);
         let mut topics = Vec::with_capacity(req.topics.len());
@@ -248,15 +261,11 @@ impl GroupCoordinator {
             group_instance_id: req.group_instance_id.as_deref(),
             transactional: true,
             version,
-            partitions: req
-                .topics
-                .iter()
-                .flat_map(|t| {
-                    t.partitions
-                        .iter()
-                        .map(|p| (t.name.as_str(), p.partition_index))
-                })
-                .collect(),
+            partitions: committed_partitions(
+                &req.topics,
+                |t| (t.name.as_str(), &t.partitions),
+                |p| p.partition_index,
+            ),
         };
         let mut group_error = self.validate_offset_commit(&committer, now_ms);
         if version < 2 && group_error == code(ResponseError::CoordinatorLoadInProgress) {
