@@ -992,50 +992,49 @@ impl GroupCoordinator {
         }
         // A TxnOffsetCommit without member fields (before v3, or from a
         // producer given no group metadata) is not fenced by the group.
-        if c.transactional && epoch == -1 && c.member_id.is_empty() && c.group_instance_id.is_none()
+        if c.transactional()
+            && epoch == -1
+            && c.member_id.is_empty()
+            && c.group_instance_id.is_none()
         {
             return Some(0);
         }
         let Some(m) = group.members.get(c.member_id) else {
             return Some(ResponseError::UnknownMemberId.code());
         };
-        if !c.transactional && c.version < FIRST_CONSUMER_PROTOCOL_COMMIT_VERSION {
+        if !c.transactional() && c.version < FIRST_CONSUMER_PROTOCOL_COMMIT_VERSION {
             return Some(ResponseError::UnsupportedVersion.code());
         }
         let held_then = || {
-            c.partitions.iter().all(|&(topic, partition)| {
-                group
-                    .topics
-                    .get(topic)
+            c.topics.all(|topic, partition| {
+                (group.topics.get(topic))
                     .is_some_and(|&(id, _)| m.held_since((id, partition), epoch))
             })
         };
-        let accepted = match epoch.cmp(&m.member_epoch) {
-            Ordering::Equal => true,
-            Ordering::Greater => false,
-            Ordering::Less => held_then(),
-        };
-        if !accepted {
-            tracing::info!(
-                group_id = c.group_id,
-                member_id = c.member_id,
-                commit_epoch = epoch,
-                member_epoch = m.member_epoch,
-                transactional = c.transactional,
-                "offset commit refused: stale member epoch"
-            );
-            return Some(ResponseError::StaleMemberEpoch.code());
+        match epoch.cmp(&m.member_epoch) {
+            Ordering::Equal => Some(0),
+            Ordering::Less if held_then() => {
+                tracing::debug!(
+                    group_id = c.group_id,
+                    member_id = c.member_id,
+                    commit_epoch = epoch,
+                    member_epoch = m.member_epoch,
+                    "offset commit from an older member epoch: its partitions were held since"
+                );
+                Some(0)
+            }
+            _ => {
+                tracing::info!(
+                    group_id = c.group_id,
+                    member_id = c.member_id,
+                    commit_epoch = epoch,
+                    member_epoch = m.member_epoch,
+                    transactional = c.transactional(),
+                    "offset commit refused: stale member epoch"
+                );
+                Some(ResponseError::StaleMemberEpoch.code())
+            }
         }
-        if epoch < m.member_epoch {
-            tracing::debug!(
-                group_id = c.group_id,
-                member_id = c.member_id,
-                commit_epoch = epoch,
-                member_epoch = m.member_epoch,
-                "offset commit from an older member epoch: its partitions were held since"
-            );
-        }
-        Some(0)
     }
 
     /// OffsetFetch v9 with a member epoch (`ConsumerGroup.validateOffsetFetch`).

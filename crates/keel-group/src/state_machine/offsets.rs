@@ -42,29 +42,37 @@ pub(crate) struct Committer<'a> {
     pub generation_id_or_member_epoch: i32,
     pub member_id: &'a str,
     pub group_instance_id: Option<&'a str>,
-    /// TxnOffsetCommit, which Kafka validates with a few exceptions.
-    pub transactional: bool,
     /// The request's version.
     pub version: i16,
-    /// Every partition committed, as (topic name, partition).
-    pub partitions: Vec<(&'a str, i32)>,
+    pub topics: CommittedTopics<'a>,
 }
 
-/// Every (topic name, partition) of a commit request's topics, whose
-/// shapes OffsetCommit and TxnOffsetCommit each have their own types of.
-fn committed_partitions<'a, T, P: 'a>(
-    topics: &'a [T],
-    topic: impl Fn(&'a T) -> (&'a str, &'a Vec<P>),
-    partition_index: impl Fn(&P) -> i32,
-) -> Vec<(&'a str, i32)> {
-    let partition_index = &partition_index;
-    topics
-        .iter()
-        .flat_map(|t| {
-            let (name, partitions) = topic(t);
-            partitions.iter().map(move |p| (name, partition_index(p)))
-        })
-        .collect()
+impl Committer<'_> {
+    /// TxnOffsetCommit, which Kafka validates with a few exceptions.
+    pub fn transactional(&self) -> bool {
+        matches!(self.topics, CommittedTopics::Transactional(_))
+    }
+}
+
+/// The topics a commit names, in its request's own types: read only when a
+/// member's older epoch has its partitions checked one by one.
+pub(crate) enum CommittedTopics<'a> {
+    Offset(&'a [OffsetCommitRequestTopic]),
+    Transactional(&'a [TxnOffsetCommitRequestTopic]),
+}
+
+impl CommittedTopics<'_> {
+    /// Whether `accept` holds for every (topic name, partition) committed.
+    pub fn all(&self, mut accept: impl FnMut(&str, i32) -> bool) -> bool {
+        match self {
+            CommittedTopics::Offset(topics) => topics
+                .iter()
+                .all(|t| (t.partitions.iter()).all(|p| accept(t.name.as_str(), p.partition_index))),
+            CommittedTopics::Transactional(topics) => topics
+                .iter()
+                .all(|t| (t.partitions.iter()).all(|p| accept(t.name.as_str(), p.partition_index))),
+        }
+    }
 }
 
 /// One partition of an OffsetFetch answer: its index, its committed offset
@@ -193,13 +201,8 @@ impl GroupCoordinator {
             generation_id_or_member_epoch: req.generation_id_or_member_epoch,
             member_id: &req.member_id,
             group_instance_id: req.group_instance_id.as_deref(),
-            transactional: false,
             version,
-            partitions: committed_partitions(
-                &req.topics,
-                |t| (t.name.as_str(), &t.partitions),
-                |p| p.partition_index,
-            ),
+            topics: CommittedTopics::Offset(&req.topics),
         };
         let group_error = self.validate_offset_commit(&committer, now_ms);
         let mut topics = Vec::with_capacity(req.topics.len());
@@ -259,13 +262,8 @@ impl GroupCoordinator {
             generation_id_or_member_epoch: req.generation_id,
             member_id: &req.member_id,
             group_instance_id: req.group_instance_id.as_deref(),
-            transactional: true,
             version,
-            partitions: committed_partitions(
-                &req.topics,
-                |t| (t.name.as_str(), &t.partitions),
-                |p| p.partition_index,
-            ),
+            topics: CommittedTopics::Transactional(&req.topics),
         };
         let mut group_error = self.validate_offset_commit(&committer, now_ms);
         if version < 2 && group_error == code(ResponseError::CoordinatorLoadInProgress) {
@@ -350,7 +348,7 @@ impl GroupCoordinator {
         if let Some(error) = self.validate_consumer_offset_commit(committer) {
             // A transactional committer is told of a stale member epoch as
             // of an illegal generation, the error its protocol knows.
-            if committer.transactional && error == code(ResponseError::StaleMemberEpoch) {
+            if committer.transactional() && error == code(ResponseError::StaleMemberEpoch) {
                 return code(ResponseError::IllegalGeneration);
             }
             return error;
@@ -379,13 +377,13 @@ impl GroupCoordinator {
             if generation != group.generation_id {
                 return code(ResponseError::IllegalGeneration);
             }
-        } else if !committer.transactional && group.state != GroupState::Empty {
+        } else if !committer.transactional() && group.state != GroupState::Empty {
             // Only an empty group takes commits without member and
             // generation; TxnOffsetCommit before v3 has neither, so Kafka
             // accepts it whatever the group's state.
             return code(ResponseError::UnknownMemberId);
         }
-        if !committer.transactional && group.state == GroupState::CompletingRebalance {
+        if !committer.transactional() && group.state == GroupState::CompletingRebalance {
             // A transactional commit does not depend on the assignment in
             // progress, and Kafka does not hold it back.
             return code(ResponseError::RebalanceInProgress);
