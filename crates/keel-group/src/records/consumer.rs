@@ -213,35 +213,43 @@ fn put_i32_array(buf: &mut Vec<u8>, values: &[i32]) {
     }
 }
 
-fn put_topic_partitions(buf: &mut Vec<u8>, tps: &TopicPartitions) {
-    put_compact_len(buf, tps.len());
-    for (topic, partitions) in tps {
-        put_uuid(buf, topic);
-        put_i32_array(buf, partitions);
-        put_empty_tags(buf);
-    }
-}
-
 /// The tag of `AssignmentEpochs` in a current assignment's
 /// `TopicPartitions`.
 const ASSIGNMENT_EPOCHS_TAG: u32 = 0;
 
+/// One `TopicPartitions` entry, with `AssignmentEpochs` when given.
+fn put_topic_entry(buf: &mut Vec<u8>, topic_id: &Uuid, partitions: &[i32], epochs: Option<&[i32]>) {
+    put_uuid(buf, topic_id);
+    put_i32_array(buf, partitions);
+    match epochs {
+        None => put_empty_tags(buf),
+        Some(epochs) => {
+            let mut field = Vec::with_capacity(1 + 4 * epochs.len());
+            put_i32_array(&mut field, epochs);
+            put_uvarint(buf, 1);
+            put_uvarint(buf, ASSIGNMENT_EPOCHS_TAG);
+            put_uvarint(buf, u32::try_from(field.len()).expect("tagged field size"));
+            buf.extend_from_slice(&field);
+        }
+    }
+}
+
+fn put_topic_partitions(buf: &mut Vec<u8>, tps: &TopicPartitions) {
+    put_compact_len(buf, tps.len());
+    for (topic_id, partitions) in tps {
+        put_topic_entry(buf, topic_id, partitions, None);
+    }
+}
+
 fn put_held_topic_partitions(buf: &mut Vec<u8>, held: &[HeldTopicPartitions]) {
     put_compact_len(buf, held.len());
     for t in held {
-        put_uuid(buf, &t.topic_id);
-        put_i32_array(buf, &t.partitions);
-        match &t.assignment_epochs {
-            None => put_empty_tags(buf),
-            Some(epochs) => {
-                let mut field = Vec::with_capacity(1 + 4 * epochs.len());
-                put_i32_array(&mut field, epochs);
-                put_uvarint(buf, 1);
-                put_uvarint(buf, ASSIGNMENT_EPOCHS_TAG);
-                put_uvarint(buf, u32::try_from(field.len()).expect("tagged field size"));
-                buf.extend_from_slice(&field);
-            }
-        }
+        put_topic_entry(
+            buf,
+            &t.topic_id,
+            &t.partitions,
+            t.assignment_epochs.as_deref(),
+        );
     }
 }
 
